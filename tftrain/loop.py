@@ -1,0 +1,366 @@
+"""train_and_evaluate(config, workdir): the one entry point for every launcher.
+
+Epochs of in-graph multi-step loops, validation after each epoch, early
+stopping with restore-best, checkpoints every epoch (and on SIGINT/SIGTERM),
+resume from the latest checkpoint, test at the end, `metrics.json`.
+"""
+
+import contextlib
+import dataclasses
+import json
+import math
+import os
+import signal
+import tempfile
+import threading
+import time
+from typing import Any, Dict, Optional
+
+from absl import logging
+import numpy as np
+import tensorflow as tf
+
+from tftrain import config as config_lib
+from tftrain import data
+from tftrain import distribute
+from tftrain import models
+from tftrain import optimizers
+from tftrain import schedules
+from tftrain import summaries
+from tftrain import trainer as trainer_lib
+from tftrain import workdir as workdir_lib
+
+
+class CheckpointError(RuntimeError):
+  """The latest checkpoint cannot be read; the message says how to start fresh."""
+
+
+@dataclasses.dataclass
+class Experiment:
+  """Everything built for a run (also what the LR finder and tests reuse)."""
+  config: config_lib.Config
+  strategy: Any
+  trainer: trainer_lib.Trainer
+  datasets: Dict[str, tf.data.Dataset]   # cached, single examples
+  data_info: data.DataInfo
+  steps_per_epoch: int
+  writers: Dict[str, Any]
+  is_chief: bool
+  workdir: str
+
+
+def _count(dataset, known: Optional[int]) -> int:
+  if known is not None:
+    return known
+  n = int(dataset.cardinality().numpy())
+  if n < 0:
+    n = int(dataset.reduce(0, lambda c, _: c + 1).numpy())
+  return n
+
+
+def build_experiment(config: config_lib.Config, workdir: str) -> Experiment:
+  """Strategy, data, model, optimizer and Trainer for `config`."""
+  strategy = distribute.create_strategy(config.strategy)
+  is_chief = distribute.is_chief(strategy)
+  if config.mixed_precision != 'none':
+    tf.keras.mixed_precision.set_global_policy(config.mixed_precision)
+  else:
+    tf.keras.mixed_precision.set_global_policy('float32')
+  data_dir = data.prepare(config.dataset, config.data_dir, config.raw_data_dir)
+  splits, info = data.load_splits(config.dataset, data_dir,
+                                  config.validation_size,
+                                  config.standardize_inputs)
+  cached = {k: d.cache() for k, d in splits.items()}
+  num_train = _count(cached['train'], info.num_train)
+  if config.batch_size > num_train:
+    raise config_lib.ConfigError(
+        'batch_size', config.batch_size,
+        f'must not exceed the {num_train} training examples.')
+  if config.batch_size % strategy.num_replicas_in_sync:
+    raise config_lib.ConfigError(
+        'batch_size', config.batch_size,
+        f'must be divisible by the {strategy.num_replicas_in_sync} replicas.')
+  steps_per_epoch = num_train // config.batch_size
+  if config.max_steps_per_epoch:
+    steps_per_epoch = min(steps_per_epoch, config.max_steps_per_epoch)
+  temp_dir = None if is_chief else tempfile.mkdtemp(prefix='tftrain-worker-')
+  writers = summaries.create_writers(workdir, is_chief, temp_dir)
+  tf.keras.utils.set_random_seed(config.seed)
+  with strategy.scope():
+    model = models.build_model(config, info.image_shape, info.num_classes)
+    lr = config.learning_rate if config.learning_rate != 'auto' else 1e-3
+    optimizer = optimizers.build_optimizer(
+        config.optimizer, schedules.build_schedule(config, lr, steps_per_epoch),
+        config)
+    trainer = trainer_lib.Trainer(
+        model, optimizer, strategy, config.batch_size,
+        train_writer=writers[summaries.TRAIN],
+        log_every_steps=config.log_every_steps,
+        histogram_every_steps=config.histogram_every_steps,
+        grad_norms=config.grad_norms, jit_compile=config.jit_compile)
+  return Experiment(config, strategy, trainer, cached, info, steps_per_epoch,
+                    writers, is_chief, workdir if is_chief else temp_dir)
+
+
+def set_learning_rate(exp: Experiment, learning_rate: float) -> None:
+  """Swaps in the configured schedule peaking at `learning_rate`."""
+  schedule = schedules.build_schedule(exp.config, learning_rate,
+                                      exp.steps_per_epoch)
+  opt = exp.trainer.optimizer
+  inner = getattr(opt, 'inner_optimizer', opt)
+  inner.learning_rate = schedule
+  exp.trainer.reset_train_function()
+
+
+class _SignalGuard:
+  """First SIGINT/SIGTERM asks the loop to checkpoint and stop; a second exits."""
+
+  def __init__(self):
+    self.signum = None
+    self._previous = {}
+
+  def __enter__(self):
+    if threading.current_thread() is threading.main_thread():
+      for sig in (signal.SIGINT, signal.SIGTERM):
+        self._previous[sig] = signal.signal(sig, self._handle)
+    return self
+
+  def _handle(self, signum, frame):
+    del frame
+    if self.signum is not None:
+      os._exit(128 + signum)   # second signal: exit at once
+    self.signum = signum
+    logging.warning('Signal %d: checkpointing and stopping (send again to '
+                    'exit at once).', signum)
+
+  def __exit__(self, *exc):
+    for sig, handler in self._previous.items():
+      signal.signal(sig, handler)
+
+
+def _write_json(path: str, obj) -> None:
+  tmp = path + '.tmp'
+  with open(tmp, 'w') as f:
+    json.dump(obj, f, indent=2, sort_keys=True, default=float)
+  os.replace(tmp, path)
+
+
+def train_and_evaluate(config: config_lib.Config, workdir: str) -> Dict[str, Any]:
+  """Trains `config` in `workdir` (resuming if it holds a checkpoint).
+
+  Returns:
+    Final metrics (also written to `workdir/metrics.json`): test_loss,
+    test_accuracy, best validation metric and epoch, history per epoch,
+    wall time, and 'status' (completed | early_stopped | interrupted).
+
+  Raises:
+    ConfigError, data.DataError, workdir.WorkdirError, CheckpointError,
+    trainer.NonFiniteError: each with a one-line message.
+  """
+  workdir_lib.ensure_writable(workdir)
+  with workdir_lib.WorkdirLock(workdir):
+    exp = build_experiment(config, workdir)
+    return run(exp)
+
+
+def _make_checkpoint(exp: Experiment):
+  state = {
+      'epoch': tf.Variable(0, dtype=tf.int64, trainable=False),
+      'step_in_epoch': tf.Variable(0, dtype=tf.int64, trainable=False),
+      'epoch_sums': tf.Variable(tf.zeros([3], tf.float64), trainable=False),
+      'best': tf.Variable(-np.inf, dtype=tf.float64, trainable=False),
+      'best_epoch': tf.Variable(-1, dtype=tf.int64, trainable=False),
+      'wait': tf.Variable(0, dtype=tf.int64, trainable=False),
+      'learning_rate': tf.Variable(0.0, dtype=tf.float64, trainable=False),
+  }
+  ckpt = tf.train.Checkpoint(model=exp.trainer.model,
+                             optimizer=exp.trainer.optimizer, **state)
+  ckpt_dir = os.path.join(exp.workdir, 'checkpoints')
+  manager = tf.train.CheckpointManager(ckpt, ckpt_dir, max_to_keep=3)
+  best = tf.train.Checkpoint(model=exp.trainer.model)
+  best_manager = tf.train.CheckpointManager(
+      best, os.path.join(exp.workdir, 'best'), max_to_keep=1)
+  return ckpt, manager, best_manager, state
+
+
+def _restore(ckpt, manager) -> bool:
+  path = manager.latest_checkpoint
+  if path is None:
+    if os.path.isdir(manager.directory) and any(
+        n.startswith('ckpt') for n in os.listdir(manager.directory)):
+      raise CheckpointError(
+          f'{manager.directory} holds checkpoint files but no readable '
+          "'checkpoint' index; move that folder away to start fresh.")
+    return False
+  try:
+    ckpt.restore(path).assert_existing_objects_matched()
+  except Exception as e:  # pylint: disable=broad-except
+    raise CheckpointError(
+        f'cannot restore {path} ({type(e).__name__}); it is corrupt or from '
+        f'another model: move {manager.directory} away (or use a new '
+        '--workdir) to start fresh.') from e
+  return True
+
+
+def _history_path(workdir):
+  return os.path.join(workdir, 'history.json')
+
+
+def run(exp: Experiment) -> Dict[str, Any]:
+  """The epoch loop over an already built `Experiment`."""
+  config, trainer, strategy = exp.config, exp.trainer, exp.strategy
+  ckpt, manager, best_manager, state = _make_checkpoint(exp)
+  resumed = _restore(ckpt, manager)
+  history = []
+  if resumed and os.path.exists(_history_path(exp.workdir)):
+    with open(_history_path(exp.workdir)) as f:
+      history = json.load(f)
+  monitor_sign = 1.0 if config.monitor == 'val_accuracy' else -1.0
+  has_val = 'validation' in exp.datasets
+  started = time.time()
+  result: Dict[str, Any] = {'workdir': exp.workdir, 'resumed': resumed}
+
+  # Learning rate: fixed, or found once by the LR finder (kept for resumes).
+  if config.learning_rate == 'auto':
+    learning_rate = float(state['learning_rate'].numpy())
+    if not learning_rate:
+      from tftrain import lr_finder  # pylint: disable=g-import-not-at-top
+      found = lr_finder.find(exp, os.path.join(exp.workdir, 'lr_finder'))
+      learning_rate = found.suggestion
+      result['lr_finder'] = found.summary()
+  else:
+    learning_rate = float(config.learning_rate)
+  state['learning_rate'].assign(learning_rate)
+  set_learning_rate(exp, learning_rate)
+  result['learning_rate'] = learning_rate
+
+  if not resumed and config.trace_graph and exp.is_chief:
+    example = next(iter(exp.datasets['train'].batch(2)))[0]
+    summaries.trace_model_graph(exp.writers[summaries.TRAIN], trainer.model,
+                                example)
+
+  eval_ds = {k: strategy.experimental_distribute_dataset(
+      data.eval_batches(d, config.eval_batch_size))
+             for k, d in exp.datasets.items() if k != 'train'}
+  status = 'completed'
+  with _SignalGuard() as guard:
+    epoch = int(state['epoch'].numpy())
+    while epoch < config.epochs:
+      skip = int(state['step_in_epoch'].numpy())
+      batches = data.train_batches(exp.datasets['train'], config.batch_size,
+                                   config.seed, epoch).skip(skip)
+      iterator = iter(strategy.experimental_distribute_dataset(batches))
+      sums = state['epoch_sums'].numpy().copy()
+      progbar = (tf.keras.utils.Progbar(
+          exp.steps_per_epoch, stateful_metrics=['loss', 'accuracy', 'ex/s'],
+          verbose=1 if config.progress else 0, unit_name='step'))
+      progbar.update(skip)
+      step_in_epoch = skip
+      epoch_start = time.time()
+      while step_in_epoch < exp.steps_per_epoch:
+        n = min(config.steps_per_loop, exp.steps_per_epoch - step_in_epoch)
+        t0 = time.perf_counter()
+        try:
+          out = trainer.train_steps(iterator, n)
+        except trainer_lib.NonFiniteError as e:
+          result.update(status='diverged', diverged_step=e.step,
+                        diverged_loss=e.loss, history=history)
+          if exp.is_chief:
+            _write_json(os.path.join(exp.workdir, 'metrics.json'), result)
+          raise
+        dt = time.perf_counter() - t0
+        step_in_epoch += n
+        sums += [out['loss_sum'], out['correct'], out['count']]
+        speed = out['count'] / max(dt, 1e-9)
+        progbar.update(step_in_epoch, [('loss', sums[0] / sums[2]),
+                                       ('accuracy', sums[1] / sums[2]),
+                                       ('ex/s', speed)])
+        if exp.is_chief:
+          summaries.write_scalars(
+              exp.writers[summaries.TRAIN],
+              int(trainer.optimizer.iterations.numpy()),
+              {'examples_per_second': speed})
+        if guard.signum is not None:
+          break
+      if guard.signum is not None and step_in_epoch < exp.steps_per_epoch:
+        state['step_in_epoch'].assign(step_in_epoch)
+        state['epoch_sums'].assign(sums)
+        if exp.is_chief or config.strategy == 'multi_worker':
+          manager.save(checkpoint_number=trainer.optimizer.iterations)
+        status = 'interrupted'
+        result['interrupted_step'] = int(trainer.optimizer.iterations.numpy())
+        break
+
+      # End of epoch: validation, summaries, early stopping, checkpoint.
+      epoch_time = time.time() - epoch_start
+      record = {'epoch': epoch + 1, 'loss': sums[0] / sums[2],
+                'accuracy': sums[1] / sums[2], 'seconds': epoch_time}
+      if has_val:
+        val = trainer.evaluate(eval_ds['validation'])
+        record.update(val_loss=val['loss'], val_accuracy=val['accuracy'])
+      step = int(trainer.optimizer.iterations.numpy())
+      if exp.is_chief:
+        summaries.write_scalars(exp.writers[summaries.TRAIN], epoch + 1, {
+            'epoch_loss': record['loss'], 'epoch_accuracy': record['accuracy'],
+            'epoch_learning_rate': float(
+                trainer.optimizer.learning_rate.numpy())})
+        if has_val:
+          summaries.write_scalars(exp.writers[summaries.VALIDATION], epoch + 1, {
+              'epoch_loss': record['val_loss'],
+              'epoch_accuracy': record['val_accuracy']})
+      history.append(record)
+      logging.info('epoch %d/%d %s', epoch + 1, config.epochs,
+                   ' '.join(f'{k}={v:.4f}' for k, v in record.items()
+                            if k != 'epoch'))
+      stop = False
+      if has_val:
+        value = monitor_sign * record[config.monitor]
+        if value > float(state['best'].numpy()):
+          state['best'].assign(value)
+          state['best_epoch'].assign(epoch + 1)
+          state['wait'].assign(0)
+          if exp.is_chief or config.strategy == 'multi_worker':
+            best_manager.save(checkpoint_number=epoch + 1)
+        else:
+          state['wait'].assign_add(1)
+          stop = config.patience and int(state['wait'].numpy()) >= config.patience
+      epoch += 1
+      state['epoch'].assign(epoch)
+      state['step_in_epoch'].assign(0)
+      state['epoch_sums'].assign(np.zeros(3))
+      if exp.is_chief or config.strategy == 'multi_worker':
+        manager.save(checkpoint_number=step)
+      if exp.is_chief:
+        _write_json(_history_path(exp.workdir), history)
+      if stop:
+        status = 'early_stopped'
+        state['epoch'].assign(config.epochs)
+        if exp.is_chief or config.strategy == 'multi_worker':
+          manager.save(checkpoint_number=step + 1)
+        break
+      if guard.signum is not None:
+        status = 'interrupted'
+        result['interrupted_step'] = step
+        break
+
+  result.update(status=status, history=history,
+                wall_seconds=time.time() - started,
+                epochs_run=len(history))
+  if status != 'interrupted':
+    if has_val and best_manager.latest_checkpoint:
+      # Restore-best-weights: the model evaluated on test is the best one.
+      tf.train.Checkpoint(model=trainer.model).restore(
+          best_manager.latest_checkpoint).expect_partial()
+      result['best_epoch'] = int(state['best_epoch'].numpy())
+      result['best_' + config.monitor] = monitor_sign * float(
+          state['best'].numpy())
+    if has_val:
+      val = trainer.evaluate(eval_ds['validation'])
+      result.update(val_loss=val['loss'], val_accuracy=val['accuracy'])
+    test = trainer.evaluate(eval_ds['test'])
+    result.update(test_loss=test['loss'], test_accuracy=test['accuracy'])
+  for writer in exp.writers.values():
+    writer.flush()
+  if exp.is_chief:
+    _write_json(os.path.join(exp.workdir, 'metrics.json'), result)
+  return result

@@ -1,0 +1,104 @@
+"""Model builders: the seed's MLP and the deep Dense stack, one shared builder.
+
+Layers are named so TensorBoard groups sort by depth: `dense_000`, `bn_000`,
+`act_000`, ... and the output layer `logits` (float32 even under mixed
+precision, so the loss is computed from float32 logits).
+"""
+
+from typing import Optional, Sequence, Tuple
+
+import tensorflow as tf
+
+DEFAULT_INITIALIZER = {
+    'sigmoid': 'glorot_uniform', 'tanh': 'glorot_uniform',
+    'relu': 'he_normal', 'leaky_relu': 'he_normal', 'elu': 'he_normal',
+    'gelu': 'he_normal', 'swish': 'he_normal', 'selu': 'lecun_normal',
+}
+
+
+def default_initializer(activation: str) -> str:
+  """Glorot for sigmoid/tanh, He for the ReLU/ELU family, LeCun normal for SELU."""
+  if activation not in DEFAULT_INITIALIZER:
+    raise ValueError(f'unknown activation {activation!r}; choose one of '
+                     f'{", ".join(DEFAULT_INITIALIZER)}')
+  return DEFAULT_INITIALIZER[activation]
+
+
+def build_dense_stack(input_shape: Tuple[int, ...], hidden: Sequence[int],
+                      num_classes: int = 10, activation: str = 'relu',
+                      kernel_initializer: Optional[str] = None,
+                      batch_norm: str = 'none', seed: Optional[int] = None,
+                      name: str = 'mlp') -> tf.keras.Model:
+  """Flatten -> [Dense -> (BN) -> activation -> (BN)] x len(hidden) -> logits.
+
+  Args:
+    input_shape: shape of one example, e.g. (28, 28, 1).
+    hidden: width of each hidden layer.
+    num_classes: size of the output layer (logits, no softmax).
+    activation: activation of every hidden layer.
+    kernel_initializer: Keras initializer name; None picks the activation's
+      default (see `default_initializer`).
+    batch_norm: 'none'; 'before' the activation (Dense without bias -> BN ->
+      activation, as in the seed); or 'after' the activation.
+    seed: seed of the initializers, for reproducible runs.
+    name: model name.
+
+  Returns:
+    An uncompiled Keras model returning float32 logits.
+  """
+  if batch_norm not in ('none', 'before', 'after'):
+    raise ValueError(f'unknown batch_norm placement {batch_norm!r}; choose '
+                     'none, before or after')
+  init_name = kernel_initializer or default_initializer(activation)
+  layers = [tf.keras.Input(shape=input_shape, name='image'),
+            tf.keras.layers.Flatten(name='flatten')]
+  for i, units in enumerate(hidden):
+    init = tf.keras.initializers.get(
+        {'class_name': init_name,
+         'config': {'seed': None if seed is None else seed + i}})
+    layers.append(tf.keras.layers.Dense(
+        units, kernel_initializer=init, use_bias=batch_norm != 'before',
+        name=f'dense_{i:03d}'))
+    if batch_norm == 'before':
+      layers.append(tf.keras.layers.BatchNormalization(name=f'bn_{i:03d}'))
+    layers.append(tf.keras.layers.Activation(activation, name=f'act_{i:03d}'))
+    if batch_norm == 'after':
+      layers.append(tf.keras.layers.BatchNormalization(name=f'bn_{i:03d}'))
+  out_init = tf.keras.initializers.get(
+      {'class_name': 'glorot_uniform',
+       'config': {'seed': None if seed is None else seed + len(hidden)}})
+  layers.append(tf.keras.layers.Dense(num_classes, kernel_initializer=out_init,
+                                      dtype='float32', name='logits'))
+  return tf.keras.Sequential(layers, name=name)
+
+
+def mlp(input_shape=(28, 28, 1), hidden=(300, 100), num_classes=10,
+        activation='relu', kernel_initializer=None, batch_norm='none',
+        seed=None) -> tf.keras.Model:
+  """The seed's MNIST MLP (300-100 ReLU by default)."""
+  return build_dense_stack(input_shape, hidden, num_classes, activation,
+                           kernel_initializer, batch_norm, seed, name='mlp')
+
+
+def deep_mlp(input_shape=(28, 28, 1), depth=100, width=100, num_classes=10,
+             activation='selu', kernel_initializer=None, batch_norm='none',
+             seed=None) -> tf.keras.Model:
+  """`depth` hidden Dense(`width`) layers: the vanishing-gradient testbed."""
+  return build_dense_stack(input_shape, [width] * depth, num_classes,
+                           activation, kernel_initializer, batch_norm, seed,
+                           name='deep_mlp')
+
+
+def build_model(config, image_shape, num_classes) -> tf.keras.Model:
+  """The model a `Config` asks for."""
+  if config.model == 'mlp':
+    return mlp(image_shape, config.hidden, num_classes, config.activation,
+               config.kernel_initializer, config.batch_norm, config.seed)
+  return deep_mlp(image_shape, config.depth, config.width, num_classes,
+                  config.activation, config.kernel_initializer,
+                  config.batch_norm, config.seed)
+
+
+def dense_layers(model: tf.keras.Model):
+  """The Dense layers in depth order (hidden layers, then `logits`)."""
+  return [l for l in model.layers if isinstance(l, tf.keras.layers.Dense)]

@@ -1,0 +1,65 @@
+"""Optimizer registry: name -> tf.keras optimizer, with the seed's variants."""
+
+from typing import Callable, Dict
+
+import tensorflow as tf
+
+
+def _sgd(lr, c):
+  return tf.keras.optimizers.SGD(lr)
+
+
+def _momentum(lr, c):
+  return tf.keras.optimizers.SGD(lr, momentum=c.momentum)
+
+
+def _nesterov(lr, c):
+  return tf.keras.optimizers.SGD(lr, momentum=c.momentum, nesterov=True)
+
+
+def _adagrad(lr, c):
+  return tf.keras.optimizers.Adagrad(lr)
+
+
+def _rmsprop(lr, c):
+  return tf.keras.optimizers.RMSprop(lr, rho=c.beta_2 if c.beta_2 < 0.999 else 0.9)
+
+
+def _adam(lr, c):
+  return tf.keras.optimizers.Adam(lr, beta_1=c.beta_1, beta_2=c.beta_2)
+
+
+def _adamw(lr, c):
+  return tf.keras.optimizers.AdamW(lr, weight_decay=c.weight_decay,
+                                   beta_1=c.beta_1, beta_2=c.beta_2)
+
+
+def _nadam(lr, c):
+  return tf.keras.optimizers.Nadam(lr, beta_1=c.beta_1, beta_2=c.beta_2)
+
+
+OPTIMIZERS: Dict[str, Callable] = {
+    'sgd': _sgd, 'momentum': _momentum, 'nesterov': _nesterov,
+    'adagrad': _adagrad, 'rmsprop': _rmsprop, 'adam': _adam, 'adamw': _adamw,
+    'nadam': _nadam,
+}
+
+
+def build_optimizer(name: str, learning_rate, config) -> tf.keras.optimizers.Optimizer:
+  """Builds optimizer `name` with `learning_rate` (a float or a schedule).
+
+  Args:
+    name: one of `OPTIMIZERS`.
+    learning_rate: float or `LearningRateSchedule`.
+    config: a `Config` (momentum, beta_1, beta_2, weight_decay).
+
+  Raises:
+    ValueError: unknown name; the message lists the choices.
+  """
+  if name not in OPTIMIZERS:
+    raise ValueError(f'--optimizer={name}: choose one of '
+                     f'{", ".join(OPTIMIZERS)}.')
+  optimizer = OPTIMIZERS[name](learning_rate, config)
+  if config.mixed_precision == 'mixed_float16':
+    optimizer = tf.keras.mixed_precision.LossScaleOptimizer(optimizer)
+  return optimizer

@@ -1,0 +1,85 @@
+"""The run directory: writability check and a lock a dead process cannot hold."""
+
+import json
+import os
+import socket
+
+
+class WorkdirError(RuntimeError):
+  """The workdir cannot be used; the message says why and what to do."""
+
+
+def ensure_writable(workdir: str) -> None:
+  """Creates `workdir` if needed and checks that files can be written in it."""
+  try:
+    os.makedirs(workdir, exist_ok=True)
+    probe = os.path.join(workdir, f'.write_probe.{os.getpid()}')
+    with open(probe, 'w') as f:
+      f.write('ok')
+    os.remove(probe)
+  except OSError as e:
+    raise WorkdirError(f'--workdir={workdir}: cannot be created or written '
+                       f'({e.strerror}); choose a writable folder.') from e
+
+
+def _pid_alive(pid: int) -> bool:
+  try:
+    os.kill(pid, 0)
+  except ProcessLookupError:
+    return False
+  except PermissionError:
+    return True
+  return True
+
+
+class WorkdirLock:
+  """`workdir/.lock` holding the owner's pid; stale locks (dead pid) are taken over."""
+
+  def __init__(self, workdir: str):
+    self.path = os.path.join(workdir, '.lock')
+    self._held = False
+
+  def acquire(self) -> None:
+    me = {'pid': os.getpid(), 'host': socket.gethostname()}
+    for _ in range(2):
+      try:
+        fd = os.open(self.path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
+      except FileExistsError:
+        try:
+          with open(self.path) as f:
+            owner = json.load(f)
+        except (OSError, ValueError):
+          owner = {}
+        pid = owner.get('pid')
+        same_host = owner.get('host', me['host']) == me['host']
+        if isinstance(pid, int) and same_host and _pid_alive(pid) and pid != me['pid']:
+          raise WorkdirError(
+              f'--workdir={os.path.dirname(self.path)}: in use by another run '
+              f'(pid {pid}); wait for it to finish or choose another --workdir.')
+        if not same_host and isinstance(pid, int):
+          raise WorkdirError(
+              f'--workdir={os.path.dirname(self.path)}: locked by pid {pid} on '
+              f'{owner.get("host")}; if that run is dead, delete {self.path}.')
+        os.remove(self.path)   # stale: its owner is dead
+        continue
+      with os.fdopen(fd, 'w') as f:
+        json.dump(me, f)
+      self._held = True
+      return
+    raise WorkdirError(f'could not take the lock {self.path}; delete it if no '
+                       'run is using the workdir.')
+
+  def release(self) -> None:
+    if self._held:
+      try:
+        os.remove(self.path)
+      except OSError:
+        pass
+      self._held = False
+
+  def __enter__(self):
+    self.acquire()
+    return self
+
+  def __exit__(self, *exc):
+    self.release()
