@@ -14,7 +14,7 @@ import signal
 import tempfile
 import threading
 import time
-from typing import Any, Dict, Optional
+from typing import Any, Callable, Dict, Optional, Sequence
 
 from absl import logging
 import numpy as np
@@ -29,6 +29,9 @@ from tftrain import schedules
 from tftrain import summaries
 from tftrain import trainer as trainer_lib
 from tftrain import workdir as workdir_lib
+
+
+Hook = Callable[['Experiment', str, Dict[str, Any]], None]
 
 
 class CheckpointError(RuntimeError):
@@ -145,8 +148,16 @@ def _write_json(path: str, obj) -> None:
   os.replace(tmp, path)
 
 
-def train_and_evaluate(config: config_lib.Config, workdir: str) -> Dict[str, Any]:
+def train_and_evaluate(config: config_lib.Config, workdir: str,
+                       hooks: Sequence[Hook] = ()) -> Dict[str, Any]:
   """Trains `config` in `workdir` (resuming if it holds a checkpoint).
+
+  Args:
+    config: the run's Config.
+    workdir: run directory (created; resumed when it holds a checkpoint).
+    hooks: plain callables `hook(exp, event, outputs)` called with event
+      'train' after every in-graph loop (outputs: the Trainer's dict plus
+      'step', 'epoch') and 'epoch' after each epoch (outputs: the epoch record).
 
   Returns:
     Final metrics (also written to `workdir/metrics.json`): test_loss,
@@ -160,7 +171,7 @@ def train_and_evaluate(config: config_lib.Config, workdir: str) -> Dict[str, Any
   workdir_lib.ensure_writable(workdir)
   with workdir_lib.WorkdirLock(workdir):
     exp = build_experiment(config, workdir)
-    return run(exp)
+    return run(exp, hooks)
 
 
 def _make_checkpoint(exp: Experiment):
@@ -206,7 +217,7 @@ def _history_path(workdir):
   return os.path.join(workdir, 'history.json')
 
 
-def run(exp: Experiment) -> Dict[str, Any]:
+def run(exp: Experiment, hooks: Sequence[Hook] = ()) -> Dict[str, Any]:
   """The epoch loop over an already built `Experiment`."""
   config, trainer, strategy = exp.config, exp.trainer, exp.strategy
   ckpt, manager, best_manager, state = _make_checkpoint(exp)
@@ -275,11 +286,12 @@ def run(exp: Experiment) -> Dict[str, Any]:
         progbar.update(step_in_epoch, [('loss', sums[0] / sums[2]),
                                        ('accuracy', sums[1] / sums[2]),
                                        ('ex/s', speed)])
+        step = int(trainer.optimizer.iterations.numpy())
         if exp.is_chief:
-          summaries.write_scalars(
-              exp.writers[summaries.TRAIN],
-              int(trainer.optimizer.iterations.numpy()),
-              {'examples_per_second': speed})
+          summaries.write_scalars(exp.writers[summaries.TRAIN], step,
+                                  {'examples_per_second': speed})
+        for hook in hooks:
+          hook(exp, 'train', dict(out, step=step, epoch=epoch))
         if guard.signum is not None:
           break
       if guard.signum is not None and step_in_epoch < exp.steps_per_epoch:
@@ -309,6 +321,8 @@ def run(exp: Experiment) -> Dict[str, Any]:
               'epoch_loss': record['val_loss'],
               'epoch_accuracy': record['val_accuracy']})
       history.append(record)
+      for hook in hooks:
+        hook(exp, 'epoch', record)
       logging.info('epoch %d/%d %s', epoch + 1, config.epochs,
                    ' '.join(f'{k}={v:.4f}' for k, v in record.items()
                             if k != 'epoch'))
