@@ -1,0 +1,76 @@
+"""Shared test fixtures: tiny real MNIST data prepared once per session, launchers.
+
+`tfds.testing.mock_data` only patches the current process and ignores split
+slicing, so launcher tests (subprocesses) and split-size tests need a real
+prepared TFDS data dir. `tiny_mnist_data_dir` writes tiny raw files in the
+original IDX .gz format (`tests/tiny_data.py`) and runs TFDS's own mnist
+builder on them through `tftrain.data.prepare`, the offline path users take.
+TFDS's mnist builder hard-codes 60000/10000 examples, so its two module
+constants are patched for that one preparation; afterwards
+`tfds.load('mnist', data_dir=D, download=False)` reads the tiny dataset in any
+process, e.g. `python -m launch.mnist --data_dir=D`.
+"""
+
+import os
+import subprocess
+import sys
+
+import pytest
+
+from tests import tiny_data
+
+REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+TINY_MNIST_TRAIN = 600
+TINY_MNIST_TEST = 100
+
+
+@pytest.fixture(scope='session')
+def tiny_mnist_raw_dir(tmp_path_factory):
+  """A raw-data folder holding tiny MNIST download files (`<dir>/mnist/*.gz`)."""
+  raw = str(tmp_path_factory.mktemp('raw_mnist'))
+  tiny_data.write_tiny_mnist(raw, num_train=TINY_MNIST_TRAIN,
+                             num_test=TINY_MNIST_TEST)
+  return raw
+
+
+@pytest.fixture(scope='session')
+def tiny_mnist_data_dir(tmp_path_factory, tiny_mnist_raw_dir):
+  """A TFDS data dir with mnist prepared from tiny raw files (600 train, 100 test)."""
+  from tensorflow_datasets.image_classification import mnist as tfds_mnist  # pylint: disable=g-import-not-at-top
+  from tftrain import data  # pylint: disable=g-import-not-at-top
+  data_dir = str(tmp_path_factory.mktemp('tfds_mnist'))
+  saved = tfds_mnist._TRAIN_EXAMPLES, tfds_mnist._TEST_EXAMPLES  # pylint: disable=protected-access
+  tfds_mnist._TRAIN_EXAMPLES = TINY_MNIST_TRAIN  # pylint: disable=protected-access
+  tfds_mnist._TEST_EXAMPLES = TINY_MNIST_TEST  # pylint: disable=protected-access
+  try:
+    data.prepare('mnist', data_dir, tiny_mnist_raw_dir)
+  finally:
+    tfds_mnist._TRAIN_EXAMPLES, tfds_mnist._TEST_EXAMPLES = saved  # pylint: disable=protected-access
+  return data_dir
+
+
+def launcher_env() -> dict:
+  """Environment for launcher subprocesses: quiet, offline, CPU only."""
+  env = dict(os.environ)
+  env.update(TF_CPP_MIN_LOG_LEVEL='3', CUDA_VISIBLE_DEVICES='',
+             PYTHONPATH=REPO_ROOT + os.pathsep + env.get('PYTHONPATH', ''))
+  env.pop('TFTRAIN_RAW_DATA_DIR', None)   # tests say where data comes from
+  env.pop('TFDS_DATA_DIR', None)
+  return env
+
+
+def launcher_command(module: str, *args: str):
+  return [sys.executable, '-m', module, *args]
+
+
+@pytest.fixture(scope='session')
+def run_launcher():
+  """`run_launcher('launch.mnist', '--flag=v', ..., timeout=s)` -> CompletedProcess.
+
+  Runs the real launcher as `python -m` from the repo root (text output).
+  """
+  def run(module: str, *args: str, timeout: float = 180):
+    return subprocess.run(launcher_command(module, *args), cwd=REPO_ROOT,
+                          env=launcher_env(), capture_output=True, text=True,
+                          timeout=timeout, check=False)
+  return run
