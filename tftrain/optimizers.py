@@ -22,7 +22,7 @@ def _adagrad(lr, c):
 
 
 def _rmsprop(lr, c):
-  return tf.keras.optimizers.RMSprop(lr, rho=c.beta_2 if c.beta_2 < 0.999 else 0.9)
+  return tf.keras.optimizers.RMSprop(lr, rho=0.9)
 
 
 def _adam(lr, c):
