@@ -61,8 +61,34 @@ def _count(dataset, known: Optional[int]) -> int:
   return n
 
 
+def check_config(config: config_lib.Config) -> None:
+  """Checks that need the dataset's metadata, run before the workdir is touched.
+
+  Raises:
+    data.DataError: the dataset is neither prepared nor in --raw_data_dir.
+    ConfigError: --validation_size or --batch_size too large for the split.
+  """
+  sizes = data.check_available(config.dataset, config.data_dir,
+                               config.raw_data_dir)
+  if not sizes or 'train' not in sizes:
+    return   # prepared later; build_experiment checks the sizes then
+  total = sizes['train']
+  if config.validation_size >= total:
+    raise config_lib.ConfigError(
+        'validation_size', config.validation_size,
+        f'must be smaller than the {total} examples of {config.dataset} train.')
+  num_train = total - config.validation_size
+  if config.batch_size > num_train:
+    raise config_lib.ConfigError(
+        'batch_size', config.batch_size,
+        f'must not exceed the {num_train} training examples '
+        f'({config.dataset} train minus --validation_size).')
+
+
 def build_experiment(config: config_lib.Config, workdir: str) -> Experiment:
   """Strategy, data, model, optimizer and Trainer for `config`."""
+  if config.deterministic:
+    tf.config.experimental.enable_op_determinism()
   strategy = distribute.create_strategy(config.strategy)
   is_chief = distribute.is_chief(strategy)
   if config.mixed_precision != 'none':
@@ -168,6 +194,7 @@ def train_and_evaluate(config: config_lib.Config, workdir: str,
     ConfigError, data.DataError, workdir.WorkdirError, CheckpointError,
     trainer.NonFiniteError: each with a one-line message.
   """
+  check_config(config)   # before the workdir is created or touched
   workdir_lib.ensure_writable(workdir)
   with workdir_lib.WorkdirLock(workdir):
     exp = build_experiment(config, workdir)
@@ -321,8 +348,6 @@ def run(exp: Experiment, hooks: Sequence[Hook] = ()) -> Dict[str, Any]:
               'epoch_loss': record['val_loss'],
               'epoch_accuracy': record['val_accuracy']})
       history.append(record)
-      for hook in hooks:
-        hook(exp, 'epoch', record)
       logging.info('epoch %d/%d %s', epoch + 1, config.epochs,
                    ' '.join(f'{k}={v:.4f}' for k, v in record.items()
                             if k != 'epoch'))
@@ -346,6 +371,8 @@ def run(exp: Experiment, hooks: Sequence[Hook] = ()) -> Dict[str, Any]:
         manager.save(checkpoint_number=step)
       if exp.is_chief:
         _write_json(_history_path(exp.workdir), history)
+      for hook in hooks:
+        hook(exp, 'epoch', record)
       if stop:
         status = 'early_stopped'
         state['epoch'].assign(config.epochs)

@@ -5,7 +5,6 @@ batch) and returns its measurements; several steps run per `tf.function` call
 in an in-graph loop that stops at the first non-finite loss or gradient.
 """
 
-import time
 from typing import Dict, List, Optional
 
 import numpy as np
@@ -104,7 +103,7 @@ class Trainer:
     if self.histogram_every_steps and self.train_writer is not None:
       step = self.optimizer.iterations
       with self.train_writer.as_default(step=step), tf.summary.record_if(
-          tf.equal(step % self.histogram_every_steps, 0)):
+          tf.equal(step % self.histogram_every_steps, 0)), tf.name_scope('/'):
         summaries.write_histograms(self.layers,
                                    [true_grads[i] for i in self._kernel_index])
     predictions = tf.argmax(logits, axis=-1, output_type=tf.int32)
@@ -144,8 +143,9 @@ class Trainer:
         steps_run += 1
         if self.train_writer is not None:
           step = self.optimizer.iterations
+          # name_scope('/'): tags without the while loop's scope prefix.
           with self.train_writer.as_default(step=step), tf.summary.record_if(
-              tf.equal(step % self.log_every_steps, 0)):
+              tf.equal(step % self.log_every_steps, 0)), tf.name_scope('/'):
             summaries.write_step_scalars(
                 loss, self.optimizer.learning_rate,
                 self.layer_names if self.grad_norms else [], norms)
@@ -228,8 +228,3 @@ class Trainer:
   def _all_variables(self):
     return list(self.model.variables) + list(self.optimizer.variables)
 
-
-def timed(fn, *args):
-  start = time.perf_counter()
-  result = fn(*args)
-  return result, time.perf_counter() - start
