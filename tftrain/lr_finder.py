@@ -1,0 +1,454 @@
+"""The learning-rate finder: an exponential LR sweep, its suggestions, its plot.
+
+The sweep runs on the Trainer's own compiled train step (the same in-graph
+multi-step loop that training uses), with the optimizer's schedule swapped for
+`schedules.ExponentialGrowth`, for at most one epoch. It records the raw
+per-batch loss (not a running mean) and a bias-corrected EMA of it, and stops
+at a non-finite loss or when the smoothed loss exceeds `stop_factor` times its
+minimum. Model weights, optimizer slots and step counter, the LR schedule and
+the random-number state are restored afterwards whatever happens, so training
+starts from exactly the state it had before the sweep.
+
+Outputs (in `outdir`): `lr_finder.png` (loss vs LR, log-x), `lr_finder.csv`
+(step, lr, loss, smoothed_loss), `lr_finder.json` (suggestions and settings)
+and TensorBoard events: scalars `lr_finder/lr`, `lr_finder/loss`,
+`lr_finder/smoothed_loss` per sweep step and the plot as image `lr_finder/plot`.
+"""
+
+import contextlib
+import csv
+import dataclasses
+import json
+import math
+import os
+import random
+import time
+from typing import Any, Dict, List, Optional
+
+from absl import logging
+import numpy as np
+import tensorflow as tf
+
+from tftrain import data
+from tftrain import schedules
+from tftrain import trainer as trainer_lib
+
+SUGGESTIONS = ('divergence', 'minimum', 'steepest', 'valley')
+PNG = 'lr_finder.png'
+CSV = 'lr_finder.csv'
+JSON = 'lr_finder.json'
+TAG_LR = 'lr_finder/lr'
+TAG_LOSS = 'lr_finder/loss'
+TAG_SMOOTHED = 'lr_finder/smoothed_loss'
+TAG_PLOT = 'lr_finder/plot'
+
+
+@dataclasses.dataclass
+class Result:
+  """What a sweep found.
+
+  Attributes:
+    lrs, losses, smoothed: per recorded step (raw loss may be inf/nan at the
+      last step when the sweep ended on a non-finite loss).
+    suggestions: name -> learning rate (a name maps to None when the curve
+      is too short for that rule).
+    default: the name of the suggestion `suggestion` returns.
+    stop_reason: 'diverged' (smoothed loss > stop_factor x minimum),
+      'non_finite', 'end_lr' or 'max_steps'.
+    paths: output file paths (png, csv, json, tensorboard).
+  """
+  lrs: np.ndarray
+  losses: np.ndarray
+  smoothed: np.ndarray
+  suggestions: Dict[str, Optional[float]]
+  default: str
+  stop_reason: str
+  min_lr: float
+  min_loss: float
+  seconds: float = 0.0
+  paths: Dict[str, str] = dataclasses.field(default_factory=dict)
+  settings: Dict[str, Any] = dataclasses.field(default_factory=dict)
+
+  @property
+  def suggestion(self) -> float:
+    """The default suggestion (falls back to any rule that produced a value)."""
+    value = self.suggestions.get(self.default)
+    if value is None:
+      for name in SUGGESTIONS:
+        if self.suggestions.get(name) is not None:
+          return float(self.suggestions[name])
+      raise ValueError(
+          f'LR finder: no suggestion from {len(self.lrs)} recorded steps; '
+          'raise --lr_find_max_steps or lower --lr_find_start.')
+    return float(value)
+
+  def summary(self) -> Dict[str, Any]:
+    """A JSON-able digest (what `lr_finder.json` holds)."""
+    return {
+        'suggestion': self.suggestion, 'default': self.default,
+        'suggestions': {k: (None if v is None else float(v))
+                        for k, v in self.suggestions.items()},
+        'steps': int(len(self.lrs)), 'stop_reason': self.stop_reason,
+        'min_smoothed_loss': float(self.min_loss),
+        'lr_at_min_smoothed_loss': float(self.min_lr),
+        'first_lr': float(self.lrs[0]) if len(self.lrs) else None,
+        'last_lr': float(self.lrs[-1]) if len(self.lrs) else None,
+        'seconds': float(self.seconds), 'paths': dict(self.paths),
+        'settings': dict(self.settings)}
+
+
+# ------------------------------------------------------------ the curve ----
+
+
+def smooth(losses, beta: float) -> np.ndarray:
+  """Bias-corrected exponential moving average (as in Adam / fastai).
+
+  Args:
+    losses: raw per-step losses.
+    beta: EMA decay in [0, 1); 0 returns the raw losses.
+
+  Returns:
+    smoothed[i] = ema_i / (1 - beta**(i+1)).
+  """
+  out = np.empty(len(losses), np.float64)
+  avg = 0.0
+  for i, loss in enumerate(losses):
+    avg = beta * avg + (1.0 - beta) * float(loss)
+    out[i] = avg / (1.0 - beta ** (i + 1))
+  return out
+
+
+def suggest_minimum(lrs, smoothed, divisor: float = 10.0) -> Optional[float]:
+  """The seed's rule: about 10x below the LR of the smoothed-loss minimum."""
+  finite = np.isfinite(smoothed)
+  if not finite.any():
+    return None
+  i = int(np.nanargmin(np.where(finite, smoothed, np.nan)))
+  return float(lrs[i] / divisor)
+
+
+def suggest_steepest(lrs, smoothed, skip_begin: int = 10,
+                     skip_end: int = 1) -> Optional[float]:
+  """LR of the steepest descent of smoothed loss vs log10(LR), before its minimum.
+
+  Like Lightning's rule (skipping the first `skip_begin` and last `skip_end`
+  points), but limited to the descending part of the curve, so the blow-up
+  at the end cannot be picked.
+  """
+  lrs, smoothed = np.asarray(lrs, np.float64), np.asarray(smoothed, np.float64)
+  finite = np.isfinite(smoothed)
+  if not finite.any():
+    return None
+  end = int(np.nanargmin(np.where(finite, smoothed, np.nan))) + 1
+  end = min(end, len(lrs) - skip_end)
+  begin = min(skip_begin, max(end - 3, 0))
+  if end - begin < 3:
+    return None
+  slope = np.gradient(smoothed[begin:end], np.log10(lrs[begin:end]))
+  return float(lrs[begin + int(np.argmin(slope))])
+
+
+def suggest_valley(lrs, smoothed) -> Optional[float]:
+  """fastai's 'valley': inside the longest descending stretch, 2/3 of the way down.
+
+  The longest strictly decreasing subsequence of the (trimmed: first 10%, last
+  5 points) smoothed loss marks the valley; the suggestion sits at
+  start + 1/3 + 1/6 of its length, as in fastai's `valley`.
+  """
+  lrs, losses = np.asarray(lrs, np.float64), np.asarray(smoothed, np.float64)
+  n_all = len(losses)
+  begin, end = n_all // 10, n_all - 5
+  if end - begin < 3:
+    return None
+  lrs, losses = lrs[begin:end], losses[begin:end]
+  losses = np.where(np.isfinite(losses), losses, np.inf)
+  n = len(losses)
+  lds = np.ones(n, np.int64)
+  max_start = max_end = 0
+  for i in range(1, n):
+    earlier = losses[:i] > losses[i]
+    if earlier.any():
+      lds[i] = lds[:i][earlier].max() + 1
+    if lds[i] > lds[max_end]:
+      max_end = i
+      max_start = max_end - lds[max_end]
+  sections = (max_end - max_start) / 3
+  index = max_start + int(sections) + int(sections / 2)
+  return float(lrs[min(max(index, 0), n - 1)])
+
+
+def suggest_divergence(lrs, stop_reason: str,
+                       divisor: float = 10.0) -> Optional[float]:
+  """About 10x below the LR where the loss blew up (Geron's rule).
+
+  The blow-up is the step where the sweep stopped: the smoothed loss passed
+  stop_factor x its minimum, or the loss became non-finite. Over a long
+  (one-epoch) sweep the smoothed-loss minimum sits well below the blow-up,
+  because the loss there also reflects the training done so far; this rule
+  is then the one that lands near the LR that trains fastest.
+  """
+  if stop_reason not in ('diverged', 'non_finite') or not len(lrs):
+    return None
+  return float(lrs[-1] / divisor)
+
+
+def suggestions_for(lrs, smoothed,
+                    stop_reason: str) -> Dict[str, Optional[float]]:
+  """All suggestion rules on one curve."""
+  return {'divergence': suggest_divergence(lrs, stop_reason),
+          'minimum': suggest_minimum(lrs, smoothed),
+          'steepest': suggest_steepest(lrs, smoothed),
+          'valley': suggest_valley(lrs, smoothed)}
+
+
+# ------------------------------------------------------------ the state ----
+
+
+def _keras_global_seed_generator():
+  try:  # Keras 3 keeps its global SeedGenerator in private global state.
+    from keras.src.backend.common import global_state  # pylint: disable=g-import-not-at-top
+    return global_state.get_global_attribute('global_seed_generator')
+  except ImportError:
+    return None
+
+
+@contextlib.contextmanager
+def _preserved_state(exp):
+  """Restores weights, optimizer (slots, iterations, schedule), RNGs, writer."""
+  trainer = exp.trainer
+  inner = getattr(trainer.optimizer, 'inner_optimizer', trainer.optimizer)
+  weights = trainer.snapshot()
+  schedule = inner._learning_rate  # pylint: disable=protected-access
+  writer = trainer.train_writer
+  py_state, np_state = random.getstate(), np.random.get_state()
+  tf_gen = tf.random.get_global_generator()
+  tf_state = tf_gen.state.numpy()
+  keras_gen = _keras_global_seed_generator()
+  keras_state = keras_gen.state.numpy() if keras_gen is not None else None
+  try:
+    yield
+  finally:
+    trainer.restore(weights)
+    inner.learning_rate = schedule
+    trainer.train_writer = writer
+    trainer.reset_train_function()
+    random.setstate(py_state)
+    np.random.set_state(np_state)
+    tf_gen.reset(tf_state)
+    if keras_gen is not None:
+      keras_gen.state.assign(keras_state)
+
+
+# ------------------------------------------------------------ the sweep ----
+
+
+def _sweep_length(config, steps_per_epoch: int) -> int:
+  steps = steps_per_epoch
+  if config.lr_find_max_steps:
+    steps = min(steps, config.lr_find_max_steps)
+  if config.lr_find_factor:
+    # Growing by a factor: stop where the LR would pass lr_find_end.
+    to_end = math.log(config.lr_find_end / config.lr_find_start) / math.log(
+        config.lr_find_factor)
+    steps = min(steps, int(math.floor(to_end)) + 1)
+  return max(steps, 1)
+
+
+def sweep(exp, num_steps: Optional[int] = None):
+  """Runs the LR sweep on `exp.trainer` (state is NOT restored here).
+
+  Returns:
+    (lrs, losses, smoothed, stop_reason, settings) as numpy arrays / str / dict.
+  """
+  config, trainer = exp.config, exp.trainer
+  num_steps = num_steps or _sweep_length(config, exp.steps_per_epoch)
+  offset = int(trainer.optimizer.iterations.numpy())
+  if config.lr_find_factor:
+    schedule = schedules.ExponentialGrowth(config.lr_find_start,
+                                           config.lr_find_factor, offset)
+  else:
+    schedule = schedules.ExponentialGrowth.from_range(
+        config.lr_find_start, config.lr_find_end, num_steps, offset)
+  inner = getattr(trainer.optimizer, 'inner_optimizer', trainer.optimizer)
+  inner.learning_rate = schedule
+  trainer.train_writer = None   # keep the sweep out of train/ step summaries
+  trainer.reset_train_function()
+
+  batches = data.train_batches(exp.datasets['train'], config.batch_size,
+                               config.seed, epoch=0)
+  iterator = iter(exp.strategy.experimental_distribute_dataset(batches))
+  beta, stop_factor = config.lr_find_beta, config.lr_find_stop_factor
+  # Calls of at most 25 steps and at most 2x LR growth: the stop check runs
+  # between calls, and a non-finite loss loses the failing call's losses.
+  chunk = max(1, min(config.steps_per_loop, 25,
+                     int(math.log(2.0) / math.log(schedule.factor))))
+  losses: List[float] = []
+  avg, avg_corrected, best = 0.0, 0.0, math.inf
+  stop_reason = 'max_steps' if config.lr_find_max_steps and (
+      num_steps == config.lr_find_max_steps) else 'end_lr'
+  done = 0
+  while done < num_steps:
+    # Near the blow-up, run one step per call so the stop lands on its step
+    # and a non-finite loss loses no recorded steps.
+    near = best < math.inf and avg_corrected > 0.5 * stop_factor * best
+    n = min(1 if near else chunk, num_steps - done)
+    try:
+      out = trainer.train_steps(iterator, n)
+      new = [float(x) for x in out['losses']]
+    except trainer_lib.NonFiniteError as e:
+      # The normal end of a sweep. The failing call's losses are lost, so the
+      # bad step is recorded only when it directly follows the recorded ones
+      # (always so in the one-step calls near the blow-up).
+      if e.step - offset - 1 == len(losses):
+        losses.append(math.inf)
+      stop_reason = 'non_finite'
+      break
+    stopped = False
+    for loss in new:
+      losses.append(loss)
+      i = len(losses)
+      avg = beta * avg + (1.0 - beta) * loss
+      avg_corrected = avg / (1.0 - beta ** i)
+      best = min(best, avg_corrected)
+      if i > 1 and avg_corrected > stop_factor * best:
+        stop_reason, stopped = 'diverged', True
+        break
+    done += n
+    if stopped:
+      break
+  lrs = np.array([float(schedule(offset + i)) for i in range(len(losses))])
+  losses_arr = np.array(losses, np.float64)
+  settings = {'start_lr': config.lr_find_start, 'end_lr': config.lr_find_end,
+              'factor': schedule.factor, 'planned_steps': num_steps,
+              'beta': beta, 'stop_factor': stop_factor,
+              'batch_size': config.batch_size, 'optimizer': config.optimizer,
+              'steps_per_epoch': exp.steps_per_epoch}
+  return lrs, losses_arr, smooth(losses_arr, beta), stop_reason, settings
+
+
+# ------------------------------------------------------------ outputs ------
+
+
+def plot(result: Result, path: str) -> None:
+  """Writes the loss-vs-LR figure (log-x, raw and smoothed, minimum, suggestions)."""
+  import matplotlib  # pylint: disable=g-import-not-at-top
+  matplotlib.use('Agg')
+  from matplotlib import pyplot as plt  # pylint: disable=g-import-not-at-top
+
+  lrs, raw, smoothed = result.lrs, result.losses, result.smoothed
+  fig, ax = plt.subplots(figsize=(9, 5.5), dpi=110)
+  finite = np.isfinite(raw)
+  ax.plot(lrs[finite], raw[finite], color='0.6', alpha=0.5, lw=0.8,
+          label='loss per batch')
+  ax.plot(lrs, smoothed, color='C0', lw=2.0,
+          label=f'smoothed (EMA, beta={result.settings.get("beta", "?")})')
+  ax.axvline(result.min_lr, color='k', ls='--', lw=1.0,
+             label=f'minimum of smoothed loss: lr={result.min_lr:.3g}')
+  if result.stop_reason in ('diverged', 'non_finite'):
+    ax.axvline(lrs[-1], color='C4', ls=':', lw=1.2,
+               label=f'blow-up (sweep stopped): lr={lrs[-1]:.3g}')
+  colors = {'divergence': 'C4', 'minimum': 'C3', 'steepest': 'C2',
+            'valley': 'C1'}
+  markers = {'divergence': 'v', 'minimum': 'o', 'steepest': 's',
+             'valley': 'D'}
+  for name in SUGGESTIONS:
+    lr = result.suggestions.get(name)
+    if lr is None:
+      continue
+    y = float(np.interp(np.log10(lr), np.log10(lrs), smoothed))
+    default = ' (default)' if name == result.default else ''
+    ax.plot([lr], [y], marker=markers[name], color=colors[name], ms=10,
+            ls='none', markeredgecolor='k',
+            label=f'{name}{default}: lr={lr:.3g}')
+  ax.set_xscale('log')
+  # The interesting part is below the start loss; the blow-up is clipped.
+  fin_s = smoothed[np.isfinite(smoothed)]
+  if len(fin_s):
+    low, start = float(np.min(fin_s)), float(fin_s[0])
+    top = max(start, low) * 1.15 + 1e-12
+    span = top - low
+    ax.set_ylim(max(low - 0.1 * span, 0.0), top)
+  ax.set_xlabel('learning rate (log scale)')
+  ax.set_ylabel('training loss')
+  ax.set_title(f'LR finder: {len(lrs)} steps, batch '
+               f'{result.settings.get("batch_size", "?")}, '
+               f'{result.settings.get("optimizer", "")} '
+               f'(stopped: {result.stop_reason})')
+  ax.grid(True, which='both', alpha=0.3)
+  ax.legend(loc='upper left', fontsize=9, framealpha=0.9)
+  fig.tight_layout()
+  fig.savefig(path)
+  plt.close(fig)
+
+
+def write_csv(result: Result, path: str) -> None:
+  with open(path, 'w', newline='') as f:
+    writer = csv.writer(f)
+    writer.writerow(['step', 'lr', 'loss', 'smoothed_loss'])
+    for i, (lr, loss, sm) in enumerate(
+        zip(result.lrs, result.losses, result.smoothed)):
+      writer.writerow([i, repr(float(lr)), repr(float(loss)), repr(float(sm))])
+
+
+def write_summaries(result: Result, logdir: str, png_path: str) -> None:
+  writer = tf.summary.create_file_writer(logdir)
+  with writer.as_default():
+    for i, (lr, loss, sm) in enumerate(
+        zip(result.lrs, result.losses, result.smoothed)):
+      tf.summary.scalar(TAG_LR, lr, step=i)
+      if math.isfinite(loss):
+        tf.summary.scalar(TAG_LOSS, loss, step=i)
+      if math.isfinite(sm):
+        tf.summary.scalar(TAG_SMOOTHED, sm, step=i)
+    with open(png_path, 'rb') as f:
+      image = tf.image.decode_png(f.read(), channels=4)
+    tf.summary.image(TAG_PLOT, image[tf.newaxis], step=0)
+  writer.flush()
+  writer.close()
+
+
+def find(exp, outdir: str, num_steps: Optional[int] = None) -> Result:
+  """Runs the LR finder on an Experiment and restores its state afterwards.
+
+  Args:
+    exp: a `loop.Experiment` (trainer, cached train split, config with the
+      lr_find_* fields and lr_suggestion, strategy, steps_per_epoch).
+    outdir: folder for the PNG, CSV, JSON and TensorBoard events (chief only).
+    num_steps: sweep length; default one epoch, capped by
+      `config.lr_find_max_steps` (and by lr_find_end when a factor is given).
+
+  Returns:
+    A `Result`; `.suggestion` is the LR of the rule `config.lr_suggestion`.
+
+  Raises:
+    ValueError: the sweep recorded too few steps for any suggestion.
+  """
+  config = exp.config
+  started = time.time()
+  with _preserved_state(exp):
+    lrs, losses, smoothed, reason, settings = sweep(exp, num_steps)
+  finite = np.isfinite(smoothed)
+  if not finite.any():
+    raise ValueError(f'LR finder: the first loss was already non-finite at '
+                     f'lr={config.lr_find_start}; lower --lr_find_start.')
+  i_min = int(np.nanargmin(np.where(finite, smoothed, np.nan)))
+  result = Result(lrs=lrs, losses=losses, smoothed=smoothed,
+                  suggestions=suggestions_for(lrs, smoothed, reason),
+                  default=config.lr_suggestion, stop_reason=reason,
+                  min_lr=float(lrs[i_min]), min_loss=float(smoothed[i_min]),
+                  seconds=time.time() - started, settings=settings)
+  logging.info('LR finder: %d steps (%s) in %.1f s; suggestions %s',
+               len(lrs), reason, result.seconds,
+               {k: v and round(v, 5) for k, v in result.suggestions.items()})
+  if getattr(exp, 'is_chief', True):
+    os.makedirs(outdir, exist_ok=True)
+    result.paths = {'png': os.path.join(outdir, PNG),
+                    'csv': os.path.join(outdir, CSV),
+                    'json': os.path.join(outdir, JSON),
+                    'tensorboard': outdir}
+    plot(result, result.paths['png'])
+    write_csv(result, result.paths['csv'])
+    write_summaries(result, outdir, result.paths['png'])
+    with open(result.paths['json'], 'w') as f:
+      json.dump(result.summary(), f, indent=2, sort_keys=True)
+  return result
