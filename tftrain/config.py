@@ -21,7 +21,7 @@ SCHEDULES = ('constant', 'exponential', 'piecewise', 'onecycle')
 STRATEGIES = ('default', 'one_device', 'mirrored', 'multi_worker')
 MIXED_PRECISION = ('none', 'mixed_float16', 'mixed_bfloat16')
 MONITORS = ('val_accuracy', 'val_loss')
-LR_SUGGESTIONS = ('minimum', 'steepest', 'valley')
+LR_SUGGESTIONS = ('divergence', 'minimum', 'steepest', 'valley')
 
 
 class ConfigError(ValueError):
@@ -101,7 +101,7 @@ class Config:
   lr_find_max_steps: Optional[int] = None  # default: one epoch
   lr_find_stop_factor: float = 4.0
   lr_find_beta: float = 0.98
-  lr_suggestion: str = 'minimum'
+  lr_suggestion: str = 'divergence'     # 10x below the blow-up (lr_finder.py)
   # Distribution and precision.
   strategy: str = 'default'
   mixed_precision: str = 'none'
