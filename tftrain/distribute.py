@@ -1,5 +1,8 @@
 """tf.distribute strategy from a name; CPU replicas; who is chief."""
 
+import json
+import os
+
 import tensorflow as tf
 
 STRATEGIES = ('default', 'one_device', 'mirrored', 'multi_worker')
@@ -54,3 +57,22 @@ def is_chief(strategy: tf.distribute.Strategy) -> bool:
   cluster = resolver.cluster_spec().as_dict()
   return (resolver.task_type == 'worker' and resolver.task_id == 0
           and 'chief' not in cluster)
+
+
+def task_from_tf_config():
+  """(task_type, task_id, cluster dict) from $TF_CONFIG, or (None, 0, {})."""
+  try:
+    tf_config = json.loads(os.environ.get('TF_CONFIG') or '{}')
+  except ValueError as e:
+    raise ValueError(f'TF_CONFIG is not valid JSON ({e}); see the README\'s '
+                     'multi-worker example.') from None
+  task = tf_config.get('task') or {}
+  return task.get('type'), int(task.get('index', 0)), tf_config.get('cluster') or {}
+
+
+def is_chief_from_env() -> bool:
+  """Chief by $TF_CONFIG alone (before the strategy exists)."""
+  task_type, task_id, cluster = task_from_tf_config()
+  if task_type in (None, 'chief'):
+    return True
+  return task_type == 'worker' and task_id == 0 and 'chief' not in cluster

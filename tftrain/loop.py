@@ -11,7 +11,6 @@ import json
 import math
 import os
 import signal
-import tempfile
 import threading
 import time
 from typing import Any, Callable, Dict, Optional, Sequence
@@ -112,7 +111,10 @@ def build_experiment(config: config_lib.Config, workdir: str) -> Experiment:
   steps_per_epoch = num_train // config.batch_size
   if config.max_steps_per_epoch:
     steps_per_epoch = min(steps_per_epoch, config.max_steps_per_epoch)
-  temp_dir = None if is_chief else tempfile.mkdtemp(prefix='tftrain-worker-')
+  # Non-chief workers write checkpoints/summaries to their own folder (the
+  # TF multi-worker guide's pattern); only the chief writes the workdir.
+  temp_dir = None if is_chief else os.path.join(
+      workdir, f'workertemp_{distribute.task_from_tf_config()[1]}')
   writers = summaries.create_writers(workdir, is_chief, temp_dir)
   tf.keras.utils.set_random_seed(config.seed)
   with strategy.scope():
@@ -196,7 +198,10 @@ def train_and_evaluate(config: config_lib.Config, workdir: str,
   """
   check_config(config)   # before the workdir is created or touched
   workdir_lib.ensure_writable(workdir)
-  with workdir_lib.WorkdirLock(workdir):
+  chief = config.strategy != 'multi_worker' or distribute.is_chief_from_env()
+  lock = (workdir_lib.WorkdirLock(workdir) if chief
+          else contextlib.nullcontext())
+  with lock:
     exp = build_experiment(config, workdir)
     return run(exp, hooks)
 
@@ -303,8 +308,7 @@ def run(exp: Experiment, hooks: Sequence[Hook] = ()) -> Dict[str, Any]:
         except trainer_lib.NonFiniteError as e:
           result.update(status='diverged', diverged_step=e.step,
                         diverged_loss=e.loss, history=history)
-          if exp.is_chief:
-            _write_json(os.path.join(exp.workdir, 'metrics.json'), result)
+          _write_json(os.path.join(exp.workdir, 'metrics.json'), result)
           raise
         dt = time.perf_counter() - t0
         step_in_epoch += n
@@ -314,9 +318,8 @@ def run(exp: Experiment, hooks: Sequence[Hook] = ()) -> Dict[str, Any]:
                                        ('accuracy', sums[1] / sums[2]),
                                        ('ex/s', speed)])
         step = int(trainer.optimizer.iterations.numpy())
-        if exp.is_chief:
-          summaries.write_scalars(exp.writers[summaries.TRAIN], step,
-                                  {'examples_per_second': speed})
+        summaries.write_scalars(exp.writers[summaries.TRAIN], step,
+                                {'examples_per_second': speed})
         for hook in hooks:
           hook(exp, 'train', dict(out, step=step, epoch=epoch))
         if guard.signum is not None:
@@ -324,8 +327,7 @@ def run(exp: Experiment, hooks: Sequence[Hook] = ()) -> Dict[str, Any]:
       if guard.signum is not None and step_in_epoch < exp.steps_per_epoch:
         state['step_in_epoch'].assign(step_in_epoch)
         state['epoch_sums'].assign(sums)
-        if exp.is_chief or config.strategy == 'multi_worker':
-          manager.save(checkpoint_number=trainer.optimizer.iterations)
+        manager.save(checkpoint_number=trainer.optimizer.iterations)
         status = 'interrupted'
         result['interrupted_step'] = int(trainer.optimizer.iterations.numpy())
         break
@@ -338,15 +340,14 @@ def run(exp: Experiment, hooks: Sequence[Hook] = ()) -> Dict[str, Any]:
         val = trainer.evaluate(eval_ds['validation'])
         record.update(val_loss=val['loss'], val_accuracy=val['accuracy'])
       step = int(trainer.optimizer.iterations.numpy())
-      if exp.is_chief:
-        summaries.write_scalars(exp.writers[summaries.TRAIN], epoch + 1, {
-            'epoch_loss': record['loss'], 'epoch_accuracy': record['accuracy'],
-            'epoch_learning_rate': float(
-                trainer.optimizer.learning_rate.numpy())})
-        if has_val:
-          summaries.write_scalars(exp.writers[summaries.VALIDATION], epoch + 1, {
-              'epoch_loss': record['val_loss'],
-              'epoch_accuracy': record['val_accuracy']})
+      summaries.write_scalars(exp.writers[summaries.TRAIN], epoch + 1, {
+          'epoch_loss': record['loss'], 'epoch_accuracy': record['accuracy'],
+          'epoch_learning_rate': float(
+              trainer.optimizer.learning_rate.numpy())})
+      if has_val:
+        summaries.write_scalars(exp.writers[summaries.VALIDATION], epoch + 1, {
+            'epoch_loss': record['val_loss'],
+            'epoch_accuracy': record['val_accuracy']})
       history.append(record)
       logging.info('epoch %d/%d %s', epoch + 1, config.epochs,
                    ' '.join(f'{k}={v:.4f}' for k, v in record.items()
@@ -358,8 +359,7 @@ def run(exp: Experiment, hooks: Sequence[Hook] = ()) -> Dict[str, Any]:
           state['best'].assign(value)
           state['best_epoch'].assign(epoch + 1)
           state['wait'].assign(0)
-          if exp.is_chief or config.strategy == 'multi_worker':
-            best_manager.save(checkpoint_number=epoch + 1)
+          best_manager.save(checkpoint_number=epoch + 1)
         else:
           state['wait'].assign_add(1)
           stop = config.patience and int(state['wait'].numpy()) >= config.patience
@@ -367,17 +367,14 @@ def run(exp: Experiment, hooks: Sequence[Hook] = ()) -> Dict[str, Any]:
       state['epoch'].assign(epoch)
       state['step_in_epoch'].assign(0)
       state['epoch_sums'].assign(np.zeros(3))
-      if exp.is_chief or config.strategy == 'multi_worker':
-        manager.save(checkpoint_number=step)
-      if exp.is_chief:
-        _write_json(_history_path(exp.workdir), history)
+      manager.save(checkpoint_number=step)
+      _write_json(_history_path(exp.workdir), history)
       for hook in hooks:
         hook(exp, 'epoch', record)
       if stop:
         status = 'early_stopped'
         state['epoch'].assign(config.epochs)
-        if exp.is_chief or config.strategy == 'multi_worker':
-          manager.save(checkpoint_number=step + 1)
+        manager.save(checkpoint_number=step + 1)
         break
       if guard.signum is not None:
         status = 'interrupted'
@@ -402,6 +399,5 @@ def run(exp: Experiment, hooks: Sequence[Hook] = ()) -> Dict[str, Any]:
     result.update(test_loss=test['loss'], test_accuracy=test['accuracy'])
   for writer in exp.writers.values():
     writer.flush()
-  if exp.is_chief:
-    _write_json(os.path.join(exp.workdir, 'metrics.json'), result)
+  _write_json(os.path.join(exp.workdir, 'metrics.json'), result)
   return result
