@@ -64,6 +64,9 @@ def define_flags(**defaults):
   f.DEFINE_enum('monitor', d['monitor'], config_lib.MONITORS,
                 'Validation metric for early stopping and best weights.')
   f.DEFINE_integer('seed', d['seed'], 'Seed for weights and data order.')
+  f.DEFINE_bool('deterministic', d['deterministic'],
+                'Deterministic TF ops: a resumed run then ends with the same '
+                'metrics as an uninterrupted one (may be slower on GPU).')
   f.DEFINE_integer('steps_per_loop', d['steps_per_loop'],
                    'Train steps per tf.function call (in-graph loop).')
   f.DEFINE_bool('jit_compile', d['jit_compile'], 'XLA-compile the train step.')
@@ -132,7 +135,8 @@ def config_from_flags(**overrides) -> config_lib.Config:
       weight_decay=FLAGS.weight_decay, schedule=FLAGS.schedule,
       decay_rate=FLAGS.decay_rate, decay_epochs=FLAGS.decay_epochs,
       epochs=FLAGS.epochs, patience=FLAGS.patience, monitor=FLAGS.monitor,
-      seed=FLAGS.seed, steps_per_loop=FLAGS.steps_per_loop,
+      seed=FLAGS.seed, deterministic=FLAGS.deterministic,
+      steps_per_loop=FLAGS.steps_per_loop,
       jit_compile=FLAGS.jit_compile,
       max_steps_per_epoch=FLAGS.max_steps_per_epoch,
       log_every_steps=FLAGS.log_every_steps,
@@ -156,17 +160,24 @@ def default_workdir(launcher: str) -> str:
 
 def setup_devices():
   """Device settings that must precede any TensorFlow work."""
-  from tftrain import distribute  # pylint: disable=g-import-not-at-top
-  if FLAGS.cpu_replicas:
+  if FLAGS.cpu_replicas:   # imports TensorFlow only when needed
+    from tftrain import distribute  # pylint: disable=g-import-not-at-top
     distribute.configure_cpu_replicas(FLAGS.cpu_replicas)
 
 
 def run_main(body):
-  """Runs `body()` (returns an exit code) turning known errors into one line."""
-  from tftrain import errors  # pylint: disable=g-import-not-at-top
+  """Runs `body()` (returns an exit code) turning known errors into one line.
+
+  `tftrain.errors` imports TensorFlow, so it is imported only for errors
+  other than ConfigError: a bad flag is reported without TF's start-up cost.
+  """
   try:
     code = body()
-  except errors.USER_ERRORS as e:
+  except Exception as e:  # pylint: disable=broad-except
+    if not isinstance(e, config_lib.ConfigError):
+      from tftrain import errors  # pylint: disable=g-import-not-at-top
+      if not isinstance(e, errors.USER_ERRORS):
+        raise
     if FLAGS.verbose:
       traceback.print_exc()
     message = str(e).splitlines()[0] if str(e) else type(e).__name__

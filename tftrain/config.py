@@ -84,6 +84,7 @@ class Config:
   patience: int = 5                       # early stopping, in epochs; 0 = off
   monitor: str = 'val_accuracy'
   seed: int = 42
+  deterministic: bool = False             # tf op determinism (exact resumes)
   steps_per_loop: int = 50                # train steps per tf.function call
   jit_compile: bool = False
   max_steps_per_epoch: Optional[int] = None  # cap, for smoke tests

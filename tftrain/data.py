@@ -74,6 +74,42 @@ def _network_reachable(urls) -> bool:
     return False
 
 
+def _check_raw_files(name: str, raw_data_dir: str, urls: Dict[str, str]) -> str:
+  """Returns `<raw_data_dir>/<name>`; raises DataError naming missing files."""
+  manual_dir = os.path.join(raw_data_dir, name)
+  missing = [f for f in urls.values()
+             if not os.path.isfile(os.path.join(manual_dir, f))]
+  if missing:
+    raise DataError(
+        f'--raw_data_dir={raw_data_dir}: dataset {name}: missing '
+        f'{", ".join(sorted(missing))} in {manual_dir}; set --raw_data_dir '
+        f'(or ${RAW_DATA_ENV}) to a folder holding '
+        f'{name}/{{{",".join(sorted(urls.values()))}}}.')
+  return manual_dir
+
+
+def check_available(name: str, data_dir: Optional[str] = None,
+                    raw_data_dir: Optional[str] = None) -> Optional[Dict[str, int]]:
+  """Cheap check, before a run touches anything, that `prepare` can succeed.
+
+  Reads only metadata: no preparation, no download.
+
+  Returns:
+    Examples per split ({'train': n, 'test': m}) when `name` is already
+    prepared in `data_dir`; None when it still has to be prepared.
+
+  Raises:
+    DataError: not prepared, and the raw files are missing from the raw dir.
+  """
+  builder = tfds.builder(name, data_dir=data_dir)
+  if _is_prepared(builder):
+    return {k: s.num_examples for k, s in builder.info.splits.items()}
+  raw_data_dir = resolve_raw_data_dir(raw_data_dir)
+  if raw_data_dir:
+    _check_raw_files(name, raw_data_dir, expected_raw_files(name))
+  return None
+
+
 def prepare(name: str, data_dir: Optional[str] = None,
             raw_data_dir: Optional[str] = None) -> str:
   """Makes sure TFDS dataset `name` is prepared in `data_dir`; returns data_dir.
@@ -95,14 +131,7 @@ def prepare(name: str, data_dir: Optional[str] = None,
   urls = expected_raw_files(name)
   downloads = os.path.join(data_dir, 'downloads', name)
   if raw_data_dir:
-    manual_dir = os.path.join(raw_data_dir, name)
-    missing = [f for f in urls.values()
-               if not os.path.isfile(os.path.join(manual_dir, f))]
-    if missing:
-      raise DataError(
-          f'dataset {name}: missing {", ".join(sorted(missing))} in '
-          f'{manual_dir}; set --raw_data_dir (or ${RAW_DATA_ENV}) to a folder '
-          f'holding {name}/{{{",".join(sorted(urls.values()))}}}.')
+    manual_dir = _check_raw_files(name, raw_data_dir, urls)
     local_infos = {
         url: tfds_checksums.compute_url_info(os.path.join(manual_dir, f))
         for url, f in urls.items()}
