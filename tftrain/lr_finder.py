@@ -374,8 +374,10 @@ def plot(result: Result, path: str) -> None:
                f'{result.settings.get("batch_size", "?")}, '
                f'{result.settings.get("optimizer", "")} '
                f'(stopped: {result.stop_reason})')
-  ax.grid(True, which='both', alpha=0.3)
-  ax.legend(loc='upper left', fontsize=9, framealpha=0.9)
+  ax.grid(True, which='major', alpha=0.4)
+  ax.grid(True, which='minor', alpha=0.12)
+  # Lower left is empty: the curve starts high and ends on the right.
+  ax.legend(loc='lower left', fontsize=9, framealpha=0.9)
   fig.tight_layout()
   fig.savefig(path)
   plt.close(fig)
