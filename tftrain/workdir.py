@@ -70,10 +70,13 @@ class WorkdirLock:
                        'run is using the workdir.')
 
   def release(self) -> None:
+    """Removes the lock file if it is still this process's."""
     if self._held:
       try:
-        os.remove(self.path)
-      except OSError:
+        with open(self.path) as f:
+          if json.load(f).get('pid') == os.getpid():
+            os.remove(self.path)
+      except (OSError, ValueError):
         pass
       self._held = False
 
