@@ -1,0 +1,231 @@
+"""LR finder: state restored exactly, suggestion rules, outputs, launchers."""
+
+import csv
+import glob
+import json
+import os
+import random
+
+import numpy as np
+import pytest
+import tensorflow as tf
+
+from tftrain import config as config_lib
+from tftrain import data
+from tftrain import loop
+from tftrain import lr_finder
+from tftrain import schedules
+
+
+def small_config(data_dir, **overrides):
+  values = dict(dataset='mnist', data_dir=data_dir, validation_size=100,
+                model='mlp', hidden=(16,), optimizer='adam',
+                learning_rate='auto', batch_size=20, eval_batch_size=100,
+                epochs=1, patience=0, steps_per_loop=4, log_every_steps=1,
+                progress=False, trace_graph=False, seed=5,
+                lr_find_start=1e-4, lr_find_end=1e3)
+  values.update(overrides)
+  return config_lib.Config(**values)
+
+
+def scalar_events(logdir):
+  """{tag: [(step, value)]} and the set of image tags under logdir."""
+  scalars, images = {}, set()
+  for path in glob.glob(os.path.join(logdir, 'events.out.tfevents.*')):
+    for event in tf.compat.v1.train.summary_iterator(path):
+      for value in event.summary.value:
+        kind = value.metadata.plugin_data.plugin_name
+        if kind == 'images':
+          images.add(value.tag)
+        else:
+          scalars.setdefault(value.tag, []).append(
+              (event.step, float(tf.make_ndarray(value.tensor))))
+  return scalars, images
+
+
+@pytest.fixture(scope='module')
+def swept(tiny_mnist_data_dir, tmp_path_factory):
+  """An Experiment trained a few steps, its state before, and a finder run."""
+  workdir = str(tmp_path_factory.mktemp('finder'))
+  exp = loop.build_experiment(small_config(tiny_mnist_data_dir), workdir)
+  # Train a little first: non-zero slots and a non-zero step counter.
+  batches = data.train_batches(exp.datasets['train'], 20, 1, 0)
+  exp.trainer.train_steps(iter(exp.strategy.experimental_distribute_dataset(
+      batches)), 7)
+  opt = exp.trainer.optimizer
+  before = {
+      'model': [v.numpy() for v in exp.trainer.model.variables],
+      'optimizer': {v.path: v.numpy() for v in opt.variables},
+      'iterations': int(opt.iterations.numpy()),
+      'schedule': opt._learning_rate,  # pylint: disable=protected-access
+      'lr': float(opt.learning_rate.numpy()),
+      'writer': exp.trainer.train_writer,
+  }
+  random.seed(11)
+  np.random.seed(11)
+  tf.random.get_global_generator().reset_from_seed(11)
+  expected_draws = (random.random(), np.random.rand(),
+                    float(tf.random.get_global_generator().normal([])))
+  random.seed(11)
+  np.random.seed(11)
+  tf.random.get_global_generator().reset_from_seed(11)
+  outdir = os.path.join(workdir, 'lr_finder')
+  result = lr_finder.find(exp, outdir)
+  draws = (random.random(), np.random.rand(),
+           float(tf.random.get_global_generator().normal([])))
+  return dict(exp=exp, before=before, result=result, outdir=outdir,
+              expected_draws=expected_draws, draws=draws)
+
+
+def test_restores_weights_slots_step_schedule_and_rng(swept):
+  exp, before, result = swept['exp'], swept['before'], swept['result']
+  opt = exp.trainer.optimizer
+  assert len(result.lrs) > 5                      # it really trained
+  assert before['iterations'] == 7
+  assert int(opt.iterations.numpy()) == 7
+  for got, want in zip(exp.trainer.model.variables, before['model']):
+    np.testing.assert_array_equal(got.numpy(), want)
+  slots = {v.path: v.numpy() for v in opt.variables}
+  assert slots.keys() == before['optimizer'].keys()
+  assert any('momentum' in k or 'velocity' in k for k in slots)
+  for path, value in before['optimizer'].items():
+    np.testing.assert_array_equal(slots[path], value, err_msg=path)
+    if 'momentum' in path:
+      assert np.abs(value).sum() > 0              # slots were non-trivial
+  assert opt._learning_rate is before['schedule']  # pylint: disable=protected-access
+  assert float(opt.learning_rate.numpy()) == before['lr']
+  assert exp.trainer.train_writer is before['writer']
+  assert swept['draws'] == swept['expected_draws']
+
+
+def test_sweep_is_exponential_within_one_epoch_and_stops(swept):
+  exp, result = swept['exp'], swept['result']
+  lrs = result.lrs
+  assert len(lrs) <= exp.steps_per_epoch
+  assert lrs[0] == pytest.approx(1e-4, rel=1e-5)
+  ratios = lrs[1:] / lrs[:-1]
+  np.testing.assert_allclose(ratios, ratios[0], rtol=1e-4)
+  assert ratios[0] == pytest.approx(1e7 ** (1 / (exp.steps_per_epoch - 1)),
+                                    rel=1e-4)
+  # Adam up to lr=1000 must blow up before the end of the sweep.
+  assert result.stop_reason in ('diverged', 'non_finite')
+  assert len(lrs) < exp.steps_per_epoch
+  if result.stop_reason == 'diverged':
+    assert result.smoothed[-1] > 4.0 * result.min_loss
+  np.testing.assert_allclose(
+      result.smoothed, lr_finder.smooth(result.losses, 0.98))
+  assert set(result.suggestions) == set(lr_finder.SUGGESTIONS)
+  assert result.suggestion == result.suggestions['divergence']
+  assert result.suggestion == pytest.approx(lrs[-1] / 10)
+
+
+def test_writes_png_csv_json_and_summaries(swept):
+  result, outdir = swept['result'], swept['outdir']
+  n = len(result.lrs)
+  with open(os.path.join(outdir, 'lr_finder.png'), 'rb') as f:
+    png = f.read()
+  assert png[:8] == b'\x89PNG\r\n\x1a\n'
+  image = tf.image.decode_png(png)
+  assert image.shape[0] >= 400 and image.shape[1] >= 600
+  with open(os.path.join(outdir, 'lr_finder.csv')) as f:
+    rows = list(csv.DictReader(f))
+  assert list(rows[0]) == ['step', 'lr', 'loss', 'smoothed_loss']
+  assert len(rows) == n
+  assert [int(r['step']) for r in rows] == list(range(n))
+  np.testing.assert_allclose([float(r['lr']) for r in rows], result.lrs)
+  with open(os.path.join(outdir, 'lr_finder.json')) as f:
+    summary = json.load(f)
+  assert summary == json.loads(json.dumps(result.summary()))
+  assert summary['steps'] == n
+  assert summary['suggestion'] == pytest.approx(result.suggestion)
+  scalars, images = scalar_events(outdir)
+  assert [s for s, _ in scalars['lr_finder/lr']] == list(range(n))
+  np.testing.assert_allclose([v for _, v in scalars['lr_finder/lr']],
+                             result.lrs, rtol=1e-6)
+  finite = int(np.isfinite(result.losses).sum())
+  assert len(scalars['lr_finder/loss']) == finite
+  assert images == {'lr_finder/plot'}
+
+
+def synthetic_curve(n=600):
+  """Loss falls (steepest at lr=1e-2), is lowest near 0.3, explodes after."""
+  lrs = np.logspace(-5, 1, n)
+  x = np.log10(lrs)
+  loss = 2.5 - 2.0 / (1.0 + np.exp(-3.0 * (x + 2.0))) + 0.05 * np.exp(
+      4.0 * (x + 0.5))
+  return lrs, loss
+
+
+def test_suggestion_rules_on_a_synthetic_curve():
+  lrs, loss = synthetic_curve()
+  i_min = int(np.argmin(loss))
+  assert lr_finder.suggest_minimum(lrs, loss) == pytest.approx(lrs[i_min] / 10)
+  steepest = lr_finder.suggest_steepest(lrs, loss)
+  assert abs(np.log10(steepest) - (-2.0)) < 0.05     # the inflection point
+  valley = lr_finder.suggest_valley(lrs, loss)
+  # fastai's valley: halfway along the longest descent, which here runs from
+  # the trimmed start (first 10% dropped) to the minimum.
+  begin = len(lrs) // 10
+  halfway = (np.log10(lrs[begin]) + np.log10(lrs[i_min])) / 2
+  assert abs(np.log10(valley) - halfway) < 0.02
+  assert lr_finder.suggest_divergence(lrs[:500], 'diverged') == pytest.approx(
+      lrs[499] / 10)
+  assert lr_finder.suggest_divergence(lrs, 'end_lr') is None
+
+
+def test_smoothing_is_bias_corrected():
+  np.testing.assert_allclose(lr_finder.smooth([2.0] * 50, 0.98), 2.0)
+  np.testing.assert_allclose(lr_finder.smooth([3.0, 1.0], 0.0), [3.0, 1.0])
+  # Second value: (0.02*0.98*a + 0.02*b) / (1 - 0.98**2).
+  a, b = 3.0, 1.0
+  assert lr_finder.smooth([a, b], 0.98)[1] == pytest.approx(
+      (0.98 * 0.02 * a + 0.02 * b) / (1 - 0.98 ** 2))
+
+
+def test_default_falls_back_when_the_sweep_never_blew_up():
+  lrs, loss = synthetic_curve(200)
+  result = lr_finder.Result(
+      lrs=lrs, losses=loss, smoothed=loss,
+      suggestions=lr_finder.suggestions_for(lrs, loss, 'end_lr'),
+      default='divergence', stop_reason='end_lr', min_lr=1.0, min_loss=0.5)
+  assert result.suggestions['divergence'] is None
+  assert result.suggestion == result.suggestions['minimum']
+
+
+def test_auto_learning_rate_trains_from_restored_weights(tiny_mnist_data_dir,
+                                                         tmp_path):
+  workdir = str(tmp_path / 'run')
+  config = small_config(tiny_mnist_data_dir, lr_find_end=10.0,
+                        optimizer='momentum', schedule='onecycle')
+  result = loop.train_and_evaluate(config, workdir)
+  found = result['lr_finder']
+  assert result['learning_rate'] == pytest.approx(found['suggestion'])
+  assert found['default'] == 'divergence'
+  assert os.path.exists(os.path.join(workdir, 'lr_finder', 'lr_finder.png'))
+  # The training summaries start at the restored step 0, not after the sweep.
+  scalars, _ = scalar_events(os.path.join(workdir, 'train'))
+  steps = [s for s, _ in scalars['learning_rate']]
+  assert min(steps) <= 1 and max(steps) <= 25
+  first_lr = dict(scalars['learning_rate'])[min(steps)]
+  one_cycle = schedules.OneCycle(found['suggestion'], (600 - 100) // 20)
+  assert first_lr == pytest.approx(float(one_cycle(min(steps))), rel=1e-4)
+  assert np.isfinite(result['test_loss'])
+
+
+def test_launcher_prints_suggestions_and_paths(tiny_mnist_data_dir, tmp_path,
+                                               run_launcher):
+  workdir = str(tmp_path / 'find')
+  proc = run_launcher('launch.lr_find', f'--data_dir={tiny_mnist_data_dir}',
+                      f'--workdir={workdir}', '--model=deep_mlp', '--depth=3',
+                      '--width=16', '--validation_size=100', '--batch_size=20',
+                      '--lr_suggestion=valley', timeout=240)
+  assert proc.returncode == 0, proc.stderr[-2000:]
+  out = proc.stdout
+  for name in lr_finder.SUGGESTIONS:
+    assert f'  {name}' in out
+  assert '<- default' in out.split('valley', 1)[1].splitlines()[0]
+  png = os.path.join(workdir, 'lr_finder', 'lr_finder.png')
+  assert f'png: {png}' in out
+  assert os.path.exists(png)
+  with open(os.path.join(workdir, 'lr_finder', 'lr_finder.json')) as f:
+    assert json.load(f)['default'] == 'valley'
