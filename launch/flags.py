@@ -72,6 +72,9 @@ def define_flags(**defaults):
   f.DEFINE_bool('jit_compile', d['jit_compile'], 'XLA-compile the train step.')
   f.DEFINE_integer('max_steps_per_epoch', d['max_steps_per_epoch'],
                    'Cap on steps per epoch (smoke tests).')
+  f.DEFINE_bool('eval_test_every_epoch', d['eval_test_every_epoch'],
+                'Also evaluate the test split after every epoch (studies; '
+                'history.json then holds test_accuracy per epoch).')
   f.DEFINE_integer('log_every_steps', d['log_every_steps'],
                    'Interval of per-step scalars (loss, lr, grad norms).')
   f.DEFINE_integer('histogram_every_steps', d['histogram_every_steps'],
@@ -139,6 +142,7 @@ def config_from_flags(**overrides) -> config_lib.Config:
       steps_per_loop=FLAGS.steps_per_loop,
       jit_compile=FLAGS.jit_compile,
       max_steps_per_epoch=FLAGS.max_steps_per_epoch,
+      eval_test_every_epoch=FLAGS.eval_test_every_epoch,
       log_every_steps=FLAGS.log_every_steps,
       histogram_every_steps=FLAGS.histogram_every_steps,
       grad_norms=FLAGS.grad_norms, progress=FLAGS.progress,

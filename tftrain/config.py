@@ -88,6 +88,7 @@ class Config:
   steps_per_loop: int = 50                # train steps per tf.function call
   jit_compile: bool = False
   max_steps_per_epoch: Optional[int] = None  # cap, for smoke tests
+  eval_test_every_epoch: bool = False    # test metrics per epoch (studies)
   # Observability.
   log_every_steps: int = 100
   histogram_every_steps: int = 0          # 0 = no histograms

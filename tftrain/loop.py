@@ -339,6 +339,9 @@ def run(exp: Experiment, hooks: Sequence[Hook] = ()) -> Dict[str, Any]:
       if has_val:
         val = trainer.evaluate(eval_ds['validation'])
         record.update(val_loss=val['loss'], val_accuracy=val['accuracy'])
+      if config.eval_test_every_epoch:   # e.g. epochs to a test accuracy
+        test = trainer.evaluate(eval_ds['test'])
+        record.update(test_loss=test['loss'], test_accuracy=test['accuracy'])
       step = int(trainer.optimizer.iterations.numpy())
       summaries.write_scalars(exp.writers[summaries.TRAIN], epoch + 1, {
           'epoch_loss': record['loss'], 'epoch_accuracy': record['accuracy'],
