@@ -196,7 +196,8 @@ def test_auto_learning_rate_trains_from_restored_weights(tiny_mnist_data_dir,
                                                          tmp_path):
   workdir = str(tmp_path / 'run')
   config = small_config(tiny_mnist_data_dir, lr_find_end=10.0,
-                        optimizer='momentum', schedule='onecycle')
+                        optimizer='momentum', schedule='onecycle',
+                        eval_test_every_epoch=True)
   result = loop.train_and_evaluate(config, workdir)
   found = result['lr_finder']
   assert result['learning_rate'] == pytest.approx(found['suggestion'])
@@ -210,6 +211,10 @@ def test_auto_learning_rate_trains_from_restored_weights(tiny_mnist_data_dir,
   one_cycle = schedules.OneCycle(found['suggestion'], (600 - 100) // 20)
   assert first_lr == pytest.approx(float(one_cycle(min(steps))), rel=1e-4)
   assert np.isfinite(result['test_loss'])
+  # eval_test_every_epoch: the last epoch's test metrics are the final ones
+  # (one epoch, so the best weights are that epoch's).
+  assert result['history'][-1]['test_accuracy'] == pytest.approx(
+      result['test_accuracy'])
 
 
 def test_launcher_prints_suggestions_and_paths(tiny_mnist_data_dir, tmp_path,
