@@ -99,14 +99,22 @@ def check_available(name: str, data_dir: Optional[str] = None,
     prepared in `data_dir`; None when it still has to be prepared.
 
   Raises:
-    DataError: not prepared, and the raw files are missing from the raw dir.
+    DataError: not prepared, and the raw files are missing from the raw dir
+      (or, without a raw dir, the download host is unreachable).
   """
   builder = tfds.builder(name, data_dir=data_dir)
   if _is_prepared(builder):
     return {k: s.num_examples for k, s in builder.info.splits.items()}
   raw_data_dir = resolve_raw_data_dir(raw_data_dir)
+  urls = expected_raw_files(name)
   if raw_data_dir:
-    _check_raw_files(name, raw_data_dir, expected_raw_files(name))
+    _check_raw_files(name, raw_data_dir, urls)
+  elif not _network_reachable(urls):
+    raise DataError(
+        f'dataset {name}: not prepared in {builder.data_dir_root} and its '
+        f'download host is unreachable; set --raw_data_dir (or '
+        f'${RAW_DATA_ENV}) to a folder holding '
+        f'{name}/{{{",".join(sorted(urls.values()))}}}.')
   return None
 
 
