@@ -32,9 +32,9 @@ def main(argv):
   launch_flags.setup_devices()
 
   def body():
-    from tftrain import loop  # pylint: disable=g-import-not-at-top
-    config = launch_flags.config_from_flags()
+    config = launch_flags.config_from_flags()   # bad flags fail before TF loads
     workdir = launch_flags.default_workdir('cifar10')
+    from tftrain import loop  # pylint: disable=g-import-not-at-top
     result = loop.train_and_evaluate(config, workdir)
     return launch_flags.report(result)
   launch_flags.run_main(body)

@@ -1,0 +1,229 @@
+"""Variant grids (tftrain.variants), HParams data (tftrain.hparams), launch.compare."""
+
+import glob
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+import tensorflow as tf
+
+from tftrain import config as config_lib
+from tftrain import variants
+from tests.conftest import REPO_ROOT, launcher_env
+
+BASE = config_lib.Config(optimizer='nadam', learning_rate=5e-4)
+
+
+def test_default_grid_names_and_per_optimizer_learning_rates():
+  grid = variants.expand_grid(variants.DEFAULT_GRID, BASE)
+  assert [v.name for v in grid] == [
+      f'bn-{bn}_opt-{opt}' for bn in ('none', 'before')
+      for opt in ('sgd', 'momentum', 'nesterov', 'adam', 'nadam')]
+  lrs = {v.name: v.overrides['learning_rate'] for v in grid}
+  assert lrs['bn-none_opt-sgd'] == lrs['bn-before_opt-sgd'] == 1e-2
+  assert lrs['bn-before_opt-momentum'] == 2e-3
+  assert lrs['bn-before_opt-nadam'] == 5e-4
+  assert grid[0].overrides == {'batch_norm': 'none', 'optimizer': 'sgd',
+                               'learning_rate': 1e-2}
+
+
+def test_variant_learning_rate_beats_optimizer_rate():
+  rates = dict(variants.DEFAULT_LEARNING_RATES, adam=1e-3,
+               **{'bn-none_opt-adam': 7e-5})
+  grid = variants.expand_grid({'batch_norm': ['none', 'before'],
+                               'optimizer': ['adam']}, BASE, rates)
+  assert [v.overrides['learning_rate'] for v in grid] == [7e-5, 1e-3]
+
+
+def test_a_grid_over_learning_rate_keeps_its_values():
+  grid = variants.expand_grid({'learning_rate': [0.1, 0.01]}, BASE)
+  assert [(v.name, v.overrides) for v in grid] == [
+      ('lr-0.1', {'learning_rate': 0.1}), ('lr-0.01', {'learning_rate': 0.01})]
+
+
+@pytest.mark.parametrize('grid,rates,flag', [
+    ({'optimizer': ['adamax']}, None, '--grid_optimizer=adamax'),
+    ({'batch_norm': ['middle']}, None, '--grid_batch_norm=middle'),
+    ({'colour': ['red']}, None, '--grid=colour'),
+    ({'optimizer': []}, None, '--grid=optimizer'),
+    ({'optimizer': ['sgd']}, {'bn-none_opt-sgd': 0.1}, '--learning_rates=bn-none_opt-sgd'),
+])
+def test_bad_grid_fails_before_training_naming_the_flag(grid, rates, flag):
+  with pytest.raises(config_lib.ConfigError) as info:
+    variants.expand_grid(grid, BASE, rates)
+  assert str(info.value).startswith(flag) and '\n' not in str(info.value)
+
+
+def test_select_by_pattern_and_unknown_pattern():
+  grid = variants.expand_grid(variants.DEFAULT_GRID, BASE)
+  chosen = variants.select(grid, ['bn-before_*', '*opt-sgd'])
+  assert [v.name for v in chosen] == [
+      'bn-none_opt-sgd', 'bn-before_opt-sgd', 'bn-before_opt-momentum',
+      'bn-before_opt-nesterov', 'bn-before_opt-adam', 'bn-before_opt-nadam']
+  assert variants.select(grid, []) == grid
+  with pytest.raises(config_lib.ConfigError, match='--only=bn-after'):
+    variants.select(grid, ['bn-after*'])
+
+
+def _history(val_losses, val_accs, seconds=10.0):
+  return [{'epoch': i, 'seconds': seconds, 'val_loss': l, 'val_accuracy': a}
+          for i, (l, a) in enumerate(zip(val_losses, val_accs), 1)]
+
+
+def test_summary_numbers_and_batch_norm_speedup_table():
+  plain = variants.Variant('bn-none_opt-adam', {'batch_norm': 'none',
+                                                'optimizer': 'adam',
+                                                'learning_rate': 1e-3})
+  bn = variants.Variant('bn-before_opt-adam', {'batch_norm': 'before',
+                                               'optimizer': 'adam',
+                                               'learning_rate': 1e-3})
+  rows = [
+      variants.summarize(plain, _history([2.0, 1.6, 1.5, 1.7],
+                                         [0.3, 0.40, 0.45, 0.44]),
+                         'completed', wall_seconds=[12, 24, 36, 48]),
+      variants.summarize(bn, _history([1.8, 1.55, 1.45, 1.3],
+                                      [0.35, 0.42, 0.5, 0.55], seconds=15.0),
+                         'completed'),
+  ]
+  assert rows[0]['best_val_accuracy'] == 0.45
+  assert rows[0]['best_val_accuracy_epoch'] == 3
+  assert (rows[0]['best_val_loss'], rows[0]['best_val_loss_epoch']) == (1.5, 3)
+  assert rows[0]['wall_seconds_to_best'] == 36 and rows[0]['wall_time_exact']
+  assert rows[1]['wall_seconds_to_best'] == 60 and not rows[1]['wall_time_exact']
+  assert rows[1]['seconds_per_epoch'] == 15.0
+  assert variants.epoch_reaching(rows[1]['val_loss'], 1.5) == 3
+  assert variants.epoch_reaching([2.0, None], 1.0) is None
+  speed = variants.batch_norm_speedups(rows)
+  assert speed == [{
+      'plain': 'bn-none_opt-adam', 'batch_norm': 'bn-before_opt-adam',
+      'plain_best_val_loss': 1.5, 'plain_best_epoch': 3, 'bn_epoch_reaching': 3,
+      'bn_best_val_loss': 1.3, 'bn_seconds_per_epoch': 15.0,
+      'plain_seconds_per_epoch': 10.0}]
+  table = variants.markdown_table(rows)
+  assert ('| bn-none_opt-adam | 0.001 | 0.4500 | 3 | 1.5000 (3) | 10.0 | 36 | '
+          '– | 4 | completed |') in table
+  assert '| bn-before_opt-adam | 0.001 | 0.5500 | 4 | 1.3000 (4) | 15.0 | 60* |' in table
+  assert '| bn-none_opt-adam | 1.5000 (3) | bn-before_opt-adam | 3 | 1.3000 | 1.50 |' in table
+
+
+def _summaries(path):
+  """[(tag, plugin_name)] of every summary value in the event files at path."""
+  out = []
+  for f in glob.glob(os.path.join(path, 'events.out.tfevents.*')):
+    for event in tf.compat.v1.train.summary_iterator(f):
+      for value in event.summary.value:
+        out.append((value.tag, value.metadata.plugin_data.plugin_name,
+                    value))
+  return out
+
+
+def test_grid_on_tiny_data_writes_runs_table_png_and_hparams(
+    tiny_mnist_data_dir, tmp_path):
+  base = config_lib.Config(
+      dataset='mnist', data_dir=tiny_mnist_data_dir, validation_size=100,
+      model='deep_mlp', depth=3, width=16, activation='elu', batch_size=50,
+      eval_batch_size=100, epochs=2, patience=0, steps_per_loop=5,
+      progress=False, trace_graph=False, monitor='val_loss', seed=1)
+  grid = variants.expand_grid(
+      {'batch_norm': ['none', 'before'], 'optimizer': ['sgd', 'adam']}, base,
+      {'sgd': 0.05, 'adam': 3e-3})
+  root = str(tmp_path / 'grid')
+  out = variants.run_grid(base, grid, root)
+
+  names = ['bn-none_opt-sgd', 'bn-none_opt-adam', 'bn-before_opt-sgd',
+           'bn-before_opt-adam']
+  assert [r['name'] for r in out['rows']] == names
+  for name, row in zip(names, out['rows']):
+    run_dir = os.path.join(root, name)
+    with open(os.path.join(run_dir, 'metrics.json')) as f:
+      metrics = json.load(f)
+    assert metrics['epochs_run'] == 2 and row['epochs_run'] == 2
+    assert row['val_loss'] == [h['val_loss'] for h in metrics['history']]
+    assert 0.0 <= row['best_val_accuracy'] <= 1.0
+    assert row['wall_time_exact'] and row['seconds_per_epoch'] > 0
+    # The run's HParams values and final metrics.
+    tags = {t: (p, v) for t, p, v in _summaries(run_dir)}
+    assert tags['_hparams_/session_start_info'][0] == 'hparams'
+    for tag in ('best_val_loss', 'best_val_accuracy', 'test_accuracy'):
+      assert float(tf.make_ndarray(tags[tag][1].tensor)) == pytest.approx(
+          row[tag] if tag != 'test_accuracy' else metrics['test_accuracy'])
+    assert os.path.isdir(os.path.join(run_dir, 'validation'))
+  adam = out['rows'][1]
+  assert adam['val_loss'][-1] < adam['val_loss'][0]       # it learned
+
+  # The experiment-level HParams config lists both axes and the metrics.
+  root_tags = _summaries(root)
+  assert [t for t, p, _ in root_tags if p == 'hparams'] == [
+      '_hparams_/experiment']
+  from tensorboard.plugins.hparams import plugin_data_pb2  # pylint: disable=g-import-not-at-top
+  content = plugin_data_pb2.HParamsPluginData.FromString(
+      root_tags[0][2].metadata.plugin_data.content)
+  assert {h.name for h in content.experiment.hparam_infos} == {
+      'batch_norm', 'optimizer', 'learning_rate'}
+  assert {(m.name.group, m.name.tag) for m in content.experiment.metric_infos} >= {
+      ('', 'best_val_accuracy'), ('validation', 'epoch_loss')}
+
+  paths = out['paths']
+  with open(paths['png'], 'rb') as f:
+    assert f.read(8) == b'\x89PNG\r\n\x1a\n'
+  assert os.path.getsize(paths['png']) > 20000
+  with open(paths['md']) as f:
+    table = f.read()
+  for name in names:
+    assert f'| {name} |' in table
+  assert 'epochs to reach the no-BN best validation loss' in table
+  with open(paths['json']) as f:
+    saved = json.load(f)
+  assert [r['name'] for r in saved['variants']] == names
+  assert len(saved['batch_norm_speedups']) == 2
+
+  # Rerunning resumes every finished variant instead of training again.
+  again = variants.run_grid(base, grid[:1], root)
+  assert again['rows'][0]['val_loss'] == out['rows'][0]['val_loss']
+
+
+def test_cifar10_launcher_defaults_are_the_seed():
+  code = ('import json\n'
+          'from absl import flags\n'
+          'from launch import cifar10\n'
+          'from launch import flags as f\n'
+          'flags.FLAGS(["x"])\n'
+          'print(json.dumps(f.config_from_flags().__dict__))\n')
+  proc = subprocess.run([sys.executable, '-c', code], cwd=REPO_ROOT,
+                        env=launcher_env(), capture_output=True, text=True,
+                        timeout=120, check=False)
+  assert proc.returncode == 0, proc.stderr[-2000:]
+  config = json.loads(proc.stdout.strip().splitlines()[-1])
+  expected = dict(dataset='cifar10', validation_size=5000, model='deep_mlp',
+                  depth=20, width=100, kernel_initializer='he_normal',
+                  activation='elu', batch_norm='before', optimizer='nadam',
+                  learning_rate=5e-4, batch_size=32, epochs=50, patience=10,
+                  monitor='val_loss', beta_1=0.9, beta_2=0.999)
+  assert {k: config[k] for k in expected} == expected
+
+
+def test_compare_launcher_end_to_end_and_one_line_errors(
+    tiny_mnist_data_dir, tmp_path, run_launcher):
+  workdir = str(tmp_path / 'cmp')
+  proc = run_launcher(
+      'launch.compare', '--dataset=mnist', f'--data_dir={tiny_mnist_data_dir}',
+      '--validation_size=100', '--depth=2', '--width=8', '--batch_size=50',
+      '--epochs=1', '--grid_optimizer=adam,sgd', "--only=bn-before_*adam",
+      '--learning_rates=adam=2e-3', '--noprogress', f'--workdir={workdir}',
+      timeout=180)
+  assert proc.returncode == 0, proc.stderr[-3000:]
+  assert sorted(os.listdir(workdir)) == sorted([
+      'bn-before_opt-adam', 'comparison.json',
+      'comparison.md', 'comparison.png'] + [
+          n for n in os.listdir(workdir) if n.startswith('events.out')])
+  assert '| bn-before_opt-adam | 0.002 |' in proc.stdout
+  assert '1 variant(s) in' in proc.stdout
+
+  bad = run_launcher('launch.compare', '--grid_optimizer=adamax',
+                     f'--data_dir={tiny_mnist_data_dir}',
+                     f'--workdir={tmp_path / "bad"}')
+  assert bad.returncode == 2
+  assert bad.stderr.strip().splitlines()[-1].startswith(
+      'error: --grid_optimizer=adamax: choose one of sgd, momentum')
