@@ -89,6 +89,7 @@ def test_raw_dir_from_environment(monkeypatch):
   monkeypatch.setenv(data.RAW_DATA_ENV, '/somewhere')
   assert data.resolve_raw_data_dir(None) == '/somewhere'
   assert data.resolve_raw_data_dir('/flag') == '/flag'
+  assert data.resolve_raw_data_dir('rel') == os.path.abspath('rel')
 
 
 def test_train_batches_order_depends_only_on_seed_and_epoch():

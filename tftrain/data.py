@@ -42,7 +42,8 @@ class DataInfo:
 
 def resolve_raw_data_dir(raw_data_dir: Optional[str]) -> Optional[str]:
   """The flag wins; otherwise $TFTRAIN_RAW_DATA_DIR; otherwise None (online)."""
-  return raw_data_dir or os.environ.get(RAW_DATA_ENV) or None
+  path = raw_data_dir or os.environ.get(RAW_DATA_ENV) or None
+  return os.path.abspath(os.path.expanduser(path)) if path else None
 
 
 def expected_raw_files(name: str) -> Dict[str, str]:
