@@ -202,6 +202,11 @@ def test_auto_learning_rate_trains_from_restored_weights(tiny_mnist_data_dir,
   found = result['lr_finder']
   assert result['learning_rate'] == pytest.approx(found['suggestion'])
   assert found['default'] == 'divergence'
+  # 1cycle peaks at the LR of the smoothed-loss minimum, not at 'divergence'.
+  assert found['suggestion'] == found['onecycle_max'] == pytest.approx(
+      found['lr_at_min_smoothed_loss'])
+  assert found['suggestions']['minimum'] == pytest.approx(
+      found['onecycle_max'] / 10)
   assert os.path.exists(os.path.join(workdir, 'lr_finder', 'lr_finder.png'))
   # The training summaries start at the restored step 0, not after the sweep.
   scalars, _ = scalar_events(os.path.join(workdir, 'train'))

