@@ -10,6 +10,10 @@ norms (every --log_every_steps), gradient/weight histograms, activation
 statistics and a gradient-norm-vs-depth image (every --histogram_every_steps);
 <workdir> gets grad_norm_vs_depth.png, val_accuracy.png, comparison.md/.csv.
 SELU standardizes the inputs by default (--standardize=auto).
+
+Defaults: Nadam 1e-4 decayed x0.1 every 3 epochs (exponential schedule),
+batch 32, 5 epochs. Nadam at its default 1e-3 keeps SELU at chance; a
+constant 1e-4 trains unsteadily; the decay makes it settle.
 """
 
 from absl import flags
@@ -19,8 +23,9 @@ from launch import flags as launch_flags
 FLAGS = flags.FLAGS
 launch_flags.define_flags(dataset='mnist', model='deep_mlp', depth=100,
                           width=100, activation='selu', optimizer='nadam',
-                          learning_rate=3e-5, batch_size=32, epochs=5,
-                          patience=0, log_every_steps=100,
+                          learning_rate=1e-4, schedule='exponential',
+                          decay_rate=0.1, decay_epochs=3.0, batch_size=32,
+                          epochs=5, patience=0, log_every_steps=100,
                           histogram_every_steps=500)
 
 
