@@ -102,10 +102,15 @@ class Trainer:
     self.optimizer.apply_gradients(zip(applied, variables))
     if self.histogram_every_steps and self.train_writer is not None:
       step = self.optimizer.iterations
-      with self.train_writer.as_default(step=step), tf.summary.record_if(
-          tf.equal(step % self.histogram_every_steps, 0)), tf.name_scope('/'):
-        summaries.write_histograms(self.layers,
-                                   [true_grads[i] for i in self._kernel_index])
+      kernel_grads = [true_grads[i] for i in self._kernel_index]
+
+      def write_histograms():
+        with self.train_writer.as_default(step=step), tf.name_scope('/'):
+          summaries.write_histograms(self.layers, kernel_grads)
+        return tf.constant(True)
+      # One cond for all histograms: no per-summary branch on other steps.
+      tf.cond(tf.equal(step % self.histogram_every_steps, 0), write_histograms,
+              lambda: tf.constant(False))
     predictions = tf.argmax(logits, axis=-1, output_type=tf.int32)
     correct = tf.reduce_sum(tf.cast(tf.equal(predictions, labels), tf.float32))
     count = tf.cast(tf.shape(labels)[0], tf.float32)
@@ -143,12 +148,17 @@ class Trainer:
         steps_run += 1
         if self.train_writer is not None:
           step = self.optimizer.iterations
-          # name_scope('/'): tags without the while loop's scope prefix.
-          with self.train_writer.as_default(step=step), tf.summary.record_if(
-              tf.equal(step % self.log_every_steps, 0)), tf.name_scope('/'):
-            summaries.write_step_scalars(
-                loss, self.optimizer.learning_rate,
-                self.layer_names if self.grad_norms else [], norms)
+
+          def write_scalars(loss=loss, norms=norms, step=step):
+            # name_scope('/'): tags without the while loop's scope prefix.
+            with self.train_writer.as_default(step=step), tf.name_scope('/'):
+              summaries.write_step_scalars(
+                  loss, self.optimizer.learning_rate,
+                  self.layer_names if self.grad_norms else [], norms)
+            return tf.constant(True)
+          # One cond per step for all scalars (not one per summary op).
+          tf.cond(tf.equal(step % self.log_every_steps, 0), write_scalars,
+                  lambda: tf.constant(False))
         if not (tf.math.is_finite(loss)
                 and tf.reduce_all(tf.math.is_finite(norms))):
           finite = tf.constant(False)
