@@ -241,8 +241,8 @@ def markdown_table(rows: Sequence[Dict[str, Any]]) -> str:
         f" | {_fmt(r['seconds_per_epoch'], '.1f')} | {wall}"
         f" | {_fmt(r['test_accuracy'], '.4f')} | {r['epochs_run']} | {r['status']} |")
   if any(not r['wall_time_exact'] for r in rows if r['wall_seconds_to_best']):
-    lines.append('\n\\* resumed run: sum of training seconds per epoch '
-                 '(validation not included).')
+    lines.append('\n\\* no wall-clock stamp for every epoch (a resumed run): '
+                 'sum of the epochs\' training seconds, validation not included.')
   speedups = batch_norm_speedups(rows)
   if speedups:
     lines += ['', '### Batch norm: epochs to reach the no-BN best validation loss',
@@ -299,12 +299,27 @@ def plot(rows: Sequence[Dict[str, Any]], path: str,
     ax.grid(alpha=0.3)
   losses = sorted(v for r in rows for v in r['val_loss'] if v is not None)
   if losses:   # a diverging variant must not flatten everyone else's curve
-    top = losses[min(len(losses) - 1, int(0.95 * len(losses)))]
-    axes[1].set_ylim(losses[0] - 0.05 * (top - losses[0] + 1e-9),
-                     top + 0.1 * (top - losses[0] + 1e-9))
-  axes[1].legend(fontsize=8, loc='upper right')
+    low, median = losses[0], losses[len(losses) // 2]
+    top = min(losses[-1], median + 3 * (median - low))
+    pad = 0.05 * (top - low) + 1e-6
+    axes[1].set_ylim(low - pad, top + pad)
+  handles, labels = axes[0].get_legend_handles_labels()
+  # Legend columns are filled top to bottom: one column per colour group,
+  # one row per batch-norm placement.
+  keys = []
+  for r in rows:
+    if any(v is not None for v in r['val_accuracy']):
+      o = r['overrides']
+      keys.append((groups.index(tuple((k, v) for k, v in o.items() if k not in (
+          'batch_norm', 'learning_rate'))), bn_values.index(o.get('batch_norm'))))
+  order = sorted(range(len(labels)), key=lambda i: keys[i])
+  handles, labels = [handles[i] for i in order], [labels[i] for i in order]
+  columns = min(len(labels), 5 if len(bn_values) <= 1 else len(groups))
+  fig.legend(handles, labels, loc='lower center', ncol=max(columns, 1),
+             fontsize=8, frameon=False)
+  legend_rows = -(-len(labels) // max(columns, 1))
   fig.suptitle(title)
-  fig.tight_layout()
+  fig.tight_layout(rect=(0, 0.04 + 0.035 * legend_rows, 1, 1))
   fig.savefig(path, dpi=110)
   plt.close(fig)
 
