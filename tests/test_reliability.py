@@ -16,6 +16,7 @@ import os
 import shutil
 import signal
 import subprocess
+import sys
 import time
 
 import numpy as np
@@ -267,6 +268,25 @@ def test_sigkill_mid_epoch_then_resume_matches(reference, tiny_mnist_data_dir,
   assert resumed['resumed'] and resumed['status'] == 'completed'
   assert comparable(resumed) == comparable(reference[1])
 
+
+
+def test_second_signal_exits_at_once():
+  code = (
+      'import os, signal, time\n'
+      'from tftrain import loop\n'
+      'with loop._SignalGuard() as guard:\n'
+      '  os.kill(os.getpid(), signal.SIGTERM)\n'
+      '  print("first", guard.signum, flush=True)\n'
+      '  os.kill(os.getpid(), signal.SIGINT)\n'
+      '  time.sleep(30)\n'
+      '  print("not reached", flush=True)\n')
+  start = time.time()
+  result = subprocess.run([sys.executable, '-c', code],
+                          cwd=conftest.REPO_ROOT, env=conftest.launcher_env(),
+                          capture_output=True, text=True, timeout=120)
+  assert result.stdout.split() == ['first', str(int(signal.SIGTERM))]
+  assert result.returncode == 128 + signal.SIGINT
+  assert time.time() - start < 25
 
 # --------------------------------------------- divergence and failed starts --
 
