@@ -233,15 +233,17 @@ def _restore(ckpt, manager) -> bool:
         n.startswith('ckpt') for n in os.listdir(manager.directory)):
       raise CheckpointError(
           f'{manager.directory} holds checkpoint files but no readable '
-          "'checkpoint' index; move that folder away to start fresh.")
+          "'checkpoint' index; nothing was changed: start fresh with a new "
+          f'--workdir (or move {os.path.dirname(manager.directory)} away).')
     return False
   try:
     ckpt.restore(path).assert_existing_objects_matched()
   except Exception as e:  # pylint: disable=broad-except
     raise CheckpointError(
-        f'cannot restore {path} ({type(e).__name__}); it is corrupt or from '
-        f'another model: move {manager.directory} away (or use a new '
-        '--workdir) to start fresh.') from e
+        f'cannot restore {path} ({type(e).__name__}): it is corrupt or was '
+        'written with other model/optimizer flags; nothing was changed: rerun '
+        "with that run's flags, or start fresh with a new --workdir (or move "
+        f'{os.path.dirname(manager.directory)} away).') from e
   return True
 
 
