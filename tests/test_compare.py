@@ -200,7 +200,8 @@ def test_cifar10_launcher_defaults_are_the_seed():
                   depth=20, width=100, kernel_initializer='he_normal',
                   activation='elu', batch_norm='before', optimizer='nadam',
                   learning_rate=5e-4, batch_size=32, epochs=50, patience=10,
-                  monitor='val_loss', beta_1=0.9, beta_2=0.999)
+                  monitor='val_loss', beta_1=0.9, beta_2=0.999,
+                  standardize=True)
   assert {k: config[k] for k in expected} == expected
 
 
