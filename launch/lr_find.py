@@ -26,12 +26,13 @@ def main(argv):
   launch_flags.setup_devices()
 
   def body():
+    config = launch_flags.config_from_flags(trace_graph=False)  # before TF
     # pylint: disable=g-import-not-at-top
     from tftrain import loop
     from tftrain import lr_finder
     from tftrain import workdir as workdir_lib
-    config = launch_flags.config_from_flags(trace_graph=False)
     workdir = launch_flags.default_workdir('lr_find')
+    loop.check_config(config)      # data and split sizes, before the workdir
     workdir_lib.ensure_writable(workdir)
     with workdir_lib.WorkdirLock(workdir):
       exp = loop.build_experiment(config, workdir)
