@@ -231,6 +231,10 @@ def activation_row(name: str, config, result, probe, epochs: int) -> Dict:
                grad_first_end=float(end[0]),
                grad_last_end=float(end[-2] if len(end) > 2 else end[-1]),
                ratio_end=_ratio(end))
+  if 'wall_seconds' in result:
+    row['wall_seconds'] = result['wall_seconds']
+  if probe is not None:
+    row['probe_seconds'] = probe.seconds
   return row
 
 
@@ -275,24 +279,26 @@ def compare_activations(config: config_lib.Config, activations: Sequence[str],
       'val_png': os.path.join(workdir, 'val_accuracy.png'),
   }
   write_table(rows, files['table_md'], files['table_csv'])
-  early, late = {}, {}
-  for a in activations:
-    if a not in probes or not probes[a][0].records:
-      continue
-    records, names = probes[a][0].records, probes[a][1]
+  probed = [a for a in activations if a in probes and probes[a][0].records]
+  if probed:
+    names = probes[probed[0]][1]
     depth = np.arange(len(names))
-    (s0, n0), (s1, n1) = records[0], records[-1]
-    early[f'{a} (step {s0})'] = (depth, n0)
-    late[f'{a} (step {s1})'] = (depth, n1)
-  if early:
     xlabel = f'layer depth (0 = {names[0]}, {len(names) - 1} = {names[-1]})'
+    panels = []
+    for title, index in (('start of training', 0), ('end of training', -1)):
+      steps = {a: probes[a][0].records[index][0] for a in probed}
+      same = len(set(steps.values())) == 1
+      # One label per activation (same colour in both panels); the step goes
+      # in the title, or in the label when the runs stopped at different steps.
+      curves = {(a if same else f'{a} (step {steps[a]})'):
+                (depth, probes[a][0].records[index][1]) for a in probed}
+      if same:
+        title += f' (step {steps[probed[0]]})'
+      panels.append(Panel(curves, title, xlabel,
+                          'kernel gradient L2 norm (probe batch)', logy=True,
+                          floor_label='exactly 0 in float32'))
     plot_panels(
-        [Panel(early, 'start of training', xlabel,
-               'kernel gradient L2 norm (probe batch)', logy=True,
-               floor_label='exactly 0 in float32'),
-         Panel(late, 'end of training', xlabel,
-               'kernel gradient L2 norm (probe batch)', logy=True,
-               floor_label='exactly 0 in float32')],
+        panels,
         files['grad_png'],
         suptitle=f'Gradient norm vs depth: {config.depth} x Dense('
                  f'{config.width}), {config.optimizer} lr={config.learning_rate}')

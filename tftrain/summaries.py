@@ -11,6 +11,7 @@ Tags (nested names become TensorBoard groups):
 """
 
 import os
+import time
 from typing import Dict, Sequence
 
 import tensorflow as tf
@@ -169,6 +170,7 @@ class DepthProbe:
     self.activations = []      # [(step, {layer: {stat: float}})]
     self._probe_fn = None
     self._last_step = None
+    self.seconds = 0.0         # host time spent probing (overhead budget)
 
   def _build(self, trainer):
     model = trainer.model
@@ -177,7 +179,8 @@ class DepthProbe:
     act_names = [l.name for l in act_layers]
     activation = self.activation
 
-    @tf.function
+    # No autograph: plain Python loops over layers, nothing data-dependent.
+    @tf.function(autograph=False)
     def probe(images, labels):
       with tf.GradientTape() as tape:
         x = images
@@ -197,6 +200,13 @@ class DepthProbe:
 
   def record(self, exp, step: int) -> None:
     """Probes now and writes the summaries at `step`."""
+    start = time.perf_counter()
+    try:
+      self._record(exp, step)
+    finally:
+      self.seconds += time.perf_counter() - start
+
+  def _record(self, exp, step: int) -> None:
     if self._probe_fn is None:
       self._probe_fn = self._build(exp.trainer)
     norms, stats = self._probe_fn(self.images, self.labels)

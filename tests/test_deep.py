@@ -1,0 +1,104 @@
+"""launch.deep end to end on tiny MNIST; compare.py tables and plots."""
+
+import csv
+import glob
+import os
+
+import numpy as np
+import pytest
+import tensorflow as tf
+
+from launch import deep
+from tftrain import compare
+from tftrain import config as config_lib
+
+
+def test_parse_activations_validates_each_name():
+  assert deep.parse_activations('sigmoid, relu,selu') == ['sigmoid', 'relu',
+                                                          'selu']
+  for bad in ('sigmoid,softplus', '', 'relu,relu'):
+    with pytest.raises(config_lib.ConfigError) as e:
+      deep.parse_activations(bad)
+    assert str(e.value).startswith(f'--activation={bad}:')
+    assert 'sigmoid, tanh, relu, leaky_relu, elu, selu, gelu, swish' in str(
+        e.value)
+
+
+def test_write_table_markdown_and_csv(tmp_path):
+  rows = [{'name': 'a', 'acc': 0.91234, 'ratio': 1e-9},
+          {'name': 'b', 'acc': None, 'extra': 3}]
+  md, csv_path = str(tmp_path / 't.md'), str(tmp_path / 't.csv')
+  columns = compare.write_table(rows, md, csv_path)
+  assert columns == ['name', 'acc', 'ratio', 'extra']
+  with open(md) as f:
+    lines = f.read().splitlines()
+  assert lines == ['| name | acc | ratio | extra |', '|---|---|---|---|',
+                   '| a | 0.9123 | 1e-09 |  |', '| b |  |  | 3 |']
+  with open(csv_path) as f:
+    read = list(csv.DictReader(f))
+  assert read[0] == {'name': 'a', 'acc': '0.91234', 'ratio': '1e-09',
+                     'extra': ''}
+  assert read[1]['extra'] == '3'
+
+
+def test_plot_panels_log_y_with_exact_zeros(tmp_path):
+  path = str(tmp_path / 'p.png')
+  depth = np.arange(5)
+  compare.plot_panels(
+      [compare.Panel({'sigmoid': (depth, [0.0, 1e-8, 1e-4, 1e-2, 0.4]),
+                      'selu': (depth, [60, 20, 8, 3, 2])}, 'start', 'depth',
+                     'norm', logy=True),
+       compare.Panel({'sigmoid': (depth, [1e-9] * 5)}, 'end', logy=True)],
+      path, suptitle='t')
+  image = tf.image.decode_png(tf.io.read_file(path))
+  assert image.shape[0] >= 300 and image.shape[1] >= 2 * image.shape[0]
+
+
+@pytest.mark.slow
+def test_launcher_compares_activations(tiny_mnist_data_dir, run_launcher,
+                                       tmp_path):
+  workdir = str(tmp_path / 'deep')
+  proc = run_launcher(
+      'launch.deep', '--activation=sigmoid,relu', '--depth=6', '--width=8',
+      '--epochs=2', '--batch_size=25', '--validation_size=100',
+      '--steps_per_loop=5', '--log_every_steps=5',
+      '--histogram_every_steps=10', '--noprogress',
+      f'--data_dir={tiny_mnist_data_dir}', f'--workdir={workdir}',
+      timeout=240)
+  assert proc.returncode == 0, proc.stderr[-2000:]
+  out = proc.stdout
+  assert '== sigmoid (glorot_uniform, standardized inputs: False)' in out
+  assert '== relu (he_normal' in out
+  assert out.count('grad norm start: first layer') == 2
+  assert out.count('val accuracy per epoch:') == 2
+  with open(os.path.join(workdir, 'comparison.csv')) as f:
+    rows = list(csv.DictReader(f))
+  assert [r['activation'] for r in rows] == ['sigmoid', 'relu']
+  for r in rows:
+    assert 0.0 <= float(r['val_acc_e1']) <= 1.0
+    assert float(r['final_val_acc']) == float(r['val_acc_e2'])
+    assert float(r['ratio_start']) == pytest.approx(
+        float(r['grad_first_start']) / float(r['grad_last_start']), rel=1e-6)
+  for name in ('comparison.md', 'grad_norm_vs_depth.png', 'val_accuracy.png'):
+    assert os.path.getsize(os.path.join(workdir, name)) > 100
+  # Each activation is its own TensorBoard run with the probe's summaries.
+  from tests.test_summaries import read_events  # pylint: disable=g-import-not-at-top
+  tags = read_events(os.path.join(workdir, 'sigmoid', 'train'))
+  # 500 train examples / 25 = 20 steps per epoch: probes at 0, 10, 20, 30, 40.
+  assert [s for s, _ in tags['activation_saturated/act_005']] == [
+      0, 10, 20, 30, 40]
+  assert 'grad_norm_vs_depth' in tags and 'grad_norm/dense_000' in tags
+  assert 'grad/dense_003' in tags
+  relu_tags = read_events(os.path.join(workdir, 'relu', 'train'))
+  assert 'activation_dead/act_000' in relu_tags
+  assert glob.glob(os.path.join(workdir, 'relu', 'validation', 'events.*'))
+
+
+def test_launcher_rejects_unknown_activation(run_launcher, tmp_path):
+  proc = run_launcher('launch.deep', '--activation=sigmoid,softmax',
+                      f'--workdir={tmp_path}', timeout=60)
+  assert proc.returncode == 2
+  assert proc.stderr.strip().splitlines()[-1] == (
+      'error: --activation=sigmoid,softmax: give one or a comma list of '
+      'distinct names from sigmoid, tanh, relu, leaky_relu, elu, selu, gelu, '
+      'swish.')
