@@ -74,3 +74,18 @@ def run_launcher():
                           env=launcher_env(), capture_output=True, text=True,
                           timeout=timeout, check=False)
   return run
+
+
+@pytest.fixture(scope='session')
+def tiny_cifar_data_dir(tmp_path_factory):
+  """A TFDS data dir with cifar10 prepared from a tiny raw archive (240 train, 60 test).
+
+  TFDS's cifar10 builder reads records until the end of each file, so no
+  patching is needed. Images carry a label-coded bright band: learnable.
+  """
+  from tftrain import data  # pylint: disable=g-import-not-at-top
+  raw = str(tmp_path_factory.mktemp('raw_cifar'))
+  tiny_data.write_tiny_cifar10(raw, per_batch=48, num_test=60)
+  data_dir = str(tmp_path_factory.mktemp('tfds_cifar'))
+  data.prepare('cifar10', data_dir, raw)
+  return data_dir

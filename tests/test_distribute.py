@@ -16,9 +16,7 @@ import pytest
 import tensorflow as tf
 
 from tftrain import config as config_lib
-from tftrain import data
 from tftrain import loop
-from tests import tiny_data
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 ENV = dict(os.environ, TF_CPP_MIN_LOG_LEVEL='3', PYTHONPATH=ROOT)
@@ -47,18 +45,9 @@ print('RESULT' + json.dumps(out))
 '''
 
 
-@pytest.fixture(scope='module')
-def tiny_cifar(tmp_path_factory):
-  raw = tmp_path_factory.mktemp('raw')
-  tiny_data.write_tiny_cifar10(str(raw), per_batch=48, num_test=60)
-  data_dir = str(tmp_path_factory.mktemp('tfds'))
-  data.prepare('cifar10', data_dir, str(raw))
-  return data_dir
-
-
-def test_mirrored_follows_single_device_trajectory(tiny_cifar, tmp_path):
+def test_mirrored_follows_single_device_trajectory(tiny_cifar_data_dir, tmp_path):
   proc = subprocess.run(
-      [sys.executable, '-c', MIRRORED_SCRIPT, tiny_cifar, str(tmp_path)],
+      [sys.executable, '-c', MIRRORED_SCRIPT, tiny_cifar_data_dir, str(tmp_path)],
       cwd=ROOT, env=ENV, capture_output=True, text=True, timeout=240)
   assert proc.returncode == 0, proc.stderr[-3000:]
   line = [l for l in proc.stdout.splitlines() if l.startswith('RESULT')][0]
@@ -85,7 +74,7 @@ def _free_ports(n):
 
 
 @pytest.mark.slow
-def test_multi_worker_two_processes_agree(tiny_cifar, tmp_path):
+def test_multi_worker_two_processes_agree(tiny_cifar_data_dir, tmp_path):
   ports = _free_ports(2)
   cluster = {'worker': [f'127.0.0.1:{p}' for p in ports]}
   workdir = str(tmp_path / 'run')
@@ -95,7 +84,7 @@ def test_multi_worker_two_processes_agree(tiny_cifar, tmp_path):
         {'cluster': cluster, 'task': {'type': 'worker', 'index': index}}))
     procs.append(subprocess.Popen(
         [sys.executable, '-m', 'launch.mnist', '--dataset=cifar10',
-         f'--data_dir={tiny_cifar}', '--validation_size=40', '--hidden=16',
+         f'--data_dir={tiny_cifar_data_dir}', '--validation_size=40', '--hidden=16',
          '--batch_size=20', '--epochs=2', '--steps_per_loop=5',
          '--progress=false', '--strategy=multi_worker', f'--workdir={workdir}',
          '--learning_rate=0.05'],
@@ -127,9 +116,9 @@ def test_multi_worker_two_processes_agree(tiny_cifar, tmp_path):
       np.testing.assert_array_equal(a.get_tensor(name), b.get_tensor(name))
 
 
-def test_mixed_precision_keeps_float32_master_weights(tiny_cifar, tmp_path):
+def test_mixed_precision_keeps_float32_master_weights(tiny_cifar_data_dir, tmp_path):
   config = config_lib.Config(
-      dataset='cifar10', data_dir=tiny_cifar, validation_size=40, model='mlp',
+      dataset='cifar10', data_dir=tiny_cifar_data_dir, validation_size=40, model='mlp',
       hidden=(32,), optimizer='adam', learning_rate=3e-3, batch_size=20,
       epochs=3, patience=0, steps_per_loop=5, progress=False,
       mixed_precision='mixed_float16')

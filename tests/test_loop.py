@@ -9,9 +9,7 @@ import pytest
 import tensorflow as tf
 
 from tftrain import config as config_lib
-from tftrain import data
 from tftrain import loop
-from tests import tiny_data
 
 
 def event_tags(logdir):
@@ -26,15 +24,6 @@ def event_tags(logdir):
   return tags
 
 
-@pytest.fixture(scope='module')
-def tiny_cifar(tmp_path_factory):
-  raw = tmp_path_factory.mktemp('raw')
-  tiny_data.write_tiny_cifar10(str(raw), per_batch=48, num_test=60)
-  data_dir = str(tmp_path_factory.mktemp('tfds'))
-  data.prepare('cifar10', data_dir, str(raw))
-  return data_dir
-
-
 def small_config(data_dir, **overrides):
   values = dict(dataset='cifar10', data_dir=data_dir, validation_size=40,
                 model='mlp', hidden=(32,), optimizer='adam', learning_rate=3e-3,
@@ -44,9 +33,9 @@ def small_config(data_dir, **overrides):
   return config_lib.Config(**values)
 
 
-def test_learns_and_writes_metrics_checkpoints_and_summaries(tiny_cifar, tmp_path):
+def test_learns_and_writes_metrics_checkpoints_and_summaries(tiny_cifar_data_dir, tmp_path):
   workdir = str(tmp_path / 'run')
-  result = loop.train_and_evaluate(small_config(tiny_cifar, epochs=4), workdir)
+  result = loop.train_and_evaluate(small_config(tiny_cifar_data_dir, epochs=4), workdir)
   history = result['history']
   assert [h['epoch'] for h in history] == [1, 2, 3, 4]
   assert history[-1]['loss'] < 0.7 * history[0]['loss']
@@ -71,11 +60,11 @@ def test_learns_and_writes_metrics_checkpoints_and_summaries(tiny_cifar, tmp_pat
   assert not os.path.exists(os.path.join(workdir, '.lock'))
 
 
-def test_resume_restores_step_weights_and_optimizer_slots(tiny_cifar, tmp_path):
+def test_resume_restores_step_weights_and_optimizer_slots(tiny_cifar_data_dir, tmp_path):
   workdir = str(tmp_path / 'run')
-  first = loop.build_experiment(small_config(tiny_cifar, epochs=1), workdir)
+  first = loop.build_experiment(small_config(tiny_cifar_data_dir, epochs=1), workdir)
   loop.run(first)
-  second = loop.build_experiment(small_config(tiny_cifar, epochs=2), workdir)
+  second = loop.build_experiment(small_config(tiny_cifar_data_dir, epochs=2), workdir)
   ckpt, manager, _, state = loop._make_checkpoint(second)
   assert loop._restore(ckpt, manager)
   assert int(state['epoch'].numpy()) == 1
@@ -90,15 +79,15 @@ def test_resume_restores_step_weights_and_optimizer_slots(tiny_cifar, tmp_path):
   for a, b in zip(slots_1, slots_2):
     np.testing.assert_array_equal(a, b)
   # Rerunning the launcher's entry point on the workdir continues at epoch 2.
-  result = loop.train_and_evaluate(small_config(tiny_cifar, epochs=2), workdir)
+  result = loop.train_and_evaluate(small_config(tiny_cifar_data_dir, epochs=2), workdir)
   assert result['resumed'] and [h['epoch'] for h in result['history']] == [1, 2]
 
 
-def test_resumed_run_equals_uninterrupted_run(tiny_cifar, tmp_path):
-  straight = loop.train_and_evaluate(small_config(tiny_cifar, epochs=2),
+def test_resumed_run_equals_uninterrupted_run(tiny_cifar_data_dir, tmp_path):
+  straight = loop.train_and_evaluate(small_config(tiny_cifar_data_dir, epochs=2),
                                      str(tmp_path / 'a'))
-  loop.train_and_evaluate(small_config(tiny_cifar, epochs=1), str(tmp_path / 'b'))
-  resumed = loop.train_and_evaluate(small_config(tiny_cifar, epochs=2),
+  loop.train_and_evaluate(small_config(tiny_cifar_data_dir, epochs=1), str(tmp_path / 'b'))
+  resumed = loop.train_and_evaluate(small_config(tiny_cifar_data_dir, epochs=2),
                                     str(tmp_path / 'b'))
   assert resumed['resumed']
   assert resumed['test_loss'] == pytest.approx(straight['test_loss'], rel=1e-5)
@@ -106,7 +95,7 @@ def test_resumed_run_equals_uninterrupted_run(tiny_cifar, tmp_path):
       straight['history'][-1]['loss'], rel=1e-5)
 
 
-def test_early_stopping_restores_best_weights(tiny_cifar, tmp_path):
+def test_early_stopping_restores_best_weights(tiny_cifar_data_dir, tmp_path):
   rng = np.random.default_rng(0)
 
   def sabotage(exp, event, outputs):
@@ -115,7 +104,7 @@ def test_early_stopping_restores_best_weights(tiny_cifar, tmp_path):
       for v in exp.trainer.model.trainable_variables:
         v.assign(v.numpy() + rng.normal(0, 3.0, v.shape).astype(np.float32))
 
-  config = small_config(tiny_cifar, epochs=10, patience=2, monitor='val_loss',
+  config = small_config(tiny_cifar_data_dir, epochs=10, patience=2, monitor='val_loss',
                         learning_rate=1e-5)
   result = loop.train_and_evaluate(config, str(tmp_path / 'run'), hooks=[sabotage])
   history = result['history']
