@@ -198,7 +198,16 @@ def run(main):
   logging.get_absl_handler().addFilter(
       lambda r: r.levelno >= logging.converter.STANDARD_WARNING or
       any(part in r.pathname for part in ('/tftrain/', '/launch/')))
-  app.run(main)
+  app.run(main, flags_parser=_parse_flags)
+
+
+def _parse_flags(argv):
+  """absl flag parsing with a one-line error (absl's own prints two)."""
+  try:
+    return FLAGS(argv)
+  except flags.Error as e:
+    print(f'error: {e}; see --help.', file=sys.stderr)
+    sys.exit(2)
 
 
 def report(result) -> int:
