@@ -33,17 +33,7 @@ launch_flags.define_flags(**SEED_DEFAULTS)
 FLAGS.set_default('standardize', 'true')
 
 
-def main(argv):
-  del argv
-  launch_flags.setup_devices()
-
-  def body():
-    config = launch_flags.config_from_flags()   # bad flags fail before TF loads
-    workdir = launch_flags.default_workdir('cifar10')
-    from tftrain import loop  # pylint: disable=g-import-not-at-top
-    result = loop.train_and_evaluate(config, workdir)
-    return launch_flags.report(result)
-  launch_flags.run_main(body)
+main = launch_flags.train_main('cifar10')
 
 
 if __name__ == '__main__':

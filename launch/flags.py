@@ -190,6 +190,21 @@ def run_main(body):
   sys.exit(code or 0)
 
 
+def train_main(launcher: str):
+  """The `main(argv)` of a launcher that trains one Config (mnist, cifar10)."""
+  def main(argv):
+    del argv
+    setup_devices()
+
+    def body():
+      config = config_from_flags()   # bad flags fail before TF loads
+      workdir = default_workdir(launcher)
+      from tftrain import loop  # pylint: disable=g-import-not-at-top
+      return report(loop.train_and_evaluate(config, workdir))
+    run_main(body)
+  return main
+
+
 def run(main):
   """app.run with quiet TensorFlow logs."""
   os.environ.setdefault('TF_CPP_MIN_LOG_LEVEL', '2')
