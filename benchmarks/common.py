@@ -7,6 +7,15 @@ import statistics
 import time
 from typing import Dict, List, Sequence
 
+import tensorflow as tf
+
+from tftrain import data
+from tftrain import models
+from tftrain import optimizers
+from tftrain import schedules
+from tftrain import summaries
+from tftrain import trainer as trainer_lib
+
 RESULTS_DIR = os.path.join(os.path.dirname(os.path.abspath(__file__)), 'results')
 
 
@@ -84,3 +93,25 @@ def mnist_cached(data_dir=None, raw_data_dir=None, validation_size=5000):
 def add_common_flags(flags):
   flags.DEFINE_string('data_dir', None, 'TFDS data dir.')
   flags.DEFINE_string('raw_data_dir', None, 'Raw download files mirror.')
+
+
+def tftrain_epoch_fn(cached, batch, config, logdir):
+  """A warm tftrain Trainer (MLP 300-100, SGD 0.3) with launcher defaults; returns run_epoch(epoch)."""
+  model = models.mlp(seed=0)
+  opt = optimizers.build_optimizer('sgd', schedules.Constant(0.3), config)
+  writer = summaries.create_writers(logdir)[summaries.TRAIN]
+  trainer = trainer_lib.Trainer(
+      model, opt, tf.distribute.get_strategy(), batch, train_writer=writer,
+      log_every_steps=config.log_every_steps, grad_norms=config.grad_norms,
+      jit_compile=config.jit_compile)
+  steps = 55000 // batch
+
+  def run_epoch(epoch):
+    it = iter(data.train_batches(cached, batch, 0, epoch))
+    done = 0
+    while done < steps:
+      n = min(config.steps_per_loop, steps - done)
+      trainer.train_steps(it, n)
+      done += n
+    return steps * batch
+  return run_epoch

@@ -16,7 +16,6 @@ from absl import app
 from absl import flags
 
 from benchmarks import common
-from benchmarks import throughput
 from tftrain import config as config_lib
 from tftrain import data
 
@@ -37,7 +36,7 @@ def main(argv):
         n = sum(int(y.shape[0]) for _, y in data.train_batches(train, batch, 0, epoch))
       if epoch:                     # first pass excluded (shuffle buffer fill)
         pipe.append(n / t.seconds)
-    run_epoch = throughput.tftrain_epoch_fn(train, batch, config_lib.Config(),
+    run_epoch = common.tftrain_epoch_fn(train, batch, config_lib.Config(),
                                             tempfile.mkdtemp())
     run_epoch(0)
     trained = []

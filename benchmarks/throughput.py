@@ -21,37 +21,11 @@ from benchmarks import common
 from tftrain import config as config_lib
 from tftrain import data
 from tftrain import models
-from tftrain import optimizers
-from tftrain import schedules
-from tftrain import summaries
-from tftrain import trainer as trainer_lib
 
 FLAGS = flags.FLAGS
 common.add_common_flags(flags)
 flags.DEFINE_integer('repeats', 3, 'Timed epochs per variant.')
 flags.DEFINE_list('batch_sizes', ['32', '256'], 'Batch sizes.')
-
-
-def tftrain_epoch_fn(cached, batch, config, logdir):
-  """A warm tftrain Trainer with launcher defaults; returns run_epoch(epoch)."""
-  model = models.mlp(seed=0)
-  opt = optimizers.build_optimizer('sgd', schedules.Constant(0.3), config)
-  writer = summaries.create_writers(logdir)[summaries.TRAIN]
-  trainer = trainer_lib.Trainer(
-      model, opt, tf.distribute.get_strategy(), batch, train_writer=writer,
-      log_every_steps=config.log_every_steps, grad_norms=config.grad_norms,
-      jit_compile=config.jit_compile)
-  steps = 55000 // batch
-
-  def run_epoch(epoch):
-    it = iter(data.train_batches(cached, batch, 0, epoch))
-    done = 0
-    while done < steps:
-      n = min(config.steps_per_loop, steps - done)
-      trainer.train_steps(it, n)
-      done += n
-    return steps * batch
-  return run_epoch
 
 
 def fit_epoch_fn(cached, batch, steps_per_execution=1, jit_compile=False):
@@ -75,9 +49,9 @@ def run_benchmark(cached, batch_sizes, repeats):
     logdir = tempfile.mkdtemp()
     variants = {
         f'tftrain (defaults: steps_per_loop={defaults.steps_per_loop}, grad norms on)':
-            tftrain_epoch_fn(cached, batch, defaults, logdir),
+            common.tftrain_epoch_fn(cached, batch, defaults, logdir),
         'tftrain + jit_compile':
-            tftrain_epoch_fn(cached, batch, defaults.replace(jit_compile=True),
+            common.tftrain_epoch_fn(cached, batch, defaults.replace(jit_compile=True),
                              logdir + '/jit'),
         'fit (default)': fit_epoch_fn(cached, batch),
         'fit steps_per_execution=50': fit_epoch_fn(cached, batch, 50),
