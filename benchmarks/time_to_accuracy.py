@@ -29,9 +29,9 @@ RECIPES = {
     'seed: SGD 0.3, batch 32, constant, up to 30 epochs': dict(
         optimizer='sgd', learning_rate=0.3, batch_size=32, schedule='constant',
         epochs=30),
-    'tftrain: LR finder + 1cycle, SGD, batch 256, 5 epochs': dict(
+    'tftrain: LR finder + 1cycle, SGD, batch 256, 8 epochs': dict(
         optimizer='sgd', learning_rate='auto', batch_size=256,
-        schedule='onecycle', epochs=5),
+        schedule='onecycle', epochs=8),
 }
 
 
