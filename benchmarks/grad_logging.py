@@ -16,7 +16,6 @@ import tempfile
 
 from absl import app
 from absl import flags
-import tensorflow as tf
 
 from benchmarks import common
 from tftrain import config as config_lib

@@ -1,6 +1,5 @@
 """Hand-written LR schedules: (step, expected lr) tables and config round trips."""
 
-import math
 
 import numpy as np
 import pytest

@@ -189,7 +189,6 @@ def _ratio(norms: np.ndarray) -> float:
 
 def _run_probed(config, run_dir, probe_size, probes):
   """train_and_evaluate with a DepthProbe recorded at the start and throughout."""
-  import tensorflow as tf  # pylint: disable=g-import-not-at-top
   from tftrain import loop  # pylint: disable=g-import-not-at-top
   from tftrain import summaries  # pylint: disable=g-import-not-at-top
   from tftrain import workdir as workdir_lib  # pylint: disable=g-import-not-at-top

@@ -8,7 +8,6 @@ resume from the latest checkpoint, test at the end, `metrics.json`.
 import contextlib
 import dataclasses
 import json
-import math
 import os
 import signal
 import threading

@@ -5,7 +5,7 @@ batch) and returns its measurements; several steps run per `tf.function` call
 in an in-graph loop that stops at the first non-finite loss or gradient.
 """
 
-from typing import Dict, List, Optional
+from typing import Dict, List
 
 import numpy as np
 import tensorflow as tf
