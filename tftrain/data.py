@@ -89,6 +89,25 @@ def _check_raw_files(name: str, raw_data_dir: str, urls: Dict[str, str]) -> str:
   return manual_dir
 
 
+def _data_source(name: str, where: str, raw_data_dir: Optional[str]):
+  """Where `prepare` will take `name` from: (manual dir or None, url -> file name).
+
+  Raises:
+    DataError: the raw files are missing from the raw dir or, without a raw
+      dir, the download host is unreachable.
+  """
+  raw_data_dir = resolve_raw_data_dir(raw_data_dir)
+  urls = expected_raw_files(name)
+  if raw_data_dir:
+    return _check_raw_files(name, raw_data_dir, urls), urls
+  if not _network_reachable(urls):
+    raise DataError(
+        f'dataset {name}: not prepared in {where} and its download host is '
+        f'unreachable; set --raw_data_dir (or ${RAW_DATA_ENV}) to a folder '
+        f'holding {name}/{{{",".join(sorted(urls.values()))}}}.')
+  return None, urls
+
+
 def check_available(name: str, data_dir: Optional[str] = None,
                     raw_data_dir: Optional[str] = None) -> Optional[Dict[str, int]]:
   """Cheap check, before a run touches anything, that `prepare` can succeed.
@@ -106,16 +125,7 @@ def check_available(name: str, data_dir: Optional[str] = None,
   builder = tfds.builder(name, data_dir=data_dir)
   if _is_prepared(builder):
     return {k: s.num_examples for k, s in builder.info.splits.items()}
-  raw_data_dir = resolve_raw_data_dir(raw_data_dir)
-  urls = expected_raw_files(name)
-  if raw_data_dir:
-    _check_raw_files(name, raw_data_dir, urls)
-  elif not _network_reachable(urls):
-    raise DataError(
-        f'dataset {name}: not prepared in {builder.data_dir_root} and its '
-        f'download host is unreachable; set --raw_data_dir (or '
-        f'${RAW_DATA_ENV}) to a folder holding '
-        f'{name}/{{{",".join(sorted(urls.values()))}}}.')
+  _data_source(name, str(builder.data_dir_root), raw_data_dir)
   return None
 
 
@@ -136,11 +146,9 @@ def prepare(name: str, data_dir: Optional[str] = None,
   data_dir = str(builder.data_dir_root)
   if _is_prepared(builder):
     return data_dir
-  raw_data_dir = resolve_raw_data_dir(raw_data_dir)
-  urls = expected_raw_files(name)
+  manual_dir, urls = _data_source(name, data_dir, raw_data_dir)
   downloads = os.path.join(data_dir, 'downloads', name)
-  if raw_data_dir:
-    manual_dir = _check_raw_files(name, raw_data_dir, urls)
+  if manual_dir:
     local_infos = {
         url: tfds_checksums.compute_url_info(os.path.join(manual_dir, f))
         for url, f in urls.items()}
@@ -151,18 +159,9 @@ def prepare(name: str, data_dir: Optional[str] = None,
                      {'name': cls.name, 'url_infos': local_infos},
                      skip_registration=True)
     builder = local_cls(data_dir=data_dir)
-    download_config = tfds.download.DownloadConfig(
-        manual_dir=manual_dir,
-        extract_dir=os.path.join(downloads, 'extracted'))
     logging.info('Preparing %s from %s into %s', name, manual_dir, data_dir)
-  else:
-    if not _network_reachable(urls):
-      raise DataError(
-          f'dataset {name}: not prepared in {data_dir} and its download host '
-          f'is unreachable; set --raw_data_dir (or ${RAW_DATA_ENV}) to a folder '
-          f'holding {name}/{{{",".join(sorted(urls.values()))}}}.')
-    download_config = tfds.download.DownloadConfig(
-        extract_dir=os.path.join(downloads, 'extracted'))
+  download_config = tfds.download.DownloadConfig(
+      manual_dir=manual_dir, extract_dir=os.path.join(downloads, 'extracted'))
   try:
     builder.download_and_prepare(download_dir=downloads,
                                  download_config=download_config)
