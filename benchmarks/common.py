@@ -5,14 +5,13 @@ import os
 import platform
 import statistics
 import time
+import types
 from typing import Dict, List, Sequence
 
 import tensorflow as tf
 
 from tftrain import data
 from tftrain import models
-from tftrain import optimizers
-from tftrain import schedules
 from tftrain import summaries
 from tftrain import trainer as trainer_lib
 
@@ -95,23 +94,102 @@ def add_common_flags(flags):
   flags.DEFINE_string('raw_data_dir', None, 'Raw download files mirror.')
 
 
-def tftrain_epoch_fn(cached, batch, config, logdir):
-  """A warm tftrain Trainer (MLP 300-100, SGD 0.3) with launcher defaults; returns run_epoch(epoch)."""
-  model = models.mlp(seed=0)
-  opt = optimizers.build_optimizer('sgd', schedules.Constant(0.3), config)
-  writer = summaries.create_writers(logdir)[summaries.TRAIN]
-  trainer = trainer_lib.Trainer(
-      model, opt, tf.distribute.get_strategy(), batch, train_writer=writer,
-      log_every_steps=config.log_every_steps, grad_norms=config.grad_norms,
-      jit_compile=config.jit_compile)
-  steps = 55000 // batch
+def build_model(kind: str, seed: int = 0):
+  """'mlp': the seed's MLP 300-100 ReLU; 'deep': 100 x Dense(100) SELU."""
+  if kind == 'mlp':
+    return models.mlp(seed=seed)
+  return models.deep_mlp(depth=100, width=100, activation='selu', seed=seed)
 
-  def run_epoch(epoch):
-    it = iter(data.train_batches(cached, batch, 0, epoch))
+
+def build_optimizer(kind: str):
+  """The launchers' optimizers: SGD 0.3 for the MLP, Nadam 1e-4 for deep."""
+  if kind == 'mlp':
+    return tf.keras.optimizers.SGD(0.3)
+  return tf.keras.optimizers.Nadam(1e-4)
+
+
+class TftrainRunner:
+  """A warm tftrain Trainer driven by `loop.train_steps` (the launchers' loop).
+
+  `run(epoch, steps, logging)` trains `steps` steps of epoch `epoch`'s data
+  order with the step logger on or off (one model, one data stream, so a
+  logging comparison toggles only the logging), plus optional hooks (e.g. the
+  depth probe) called after each in-graph loop as `loop.run` does.
+  """
+
+  def __init__(self, cached, kind: str, batch: int, config, logdir=None,
+               hooks=()):
+    from tftrain import loop  # pylint: disable=g-import-not-at-top
+    self._train_steps = loop.train_steps
+    self.cached, self.batch, self.config = cached, batch, config
+    model = build_model(kind)
+    self.trainer = trainer_lib.Trainer(
+        model, build_optimizer(kind), tf.distribute.get_strategy(), batch,
+        jit_compile=config.jit_compile,
+        histograms=config.histogram_every_steps > 0)
+    writer = (summaries.create_writers(logdir)[summaries.TRAIN]
+              if logdir else None)
+    self.logger = summaries.StepLogger(
+        writer, self.trainer.layer_names, config.log_every_steps,
+        config.histogram_every_steps, config.grad_norms)
+    self.hooks = list(hooks)
+    # What the hooks see as `exp` (the probe needs trainer and writers).
+    self.exp = types.SimpleNamespace(trainer=self.trainer, is_chief=True,
+                                     writers={summaries.TRAIN: writer})
+
+  def run(self, epoch: int, steps: int, logging: bool = True) -> int:
+    it = iter(data.train_batches(self.cached, self.batch, 0, epoch).take(steps))
     done = 0
     while done < steps:
-      n = min(config.steps_per_loop, steps - done)
-      trainer.train_steps(it, n)
+      n = min(self.config.steps_per_loop, steps - done)
+      out = self._train_steps(self.trainer, it, n,
+                              self.logger if logging else None)
       done += n
+      if logging:
+        step = int(self.trainer.optimizer.iterations.numpy())
+        for hook in self.hooks:
+          hook(self.exp, 'train', dict(out, step=step, epoch=epoch))
+    return steps * self.batch
+
+
+def fit_runner(cached, kind: str, batch: int, steps_per_execution=1,
+               jit_compile=False):
+  """Keras `fit` on the same model, data and optimizer; returns run(epoch, steps)."""
+  model = build_model(kind)
+  model.compile(optimizer=build_optimizer(kind),
+                loss=tf.keras.losses.SparseCategoricalCrossentropy(
+                    from_logits=True),
+                metrics=['accuracy'], steps_per_execution=steps_per_execution,
+                jit_compile=jit_compile)
+
+  def run(epoch, steps):
+    model.fit(data.train_batches(cached, batch, 0, epoch).take(steps),
+              epochs=1, verbose=0)
     return steps * batch
-  return run_epoch
+  return run
+
+
+def interleave(variants: Dict, repeats: int, warmup=None) -> Dict[str, List[float]]:
+  """Examples/s of each variant: a warm-up call each, then `repeats` rounds.
+
+  `variants` maps a name to fn(repetition) -> examples done; rounds run the
+  variants one after another (interleaved), so a change of machine speed hits
+  every variant alike.
+  """
+  for fn in variants.values():
+    fn(0) if warmup is None else warmup(fn)
+  speeds = {name: [] for name in variants}
+  for rep in range(repeats):
+    for name, fn in variants.items():
+      with Timer() as t:
+        n = fn(rep + 1)
+      speeds[name].append(n / t.seconds)
+  return speeds
+
+
+def speed_row(name: str, values: Sequence[float], **extra) -> Dict:
+  """Best-of-N beside median, min (examples/s)."""
+  row = {'variant': name, 'best (ex/s)': max(values),
+         'median': median(values), 'min': min(values), 'n': len(values)}
+  row.update(extra)
+  return row

@@ -36,8 +36,9 @@ def main(argv):
         n = sum(int(y.shape[0]) for _, y in data.train_batches(train, batch, 0, epoch))
       if epoch:                     # first pass excluded (shuffle buffer fill)
         pipe.append(n / t.seconds)
-    run_epoch = common.tftrain_epoch_fn(train, batch, config_lib.Config(),
-                                            tempfile.mkdtemp())
+    runner = common.TftrainRunner(train, 'mlp', batch, config_lib.Config(),
+                                  tempfile.mkdtemp())
+    run_epoch = lambda epoch: runner.run(epoch, 55000 // batch)  # pylint: disable=cell-var-from-loop
     run_epoch(0)
     trained = []
     for epoch in range(FLAGS.repeats):

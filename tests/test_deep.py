@@ -102,3 +102,30 @@ def test_launcher_rejects_unknown_activation(run_launcher, tmp_path):
       'error: --activation=sigmoid,softmax: give one or a comma list of '
       'distinct names from sigmoid, tanh, relu, leaky_relu, elu, selu, gelu, '
       'swish.')
+
+
+@pytest.mark.slow
+def test_launcher_jit_compile_with_every_logging_option(tiny_mnist_data_dir,
+                                                        run_launcher, tmp_path):
+  """The issue's failing command: XLA with norms, histograms and the probe."""
+  workdir = str(tmp_path / 'deep')
+  proc = run_launcher(
+      'launch.deep', '--jit_compile', '--activation=sigmoid', '--depth=5',
+      '--width=8', '--epochs=1', '--max_steps_per_epoch=12', '--batch_size=25',
+      '--validation_size=100', '--steps_per_loop=4', '--log_every_steps=3',
+      '--histogram_every_steps=10', '--noprogress',
+      f'--data_dir={tiny_mnist_data_dir}', f'--workdir={workdir}',
+      timeout=240)
+  assert proc.returncode == 0, proc.stderr[-2000:]
+  assert 'first training loop done: 4 steps' in proc.stderr
+  from tests.test_summaries import read_events  # pylint: disable=g-import-not-at-top
+  tags = read_events(os.path.join(workdir, 'sigmoid', 'train'))
+  assert [s for s, _ in tags['grad_norm/dense_004']] == [3, 6, 9, 10, 12]
+  assert [s for s, _ in tags['update_ratio/logits']] == [3, 6, 9, 10, 12]
+  for kind in ('grad', 'weight', 'grad_log10'):
+    assert [s for s, _ in tags[f'{kind}/dense_000']] == [10]
+  assert [s for s, _ in tags['activation_saturated/act_004']] == [0, 10, 12]
+  # Sigmoid at depth 5: the first layer's gradient is the smallest.
+  norms = [float(v) for _, v in tags['grad_norm/dense_000']]
+  last = [float(v) for _, v in tags['grad_norm/dense_004']]
+  assert all(a < b for a, b in zip(norms, last))

@@ -59,7 +59,7 @@ def swept(tiny_mnist_data_dir, tmp_path_factory):
       'iterations': int(opt.iterations.numpy()),
       'schedule': opt._learning_rate,  # pylint: disable=protected-access
       'lr': float(opt.learning_rate.numpy()),
-      'writer': exp.trainer.train_writer,
+      'logger': exp.logger,
   }
   random.seed(11)
   np.random.seed(11)
@@ -94,7 +94,9 @@ def test_restores_weights_slots_step_schedule_and_rng(swept):
       assert np.abs(value).sum() > 0              # slots were non-trivial
   assert opt._learning_rate is before['schedule']  # pylint: disable=protected-access
   assert float(opt.learning_rate.numpy()) == before['lr']
-  assert exp.trainer.train_writer is before['writer']
+  assert exp.logger is before['logger']
+  # The sweep ran plain steps only: no step summaries, no observations.
+  assert not os.path.exists(os.path.join(exp.workdir, loop.OBSERVATIONS))
   assert swept['draws'] == swept['expected_draws']
 
 
@@ -214,7 +216,8 @@ def test_auto_learning_rate_trains_from_restored_weights(tiny_mnist_data_dir,
   assert min(steps) <= 1 and max(steps) <= 25
   first_lr = dict(scalars['learning_rate'])[min(steps)]
   one_cycle = schedules.OneCycle(found['suggestion'], (600 - 100) // 20)
-  assert first_lr == pytest.approx(float(one_cycle(min(steps))), rel=1e-4)
+  # Tagged at step s: the LR step s trained with (iteration s - 1).
+  assert first_lr == pytest.approx(float(one_cycle(min(steps) - 1)), rel=1e-4)
   assert np.isfinite(result['test_loss'])
   # eval_test_every_epoch: the last epoch's test metrics are the final ones
   # (one epoch, so the best weights are that epoch's).

@@ -36,24 +36,24 @@ def make_data(n=2 * BATCH, seed=0):
   return images, labels
 
 
-def make_trainer(activation='sigmoid', writer=None, **kwargs):
+def make_trainer(activation='sigmoid', **kwargs):
   strategy = tf.distribute.get_strategy()
   model = models.deep_mlp((4, 4, 1), depth=DEPTH, width=WIDTH,
                           activation=activation, seed=3)
   optimizer = tf.keras.optimizers.SGD(0.1)
-  return trainer_lib.Trainer(model, optimizer, strategy, BATCH,
-                             train_writer=writer, **kwargs)
+  return trainer_lib.Trainer(model, optimizer, strategy, BATCH, **kwargs)
 
 
 def tape_norms(model, images, labels):
-  """Kernel-gradient norms with a plain GradientTape (mean cross-entropy)."""
-  kernels = [l.kernel for l in models.dense_layers(model)]
+  """Per-layer gradient norms (kernel and bias together), plain GradientTape."""
+  layers = models.dense_layers(model)
   with tf.GradientTape() as tape:
     logits = model(images, training=True)
     loss = tf.reduce_mean(tf.nn.sparse_softmax_cross_entropy_with_logits(
         labels, logits))
-  return np.array([np.linalg.norm(g.numpy()) for g in
-                   tape.gradient(loss, kernels)])
+  grads = tape.gradient(loss, [[l.kernel, l.bias] for l in layers])
+  return np.array([np.sqrt(sum(np.sum(g.numpy() ** 2) for g in pair))
+                   for pair in grads])
 
 
 def distributed_iterator(trainer, images, labels):
@@ -61,54 +61,138 @@ def distributed_iterator(trainer, images, labels):
   return iter(trainer.strategy.experimental_distribute_dataset(ds))
 
 
+def test_weighted_layers_group_variables_by_layer_path():
+  model = models.build_dense_stack((4, 4, 1), [3, 3], batch_norm='before')
+  layers = models.weighted_layers(model)
+  assert [l.name for l in layers] == ['dense_000', 'bn_000', 'dense_001',
+                                      'bn_001', 'logits']
+  paths = [v.path for v in model.trainable_variables]
+  assert [[paths[i].split('/')[-1] for i in l.indices] for l in layers] == [
+      ['kernel'], ['gamma', 'beta'], ['kernel'], ['gamma', 'beta'],
+      ['kernel', 'bias']]
+  assert layers[1].kernel is None and paths[layers[4].kernel].endswith(
+      'logits/kernel')
+
+
 @pytest.mark.parametrize('activation', ['sigmoid', 'selu'])
-def test_trainer_grad_norms_equal_independent_gradient_tape(activation):
+def test_observed_step_norms_equal_independent_gradient_tape(activation):
   images, labels = make_data()
   trainer = make_trainer(activation)
   weights = [v.numpy() for v in trainer.model.trainable_variables]
   expected_first = tape_norms(trainer.model, images[:BATCH], labels[:BATCH])
   iterator = distributed_iterator(trainer, images, labels)
-  out = trainer.train_steps(iterator, 1)
+  out = trainer.observed_step(iterator)['observation']
   np.testing.assert_allclose(out['grad_norms'], expected_first, rtol=1e-5)
   assert out['grad_norms'].shape == (DEPTH + 1,)
+  np.testing.assert_allclose(out['global_grad_norm'],
+                             np.sqrt(np.sum(expected_first ** 2)), rtol=1e-5)
+  # SGD: ||dW|| / ||W|| = lr * ||g|| / ||W|| for each layer.
+  w_norms = np.array([np.sqrt(sum(np.sum(weights[i] ** 2) for i in l.indices))
+                      for l in trainer.layers])
+  np.testing.assert_allclose(out['weight_norms'], w_norms, rtol=1e-5)
+  np.testing.assert_allclose(out['update_ratios'],
+                             0.1 * expected_first / w_norms, rtol=1e-4)
   # The step applied the update: the second batch's norms come from new
   # weights, and match a tape on those weights.
   moved = [v.numpy() for v in trainer.model.trainable_variables]
   assert any(not np.allclose(a, b) for a, b in zip(weights, moved))
   expected_second = tape_norms(trainer.model, images[BATCH:], labels[BATCH:])
-  out = trainer.train_steps(iterator, 1)
+  out = trainer.observed_step(iterator)['observation']
   np.testing.assert_allclose(out['grad_norms'], expected_second, rtol=1e-5)
 
 
-def test_sigmoid_gradients_vanish_toward_the_input():
-  images, labels = make_data(BATCH)
-  model = models.deep_mlp((4, 4, 1), depth=20, width=WIDTH,
-                          activation='sigmoid', seed=0)
-  norms = tape_norms(model, images, labels)
-  assert norms[0] < 1e-3 * norms[-2]            # first vs last hidden layer
+def test_observed_and_plain_steps_train_identically():
+  images, labels = make_data(4 * BATCH)
+  plain, mixed = make_trainer('relu'), make_trainer('relu')
+  it_plain = distributed_iterator(plain, images, labels)
+  it_mixed = distributed_iterator(mixed, images, labels)
+  a = plain.train_steps(it_plain, 4)
+  b = [mixed.train_steps(it_mixed, 1), mixed.observed_step(it_mixed),
+       mixed.train_steps(it_mixed, 2)]
+  np.testing.assert_allclose(a['losses'],
+                             np.concatenate([o['losses'] for o in b]),
+                             rtol=1e-6)
+  assert a['count'] == sum(o['count'] for o in b) == 4 * BATCH
+  for v, w in zip(plain.model.variables, mixed.model.variables):
+    np.testing.assert_allclose(v.numpy(), w.numpy(), rtol=1e-6, atol=1e-7)
 
 
-def test_step_summaries_tags_and_values(tmp_path):
-  writer = tf.summary.create_file_writer(str(tmp_path))
+def test_no_summary_op_inside_the_compiled_steps():
   images, labels = make_data()
-  trainer = make_trainer('relu', writer, log_every_steps=1,
-                         histogram_every_steps=2)
-  expected = tape_norms(trainer.model, images[:BATCH], labels[:BATCH])
-  trainer.train_steps(distributed_iterator(trainer, images, labels), 2)
+  trainer = make_trainer('relu', histograms=True)
+  iterator = distributed_iterator(trainer, images, labels)
+  trainer.train_steps(iterator, 1)
+  trainer.observed_step(iterator)
+  for fn in (trainer._train_loop, trainer._observed_fn):
+    graphs = [fn.get_concrete_function(iterator, tf.constant(1)).graph
+              if fn is trainer._train_loop
+              else fn.get_concrete_function(iterator).graph]
+    ops = set()
+    for graph in graphs:
+      ops |= {op.type for op in graph.get_operations()}
+      for f in graph._functions.values():   # while-loop bodies, step fns
+        ops |= {node.op for node in f.definition.node_def}
+    assert ops and not [o for o in ops if 'Summary' in o or o == 'If'], ops
+
+
+@pytest.mark.parametrize('jit_compile', [False, True])
+def test_step_summaries_tags_and_values(tmp_path, jit_compile):
+  from tftrain import loop  # pylint: disable=g-import-not-at-top
+  writer = tf.summary.create_file_writer(str(tmp_path))
+  images, labels = make_data(4 * BATCH)
+  trainer = make_trainer('relu', histograms=True, jit_compile=jit_compile)
+  logger = summaries.StepLogger(writer, trainer.layer_names, log_every_steps=2,
+                                histogram_every_steps=3,
+                                records_path=str(tmp_path / 'obs.jsonl'))
+  model_copy = tf.keras.models.clone_model(trainer.model)
+  model_copy.set_weights(trainer.model.get_weights())
+  out = loop.train_steps(trainer, distributed_iterator(trainer, images, labels),
+                         4, logger)
+  # Step 2 is observed: its norms come from the weights after step 1.
+  tf.keras.optimizers.SGD(0.1).apply_gradients(zip(
+      tape_grads(model_copy, images[:BATCH], labels[:BATCH]),
+      model_copy.trainable_variables))
+  expected = tape_norms(model_copy, images[BATCH:2 * BATCH],
+                        labels[BATCH:2 * BATCH])
+  assert out['steps_run'] == 4 and len(out['losses']) == 4
   writer.flush()
   tags = read_events(str(tmp_path))
   names = [f'dense_{i:03d}' for i in range(DEPTH)] + ['logits']
-  for name in names:
-    assert [s for s, _ in tags[f'grad_norm/{name}']] == [1, 2]
-  assert tags['grad_norm/dense_000'][0][1] == pytest.approx(expected[0],
-                                                            rel=1e-5)
+  for name in names:          # observed: every 2 (norms) and every 3 (hist)
+    assert [s for s, _ in tags[f'grad_norm/{name}']] == [2, 3, 4]
+    assert [s for s, _ in tags[f'update_ratio/{name}']] == [2, 3, 4]
+  np.testing.assert_allclose([float(tags[f'grad_norm/{n}'][0][1])
+                              for n in names], expected, rtol=1e-4)
   ratio = tags['grad_norm_ratio/first_to_last'][0][1]
   assert ratio == pytest.approx(expected[0] / expected[-2], rel=1e-4)
-  assert {'loss', 'learning_rate'} <= set(tags)
-  for name in names:            # histograms only at step 2 (interval 2)
-    assert [s for s, _ in tags[f'grad/{name}']] == [2]
-    assert [s for s, _ in tags[f'weight/{name}']] == [2]
+  assert [s for s, _ in tags['loss']] == [2, 4]
+  assert [s for s, _ in tags['learning_rate']] == [2, 3, 4]
+  for name in names:            # histograms only at step 3
+    for kind in ('grad', 'weight', 'grad_log10'):
+      assert [s for s, _ in tags[f'{kind}/{name}']] == [3]
     assert tags[f'grad/{name}'][0][1].shape[-1] == 3   # (left, right, count)
+  records = summaries.read_records(str(tmp_path / 'obs.jsonl'))
+  assert [r['step'] for r in records] == [2, 3, 4]
+  assert len(records[0]['grad_norms']) == len(names)
+
+
+def tape_grads(model, images, labels):
+  with tf.GradientTape() as tape:
+    logits = model(images, training=True)
+    loss = tf.reduce_mean(tf.nn.sparse_softmax_cross_entropy_with_logits(
+        labels, logits))
+  return tape.gradient(loss, model.trainable_variables)
+
+
+def test_step_logger_schedule_of_observed_steps():
+  logger = summaries.StepLogger(None, ['a'], log_every_steps=100,
+                                histogram_every_steps=250)
+  assert logger.steps_to_observation(0) == 100
+  assert logger.steps_to_observation(199) == 1
+  assert logger.steps_to_observation(200) == 50     # 250: histograms
+  assert logger.is_observed(250) and not logger.is_observed(251)
+  off = summaries.StepLogger(None, ['a'], 100, 0, grad_norms=False)
+  assert off.steps_to_observation(0) is None and not off.is_observed(100)
 
 
 def test_activation_statistics_saturated_and_dead():
@@ -150,7 +234,7 @@ def test_depth_probe_writes_activation_stats_and_image(tmp_path, activation,
                              rtol=1e-5)
   # Hook calls: only crossings of the 100-step interval and epoch ends probe.
   for step in (50, 100, 150, 230, 250):
-    probe(exp, 'train', {'step': step, 'grad_norms': np.ones(DEPTH + 1)})
+    probe(exp, 'train', {'step': step})
   trainer.optimizer.iterations.assign(260)
   probe(exp, 'epoch', {'epoch': 1})
   probe(exp, 'epoch', {'epoch': 1})            # same step: no second record

@@ -48,6 +48,7 @@ class Experiment:
   writers: Dict[str, Any]
   is_chief: bool
   workdir: str
+  logger: summaries.StepLogger     # which steps are observed; the writes
 
 
 def _count(dataset, known: Optional[int]) -> int:
@@ -124,22 +125,64 @@ def build_experiment(config: config_lib.Config, workdir: str) -> Experiment:
         config)
     trainer = trainer_lib.Trainer(
         model, optimizer, strategy, config.batch_size,
-        train_writer=writers[summaries.TRAIN],
-        log_every_steps=config.log_every_steps,
-        histogram_every_steps=config.histogram_every_steps,
-        grad_norms=config.grad_norms, jit_compile=config.jit_compile)
+        jit_compile=config.jit_compile,
+        histograms=config.histogram_every_steps > 0)
+  run_dir = workdir if is_chief else temp_dir
+  logger = summaries.StepLogger(
+      writers[summaries.TRAIN], trainer.layer_names, config.log_every_steps,
+      config.histogram_every_steps, config.grad_norms,
+      records_path=os.path.join(run_dir, OBSERVATIONS))
   return Experiment(config, strategy, trainer, cached, info, steps_per_epoch,
-                    writers, is_chief, workdir if is_chief else temp_dir)
+                    writers, is_chief, run_dir, logger)
+
+
+OBSERVATIONS = 'observations.jsonl'
+
+
+def train_steps(trainer: trainer_lib.Trainer, iterator, num_steps: int,
+                logger: Optional[summaries.StepLogger] = None
+                ) -> Dict[str, Any]:
+  """Runs `num_steps` training steps: the one "N steps in chunks" loop.
+
+  Plain in-graph loops run up to each step `logger` observes; that step is a
+  `Trainer.observed_step`; the logger writes what each call measured.
+
+  Returns:
+    'loss_sum', 'correct', 'count' (sums), 'losses' (per step), 'steps_run',
+    and 'observation' (the last observed step's measurements) if any.
+
+  Raises:
+    trainer.NonFiniteError: at the first non-finite loss or gradient.
+  """
+  total = {'loss_sum': 0.0, 'correct': 0.0, 'count': 0.0, 'steps_run': 0}
+  losses = []
+  step = int(trainer.optimizer.iterations.numpy())
+  while total['steps_run'] < num_steps:
+    left = num_steps - total['steps_run']
+    k = logger.steps_to_observation(step) if logger is not None else None
+    if k is not None and k <= left:
+      calls = [lambda k=k: trainer.train_steps(iterator, k - 1)] if k > 1 else []
+      calls.append(lambda: trainer.observed_step(iterator))
+    else:
+      calls = [lambda: trainer.train_steps(iterator, left)]
+    for call in calls:
+      out = call()
+      if logger is not None:
+        logger.write(step + 1, out, trainer.learning_rate_at)
+      for key in ('loss_sum', 'correct', 'count', 'steps_run'):
+        total[key] += out[key]
+      losses.append(out['losses'])
+      if 'observation' in out:
+        total['observation'] = out['observation']
+      step += out['steps_run']
+  total['losses'] = np.concatenate(losses) if losses else np.zeros([0])
+  return total
 
 
 def set_learning_rate(exp: Experiment, learning_rate: float) -> None:
   """Swaps in the configured schedule peaking at `learning_rate`."""
-  schedule = schedules.build_schedule(exp.config, learning_rate,
-                                      exp.steps_per_epoch)
-  opt = exp.trainer.optimizer
-  inner = getattr(opt, 'inner_optimizer', opt)
-  inner.learning_rate = schedule
-  exp.trainer.reset_train_function()
+  exp.trainer.set_learning_rate(schedules.build_schedule(
+      exp.config, learning_rate, exp.steps_per_epoch))
 
 
 class _SignalGuard:
@@ -166,6 +209,21 @@ class _SignalGuard:
   def __exit__(self, *exc):
     for sig, handler in self._previous.items():
       signal.signal(sig, handler)
+
+
+def seconds_since_launch() -> float:
+  """Seconds since this process started (Linux /proc; else since import)."""
+  try:
+    with open('/proc/self/stat') as f:
+      start_ticks = float(f.read().rpartition(')')[2].split()[19])
+    with open('/proc/uptime') as f:
+      uptime = float(f.read().split()[0])
+    return uptime - start_ticks / os.sysconf('SC_CLK_TCK')
+  except (OSError, ValueError, IndexError):
+    return time.time() - _IMPORTED
+
+
+_IMPORTED = time.time()
 
 
 def _write_json(path: str, obj) -> None:
@@ -287,6 +345,7 @@ def run(exp: Experiment, hooks: Sequence[Hook] = ()) -> Dict[str, Any]:
       data.eval_batches(d, config.eval_batch_size))
              for k, d in exp.datasets.items() if k != 'train'}
   status = 'completed'
+  first_loop = True
   with _SignalGuard() as guard:
     epoch = int(state['epoch'].numpy())
     while epoch < config.epochs:
@@ -305,7 +364,7 @@ def run(exp: Experiment, hooks: Sequence[Hook] = ()) -> Dict[str, Any]:
         n = min(config.steps_per_loop, exp.steps_per_epoch - step_in_epoch)
         t0 = time.perf_counter()
         try:
-          out = trainer.train_steps(iterator, n)
+          out = train_steps(trainer, iterator, n, exp.logger)
         except trainer_lib.NonFiniteError as e:
           result.update(status='diverged', diverged_step=e.step,
                         diverged_loss=e.loss, history=history)
@@ -320,7 +379,11 @@ def run(exp: Experiment, hooks: Sequence[Hook] = ()) -> Dict[str, Any]:
                                        ('ex/s', speed)])
         step = int(trainer.optimizer.iterations.numpy())
         summaries.write_scalars(exp.writers[summaries.TRAIN], step,
-                                {'examples_per_second': speed})
+                                {'examples_per_second': speed}, flush=False)
+        if first_loop:
+          first_loop = False
+          logging.info('first training loop done: %d steps, %.1f s after '
+                       'launch', n, seconds_since_launch())
         for hook in hooks:
           hook(exp, 'train', dict(out, step=step, epoch=epoch))
         if guard.signum is not None:

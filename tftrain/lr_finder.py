@@ -234,12 +234,10 @@ def _keras_global_seed_generator():
 
 @contextlib.contextmanager
 def _preserved_state(exp):
-  """Restores weights, optimizer (slots, iterations, schedule), RNGs, writer."""
+  """Restores weights, optimizer (slots, iterations, schedule) and RNGs."""
   trainer = exp.trainer
-  inner = getattr(trainer.optimizer, 'inner_optimizer', trainer.optimizer)
   weights = trainer.snapshot()
-  schedule = inner._learning_rate  # pylint: disable=protected-access
-  writer = trainer.train_writer
+  schedule = trainer.learning_rate_schedule
   py_state, np_state = random.getstate(), np.random.get_state()
   tf_gen = tf.random.get_global_generator()
   tf_state = tf_gen.state.numpy()
@@ -249,9 +247,7 @@ def _preserved_state(exp):
     yield
   finally:
     trainer.restore(weights)
-    inner.learning_rate = schedule
-    trainer.train_writer = writer
-    trainer.reset_train_function()
+    trainer.set_learning_rate(schedule)
     random.setstate(py_state)
     np.random.set_state(np_state)
     tf_gen.reset(tf_state)
@@ -289,10 +285,7 @@ def sweep(exp, num_steps: Optional[int] = None):
   else:
     schedule = schedules.ExponentialGrowth.from_range(
         config.lr_find_start, config.lr_find_end, num_steps, offset)
-  inner = getattr(trainer.optimizer, 'inner_optimizer', trainer.optimizer)
-  inner.learning_rate = schedule
-  trainer.train_writer = None   # keep the sweep out of train/ step summaries
-  trainer.reset_train_function()
+  trainer.set_learning_rate(schedule)   # plain steps: no step summaries
 
   batches = data.train_batches(exp.datasets['train'], config.batch_size,
                                config.seed, epoch=0)

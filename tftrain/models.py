@@ -5,7 +5,7 @@ Layers are named so TensorBoard groups sort by depth: `dense_000`, `bn_000`,
 precision, so the loss is computed from float32 logits).
 """
 
-from typing import Optional, Sequence, Tuple
+from typing import List, NamedTuple, Optional, Sequence, Tuple
 
 import tensorflow as tf
 
@@ -97,6 +97,45 @@ def build_model(config, image_shape, num_classes) -> tf.keras.Model:
   return deep_mlp(image_shape, config.depth, config.width, num_classes,
                   config.activation, config.kernel_initializer,
                   config.batch_norm, config.seed)
+
+
+class WeightedLayer(NamedTuple):
+  """A layer with trainable weights: its path name and variable indices.
+
+  `indices` index `model.trainable_variables`; `kernel` is the index of its
+  kernel (or embeddings / depthwise kernel), or None (e.g. batch norm).
+  """
+  name: str
+  indices: Tuple[int, ...]
+  kernel: Optional[int]
+
+
+_KERNEL_NAMES = ('kernel', 'depthwise_kernel', 'embeddings')
+
+
+def weighted_layers(model: tf.keras.Model) -> List[WeightedLayer]:
+  """Every layer with trainable weights, in the model's variable (depth) order.
+
+  Variables are grouped by the path of the layer that owns them (Keras 3
+  `variable.path`, e.g. `mlp/dense_003/kernel`), with the model's own name
+  dropped: nested layers keep their sub-model path (`block1/conv`), so
+  TensorBoard groups them in depth order. Frozen layers and layers without
+  weights do not appear.
+  """
+  groups = {}
+  prefix = model.name + '/'
+  for i, v in enumerate(model.trainable_variables):
+    path = getattr(v, 'path', None) or v.name.split(':')[0]
+    owner, _, leaf = path.rpartition('/')
+    if owner.startswith(prefix):
+      owner = owner[len(prefix):]
+    owner = owner or model.name
+    indices, kernel = groups.get(owner, ((), None))
+    if kernel is None and leaf in _KERNEL_NAMES:
+      kernel = i
+    groups[owner] = (indices + (i,), kernel)
+  return [WeightedLayer(name, indices, kernel)
+          for name, (indices, kernel) in groups.items()]
 
 
 def dense_layers(model: tf.keras.Model):

@@ -10,10 +10,12 @@ Tags (nested names become TensorBoard groups):
   validation/:  epoch_loss, epoch_accuracy
 """
 
+import json
 import os
 import time
-from typing import Dict, Sequence
+from typing import Dict, List, Optional, Sequence
 
+import numpy as np
 import tensorflow as tf
 
 TRAIN = 'train'
@@ -27,30 +29,148 @@ def create_writers(workdir: str, is_chief: bool = True, temp_dir: str = None):
           for name in (TRAIN, VALIDATION)}
 
 
-def write_step_scalars(loss, learning_rate, layer_names: Sequence[str], norms):
-  """Per-step scalars; call under a writer and a `record_if` (graph-safe)."""
-  tf.summary.scalar('loss', loss)
-  tf.summary.scalar('learning_rate', learning_rate)
-  for i, name in enumerate(layer_names):
-    tf.summary.scalar(f'grad_norm/{name}', norms[i])
-  if len(layer_names) > 1:
-    tf.summary.scalar('grad_norm_ratio/first_to_last',
-                      norms[0] / tf.maximum(norms[-2 if len(layer_names) > 2 else -1], 1e-30))
+# float32's smallest subnormal: log10 histograms put exact zeros here.
+LOG10_FLOOR = -45.0
 
 
-def write_histograms(layers, kernel_grads):
-  """Histograms of each Dense layer's kernel gradient and kernel."""
-  for layer, grad in zip(layers, kernel_grads):
-    tf.summary.histogram(f'grad/{layer.name}', grad)
-    tf.summary.histogram(f'weight/{layer.name}', layer.kernel)
+def last_hidden_index(num_layers: int) -> int:
+  """Index of the last hidden weighted layer (the one before the output)."""
+  return num_layers - 2 if num_layers > 2 else num_layers - 1
 
 
-def write_scalars(writer, step: int, values: Dict[str, float]):
+class StepLogger:
+  """The host side of observability: which steps to observe, and the writes.
+
+  The Trainer measures (`Trainer.observed_step`); this decides which global
+  steps are observed and writes what was measured, so no summary op is ever
+  inside a compiled step. Tags under the train writer:
+    loss, learning_rate                         every `log_every_steps`
+    grad_norm/<layer>, update_ratio/<layer>,
+    weight_norm/<layer>, grad_norm/global,
+    grad_norm_ratio/first_to_last              on observed steps
+    grad/<layer>, weight/<layer>,
+    grad_log10/<layer> (histograms)            every `histogram_every_steps`
+  where <layer> is each layer with trainable weights (all its trainable
+  variables together), named by its path in the model.
+
+  Args:
+    writer: a summary writer, or None (measure and record only).
+    layer_names: the Trainer's `layer_names`.
+    log_every_steps: interval of loss/lr scalars and observed steps.
+    histogram_every_steps: interval of histograms (0: none).
+    grad_norms: observe steps every `log_every_steps` (False: loss and lr
+      only, observed steps only for histograms).
+    records_path: JSON-lines file each observation is appended to (for the
+      health report), or None.
+  """
+
+  def __init__(self, writer, layer_names: Sequence[str], log_every_steps: int,
+               histogram_every_steps: int = 0, grad_norms: bool = True,
+               records_path: str = None):
+    self.writer = writer
+    self.layer_names = list(layer_names)
+    self.log_every_steps = log_every_steps
+    self.histogram_every_steps = histogram_every_steps
+    self.grad_norms = grad_norms
+    self.records_path = records_path
+    self.seconds = 0.0      # host time spent writing
+
+  def is_observed(self, step: int) -> bool:
+    """True if global step `step` (1-based, after the update) is observed."""
+    return bool((self.grad_norms and step % self.log_every_steps == 0) or (
+        self.histogram_every_steps and step % self.histogram_every_steps == 0))
+
+  def steps_to_observation(self, step: int) -> Optional[int]:
+    """k >= 1 such that step + k is the next observed step (None: never)."""
+    intervals = [i for i, on in ((self.log_every_steps, self.grad_norms),
+                                 (self.histogram_every_steps,
+                                  self.histogram_every_steps > 0)) if on]
+    if not intervals:
+      return None
+    return min(i - step % i for i in intervals)
+
+  def write(self, first_step: int, out: Dict, learning_rate_fn=None) -> None:
+    """Writes a chunk's measurements; `first_step` is its first global step."""
+    start = time.perf_counter()
+    losses = out.get('losses', ())
+    obs = out.get('observation')
+    if self.writer is not None:
+      with self.writer.as_default():
+        # An observed step writes its own loss and learning rate.
+        plain = losses[:-1] if obs is not None else losses
+        for i, loss in enumerate(plain):
+          step = first_step + i
+          if step % self.log_every_steps == 0:
+            tf.summary.scalar('loss', float(loss), step=step)
+            if learning_rate_fn is not None:
+              tf.summary.scalar('learning_rate', learning_rate_fn(step - 1),
+                                step=step)
+        if obs is not None:
+          self._write_observation(first_step + len(losses) - 1, obs)
+    if obs is not None and self.records_path:
+      self._append_record(first_step + len(losses) - 1, obs)
+    self.seconds += time.perf_counter() - start
+
+  def _write_observation(self, step: int, obs: Dict) -> None:
+    names = self.layer_names
+    tf.summary.scalar('learning_rate', float(obs['learning_rate']), step=step)
+    if step % self.log_every_steps == 0:
+      tf.summary.scalar('loss', float(obs['loss']), step=step)
+    if self.grad_norms:
+      for name, g, r, w in zip(names, obs['grad_norms'], obs['update_ratios'],
+                               obs['weight_norms']):
+        tf.summary.scalar(f'grad_norm/{name}', float(g), step=step)
+        tf.summary.scalar(f'update_ratio/{name}', float(r), step=step)
+        tf.summary.scalar(f'weight_norm/{name}', float(w), step=step)
+      tf.summary.scalar('grad_norm/global', float(obs['global_grad_norm']),
+                        step=step)
+      if len(names) > 1:
+        norms = obs['grad_norms']
+        tf.summary.scalar(
+            'grad_norm_ratio/first_to_last',
+            float(norms[0] / max(norms[last_hidden_index(len(names))], 1e-30)),
+            step=step)
+    if (self.histogram_every_steps and 'grads' in obs
+        and step % self.histogram_every_steps == 0):
+      for name, g, w in zip(names, obs['grads'], obs['weights']):
+        tf.summary.histogram(f'grad/{name}', g, step=step)
+        tf.summary.histogram(f'weight/{name}', w, step=step)
+        tf.summary.histogram(
+            f'grad_log10/{name}',
+            np.log10(np.maximum(np.abs(g), 10.0 ** LOG10_FLOOR)), step=step)
+
+  def _append_record(self, step: int, obs: Dict) -> None:
+    record = {'step': int(step), 'loss': float(obs['loss']),
+              'learning_rate': float(obs['learning_rate']),
+              'grad_norms': [float(x) for x in obs['grad_norms']],
+              'update_ratios': [float(x) for x in obs['update_ratios']]}
+    with open(self.records_path, 'a') as f:
+      f.write(json.dumps(record) + '\n')
+
+
+def read_records(path: str) -> List[Dict]:
+  """Observations appended by `StepLogger`, one per step (a rerun's last wins)."""
+  if not path or not os.path.exists(path):
+    return []
+  by_step = {}
+  with open(path) as f:
+    for line in f:
+      try:
+        record = json.loads(line)
+      except ValueError:
+        continue      # a line cut short by a kill
+      by_step[record['step']] = record
+  return [by_step[s] for s in sorted(by_step)]
+
+
+def write_scalars(writer, step: int, values: Dict[str, float],
+                  flush: bool = True):
   """Host-side scalars (epoch metrics, throughput)."""
   with writer.as_default(step=step):
     for tag, value in values.items():
       tf.summary.scalar(tag, value)
-  writer.flush()
+  if flush:
+    writer.flush()
 
 
 def trace_model_graph(writer, model, example_batch):
@@ -126,7 +246,7 @@ def plot_grad_norms_png(layer_names: Sequence[str], norms, title: str) -> bytes:
     ax.legend(loc='best', fontsize=8)
   ax.set_xlabel(f'layer depth (0 = {layer_names[0]}, '
                 f'{len(layer_names) - 1} = {layer_names[-1]})')
-  ax.set_ylabel('kernel gradient L2 norm')
+  ax.set_ylabel('layer gradient L2 norm')
   ax.set_title(title, fontsize=10)
   ax.grid(True, which='major', alpha=0.3)
   fig.tight_layout()
@@ -174,7 +294,8 @@ class DepthProbe:
 
   def _build(self, trainer):
     model = trainer.model
-    kernels = [l.kernel for l in trainer.layers]
+    variables = model.trainable_variables
+    groups = [[variables[i] for i in l.indices] for l in trainer.layers]
     act_layers = [l for l in model.layers if l.name.startswith('act_')]
     act_names = [l.name for l in act_layers]
     activation = self.activation
@@ -191,22 +312,24 @@ class DepthProbe:
             outputs[layer.name] = x
         loss = tf.reduce_mean(tf.nn.sparse_softmax_cross_entropy_with_logits(
             labels, tf.cast(x, tf.float32)))
-      grads = tape.gradient(loss, kernels)
-      norms = tf.stack([tf.norm(tf.cast(g, tf.float32)) for g in grads])
+      grads = tape.gradient(loss, groups)
+      norms = tf.stack([
+          tf.sqrt(tf.add_n([tf.reduce_sum(tf.square(tf.cast(g, tf.float32)))
+                            for g in layer])) for layer in grads])
       stats = {name: activation_statistics(activation, outputs[name])
                for name in act_names}
       return norms, stats
     return probe
 
-  def record(self, exp, step: int) -> None:
-    """Probes now and writes the summaries at `step`."""
+  def record(self, exp, step: int, image: bool = True) -> None:
+    """Probes now and writes the summaries at `step` (the image if `image`)."""
     start = time.perf_counter()
     try:
-      self._record(exp, step)
+      self._record(exp, step, image)
     finally:
       self.seconds += time.perf_counter() - start
 
-  def _record(self, exp, step: int) -> None:
+  def _record(self, exp, step: int, image: bool) -> None:
     if self._probe_fn is None:
       self._probe_fn = self._build(exp.trainer)
     norms, stats = self._probe_fn(self.images, self.labels)
@@ -223,7 +346,7 @@ class DepthProbe:
       for layer, s in stats.items():
         for key, value in s.items():
           tf.summary.scalar(f'activation_{key}/{layer}', value)
-      if self.write_images:
+      if self.write_images and image:
         png = plot_grad_norms_png(
             exp.trainer.layer_names, norms,
             f'{self.activation}: probe-batch gradient norm vs depth, '
@@ -237,7 +360,7 @@ class DepthProbe:
       step = int(outputs['step'])
       last = self._last_step if self._last_step is not None else 0
       if self.every_steps and step // self.every_steps > last // self.every_steps:
-        self.record(exp, step)
+        self.record(exp, step, image=False)   # the PNG only at epoch ends
     elif event == 'epoch':
       step = int(exp.trainer.optimizer.iterations.numpy())
       if step != self._last_step:

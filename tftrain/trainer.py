@@ -1,8 +1,18 @@
 """Trainer: owns model, optimizer and the compiled train/eval steps.
 
-The step is strategy-agnostic (`strategy.run`, loss scaled by the global
-batch) and returns its measurements; several steps run per `tf.function` call
-in an in-graph loop that stops at the first non-finite loss or gradient.
+The step measures; the host writes. Two compiled functions train:
+  * `train_steps(iterator, n)`: an in-graph loop of n plain steps that only
+    trains and returns loss sums, per-step losses and a cheap non-finite check
+    (the loss and one global gradient norm, which covers every trainable
+    variable). No summary writer, no logging interval, no `tf.cond`.
+  * `observed_step(iterator)`: one training step that also measures, for each
+    layer with trainable weights, the gradient norm (all its trainable
+    variables together, unscaled under mixed precision), the weight norm and
+    the update-to-weight ratio ||dW|| / ||W||, and (when asked) returns the
+    gradients and weights for histograms.
+The outer loop (`loop.train_steps`) decides which steps are observed and
+writes the summaries from what these return. Both are strategy-agnostic
+(`strategy.run`, loss scaled by the global batch) and XLA-safe.
 """
 
 from typing import Dict, List
@@ -11,7 +21,6 @@ import numpy as np
 import tensorflow as tf
 
 from tftrain import models
-from tftrain import summaries
 
 
 class NonFiniteError(RuntimeError):
@@ -24,6 +33,11 @@ class NonFiniteError(RuntimeError):
                      f'(loss={loss}); lower --learning_rate or check the data.')
 
 
+def _norm(tensors) -> tf.Tensor:
+  return tf.sqrt(tf.add_n([tf.reduce_sum(tf.square(tf.cast(t, tf.float32)))
+                           for t in tensors]))
+
+
 class Trainer:
   """Compiled training and evaluation for one model and optimizer.
 
@@ -32,176 +46,231 @@ class Trainer:
     optimizer: Keras optimizer (LR may be a schedule); built under the scope.
     strategy: a tf.distribute strategy (the default strategy is fine).
     global_batch_size: examples per step over all replicas.
-    train_writer: summary writer for per-step summaries, or None.
-    log_every_steps: interval of per-step scalars (loss, lr, grad norms).
-    histogram_every_steps: interval of gradient/weight histograms; 0 = off.
-    grad_norms: compute per-layer gradient norms in the step.
-    jit_compile: XLA-compile the step.
+    jit_compile: XLA-compile the step (plain and observed).
+    histograms: observed steps also return per-layer gradients and weights.
   """
 
   def __init__(self, model, optimizer, strategy, global_batch_size: int,
-               train_writer=None, log_every_steps: int = 100,
-               histogram_every_steps: int = 0, grad_norms: bool = True,
-               jit_compile: bool = False):
+               jit_compile: bool = False, histograms: bool = False):
     self.model = model
     self.optimizer = optimizer
     self.strategy = strategy
     self.global_batch_size = global_batch_size
-    self.train_writer = train_writer
-    self.log_every_steps = log_every_steps
-    self.histogram_every_steps = histogram_every_steps
-    self.grad_norms = grad_norms
     self.jit_compile = jit_compile
-    self.layers = models.dense_layers(model)
+    self.histograms = histograms
+    self.layers = models.weighted_layers(model)
     self.layer_names = [l.name for l in self.layers]
-    variables = model.trainable_variables
-    index = {id(v): i for i, v in enumerate(variables)}
-    self._kernel_index = [index[id(l.kernel)] for l in self.layers]
     with strategy.scope():
-      optimizer.build(variables)
+      optimizer.build(model.trainable_variables)
     self._train_loop = None
+    self._observed_fn = None
     self._eval_fn = None
+
+  @property
+  def loss_scaled(self) -> bool:
+    return isinstance(self.optimizer,
+                      tf.keras.mixed_precision.LossScaleOptimizer)
 
   # ---------------------------------------------------------------- steps --
 
-  def _loss_fn(self, labels, logits):
-    per_example = tf.nn.sparse_softmax_cross_entropy_with_logits(
-        labels, tf.cast(logits, tf.float32))
-    return per_example
-
-  def _replica_step(self, batch):
-    """One step on one replica; returns local sums and global grad norms."""
+  def _forward_backward(self, batch):
+    """Loss, local gradients and batch statistics on one replica."""
     images, labels = batch
     variables = self.model.trainable_variables
     with tf.GradientTape() as tape:
       logits = self.model(images, training=True)
-      per_example = self._loss_fn(labels, logits)
+      per_example = tf.nn.sparse_softmax_cross_entropy_with_logits(
+          labels, tf.cast(logits, tf.float32))
       loss = tf.nn.compute_average_loss(
           per_example, global_batch_size=self.global_batch_size)
       if self.model.losses:
         loss += tf.nn.scale_regularization_loss(tf.add_n(self.model.losses))
-      scaled = loss
-      if isinstance(self.optimizer, tf.keras.mixed_precision.LossScaleOptimizer):
-        scaled = self.optimizer.scale_loss(loss)
+      scaled = self.optimizer.scale_loss(loss) if self.loss_scaled else loss
     grads = tape.gradient(scaled, variables)
+    predictions = tf.argmax(logits, axis=-1, output_type=tf.int32)
+    stats = tf.stack([
+        tf.reduce_sum(per_example),
+        tf.reduce_sum(tf.cast(tf.equal(predictions, labels), tf.float32)),
+        tf.cast(tf.shape(labels)[0], tf.float32)])
+    return loss, grads, stats
+
+  def _plain_replica_step(self, batch):
+    loss, grads, stats = self._forward_backward(batch)
+    # Non-finite check: the loss, plus one global norm over every gradient
+    # (under loss scaling the optimizer skips overflowing steps itself).
+    check = loss if self.loss_scaled else loss + _norm(
+        [g for g in grads if g is not None])
+    self.optimizer.apply_gradients(zip(grads, self.model.trainable_variables))
+    return loss, stats, check
+
+  def _observed_replica_step(self, batch):
+    loss, grads, stats = self._forward_backward(batch)
+    variables = self.model.trainable_variables
     replicas = self.strategy.num_replicas_in_sync
-    if replicas > 1 and (self.grad_norms or self.histogram_every_steps):
+    if replicas > 1:
       # Measure the gradients actually applied: all-reduce here, and hand
       # Keras (which all-reduces again by summing) each replica's 1/N share.
       grads = tf.distribute.get_replica_context().all_reduce('sum', grads)
       applied = [g / replicas for g in grads]
     else:
       applied = grads
-    true_grads = grads
-    if scaled is not loss:
+    true_grads = [tf.cast(g, tf.float32) for g in grads]
+    if self.loss_scaled:
       inv = 1.0 / tf.cast(self.optimizer.dynamic_scale, tf.float32)
-      true_grads = [tf.cast(g, tf.float32) * inv for g in grads]
-    norms = (tf.stack([tf.norm(tf.cast(true_grads[i], tf.float32))
-                       for i in self._kernel_index])
-             if self.grad_norms else tf.zeros([len(self._kernel_index)]))
+      true_grads = [g * inv for g in true_grads]
+    learning_rate = tf.cast(self.optimizer.learning_rate, tf.float32)
+    before = [[tf.identity(variables[i]) for i in l.indices]
+              for l in self.layers]
     self.optimizer.apply_gradients(zip(applied, variables))
-    if self.histogram_every_steps and self.train_writer is not None:
-      step = self.optimizer.iterations
-      kernel_grads = [true_grads[i] for i in self._kernel_index]
-
-      def write_histograms():
-        with self.train_writer.as_default(step=step), tf.name_scope('/'):
-          summaries.write_histograms(self.layers, kernel_grads)
-        return tf.constant(True)
-      # One cond for all histograms: no per-summary branch on other steps.
-      tf.cond(tf.equal(step % self.histogram_every_steps, 0), write_histograms,
-              lambda: tf.constant(False))
-    predictions = tf.argmax(logits, axis=-1, output_type=tf.int32)
-    correct = tf.reduce_sum(tf.cast(tf.equal(predictions, labels), tf.float32))
-    count = tf.cast(tf.shape(labels)[0], tf.float32)
-    return {'loss': loss, 'loss_sum': tf.reduce_sum(per_example),
-            'correct': correct, 'count': count, 'grad_norms': norms}
+    grad_norms, weight_norms, update_norms = [], [], []
+    for layer, old in zip(self.layers, before):
+      grad_norms.append(_norm([true_grads[i] for i in layer.indices]))
+      weight_norms.append(_norm(old))
+      update_norms.append(_norm([variables[i] - w
+                                 for i, w in zip(layer.indices, old)]))
+    weight_norms = tf.stack(weight_norms)
+    out = {
+        'loss': loss, 'stats': stats, 'learning_rate': learning_rate,
+        'grad_norms': tf.stack(grad_norms),
+        'global_grad_norm': _norm(true_grads),
+        'weight_norms': weight_norms,
+        'update_ratios': tf.stack(update_norms) / tf.maximum(weight_norms,
+                                                             1e-30)}
+    if self.histograms:
+      out['grads'] = [tf.concat([tf.reshape(true_grads[i], [-1])
+                                 for i in l.indices], 0) for l in self.layers]
+      out['weights'] = [tf.concat([tf.reshape(tf.cast(variables[i], tf.float32),
+                                              [-1]) for i in l.indices], 0)
+                        for l in self.layers]
+    return out
 
   def _make_train_loop(self):
-    step_fn = self._replica_step
+    step_fn = self._plain_replica_step
     if self.jit_compile:
       step_fn = tf.function(step_fn, jit_compile=True)
     strategy = self.strategy
-    num_layers = len(self._kernel_index)
 
     def reduce_sum(x):
       return strategy.reduce(tf.distribute.ReduceOp.SUM, x, axis=None)
 
-    def first(x):
-      return strategy.experimental_local_results(x)[0]
-
     @tf.function
     def train_loop(iterator, num_steps):
       sums = tf.zeros([3])
-      norms = tf.zeros([num_layers])
       losses = tf.TensorArray(tf.float32, size=num_steps)
       finite = tf.constant(True)
       bad_loss = tf.constant(0.0)
       steps_run = tf.constant(0)
       for i in tf.range(num_steps):
-        out = strategy.run(step_fn, args=(next(iterator),))
-        loss = reduce_sum(out['loss'])
-        norms = first(out['grad_norms'])
-        sums += tf.stack([reduce_sum(out['loss_sum']),
-                          reduce_sum(out['correct']), reduce_sum(out['count'])])
+        loss, stats, check = strategy.run(step_fn, args=(next(iterator),))
+        loss = reduce_sum(loss)
+        sums += reduce_sum(stats)
         losses = losses.write(i, loss)
         steps_run += 1
-        if self.train_writer is not None:
-          step = self.optimizer.iterations
-
-          def write_scalars(loss=loss, norms=norms, step=step):
-            # name_scope('/'): tags without the while loop's scope prefix.
-            with self.train_writer.as_default(step=step), tf.name_scope('/'):
-              summaries.write_step_scalars(
-                  loss, self.optimizer.learning_rate,
-                  self.layer_names if self.grad_norms else [], norms)
-            return tf.constant(True)
-          # One cond per step for all scalars (not one per summary op).
-          tf.cond(tf.equal(step % self.log_every_steps, 0), write_scalars,
-                  lambda: tf.constant(False))
-        if not (tf.math.is_finite(loss)
-                and tf.reduce_all(tf.math.is_finite(norms))):
+        if not tf.math.is_finite(reduce_sum(check)):
           finite = tf.constant(False)
           bad_loss = loss
           break
-      return {'sums': sums, 'grad_norms': norms, 'finite': finite,
-              'bad_loss': bad_loss, 'steps_run': steps_run,
-              'losses': losses.stack()[:steps_run]}
-
+      return {'sums': sums, 'finite': finite, 'bad_loss': bad_loss,
+              'steps_run': steps_run, 'losses': losses.stack()[:steps_run]}
     return train_loop
 
+  def _make_observed_step(self):
+    step_fn = self._observed_replica_step
+    if self.jit_compile:
+      step_fn = tf.function(step_fn, jit_compile=True)
+    strategy = self.strategy
+
+    @tf.function
+    def observed_step(iterator):
+      out = strategy.run(step_fn, args=(next(iterator),))
+      first = strategy.experimental_local_results
+      result = {k: first(v)[0] for k, v in out.items()
+                if k not in ('loss', 'stats')}
+      result['loss'] = strategy.reduce(tf.distribute.ReduceOp.SUM,
+                                       out['loss'], axis=None)
+      result['sums'] = strategy.reduce(tf.distribute.ReduceOp.SUM,
+                                       out['stats'], axis=None)
+      return result
+    return observed_step
+
+  def _raise_if_non_finite(self, loss):
+    raise NonFiniteError(int(self.optimizer.iterations.numpy()), float(loss))
+
   def train_steps(self, iterator, num_steps: int) -> Dict[str, np.ndarray]:
-    """Runs `num_steps` steps from `iterator` (a distributed iterator).
+    """Runs `num_steps` plain steps from `iterator` (a distributed iterator).
 
     Returns:
       dict with 'loss_sum', 'correct', 'count' (sums over the steps),
-      'grad_norms' (last step, per layer), 'losses' (per step).
+      'losses' (per step) and 'steps_run'.
 
     Raises:
-      NonFiniteError: at the first non-finite loss or gradient norm.
+      NonFiniteError: at the first non-finite loss or gradient.
     """
     if self._train_loop is None:
       self._train_loop = self._make_train_loop()
     out = self._train_loop(iterator, tf.constant(num_steps, tf.int32))
     out = tf.nest.map_structure(lambda t: t.numpy(), out)
     if not out['finite']:
-      raise NonFiniteError(int(self.optimizer.iterations.numpy()),
-                           float(out['bad_loss']))
+      self._raise_if_non_finite(out['bad_loss'])
     loss_sum, correct, count = out['sums']
     return {'loss_sum': float(loss_sum), 'correct': float(correct),
-            'count': float(count), 'grad_norms': out['grad_norms'],
-            'losses': out['losses'], 'steps_run': int(out['steps_run'])}
+            'count': float(count), 'losses': out['losses'],
+            'steps_run': int(out['steps_run'])}
 
-  def reset_train_function(self):
-    """Forget the compiled loop (after swapping the LR schedule)."""
+  def observed_step(self, iterator) -> Dict[str, np.ndarray]:
+    """One training step that also measures each weighted layer.
+
+    Returns:
+      the `train_steps` dict for one step, plus 'observation': 'loss',
+      'learning_rate', 'global_grad_norm', per layer 'grad_norms',
+      'weight_norms', 'update_ratios' (numpy, in `layer_names` order) and,
+      with `histograms`, 'grads' and 'weights' (flat per layer).
+
+    Raises:
+      NonFiniteError: if the loss or any gradient is non-finite.
+    """
+    if self._observed_fn is None:
+      self._observed_fn = self._make_observed_step()
+    out = tf.nest.map_structure(lambda t: t.numpy(),
+                                self._observed_fn(iterator))
+    sums = out.pop('sums')
+    if not (np.isfinite(out['loss']) and (
+        self.loss_scaled or np.isfinite(out['global_grad_norm']))):
+      self._raise_if_non_finite(out['loss'])
+    return {'loss_sum': float(sums[0]), 'correct': float(sums[1]),
+            'count': float(sums[2]),
+            'losses': np.asarray([out['loss']], np.float32), 'steps_run': 1,
+            'observation': out}
+
+  @property
+  def learning_rate_schedule(self):
+    """The LR schedule (or value) the optimizer uses."""
+    return self._inner_optimizer._learning_rate  # pylint: disable=protected-access
+
+  def set_learning_rate(self, schedule) -> None:
+    """The one place the LR changes: swaps the schedule, drops compiled steps."""
+    self._inner_optimizer.learning_rate = schedule
     self._train_loop = None
+    self._observed_fn = None
+
+  def learning_rate_at(self, step: int) -> float:
+    """The LR the optimizer uses at (0-based) optimizer iteration `step`."""
+    schedule = self.learning_rate_schedule
+    if callable(schedule):
+      return float(schedule(step))
+    return float(tf.convert_to_tensor(schedule))
+
+  @property
+  def _inner_optimizer(self):
+    return getattr(self.optimizer, 'inner_optimizer', self.optimizer)
 
   # ----------------------------------------------------------------- eval --
 
   def _replica_eval(self, batch):
     images, labels = batch
     logits = self.model(images, training=False)
-    per_example = self._loss_fn(labels, logits)
+    per_example = tf.nn.sparse_softmax_cross_entropy_with_logits(
+        labels, tf.cast(logits, tf.float32))
     predictions = tf.argmax(logits, axis=-1, output_type=tf.int32)
     return tf.stack([
         tf.reduce_sum(per_example),
@@ -237,4 +306,3 @@ class Trainer:
 
   def _all_variables(self):
     return list(self.model.variables) + list(self.optimizer.variables)
-

@@ -1,0 +1,422 @@
+"""Health report: each detector fires on a clear case, not on healthy runs."""
+
+import json
+import math
+import os
+import sys
+
+import numpy as np
+import pytest
+
+from tftrain import health
+
+NUM_STEPS = 40
+
+
+def names_for(depth):
+  """`depth` hidden layers plus the output layer, as the models name them."""
+  return [f'dense_{i:03d}' for i in range(depth)] + ['logits']
+
+
+def healthy_run(depth=2, num_steps=NUM_STEPS, seed=0, activation='relu'):
+  """An MLP that trains well: norms 0.1-1, update ratios ~1e-3, loss falls."""
+  rng = np.random.default_rng(seed)
+  names = names_for(depth)
+  steps = [100 * (i + 1) for i in range(num_steps)]
+  t = np.linspace(0, 1, num_steps)
+  loss = 2.3 * np.exp(-3 * t) + 0.1 + rng.normal(0, 0.02, num_steps)
+  acts = [f'act_{i:03d}' for i in range(depth)]
+  key = 'dead' if activation == 'relu' else 'saturated'
+  stats = [(s, {a: {'mean': 0.3, 'std': 0.5, key: 0.05 + 0.1 * rng.random()}
+                for a in acts}) for s in steps[::4]]
+  history = [{'epoch': e, 'loss': 0.3 / e, 'accuracy': 0.9 + 0.01 * e,
+              'val_loss': 0.35 / e ** 0.5, 'val_accuracy': 0.9 + 0.005 * e}
+             for e in range(1, 6)]
+  return {
+      'layer_names': names, 'steps': steps,
+      'grad_norms': rng.uniform(0.1, 1.0, (num_steps, len(names))).tolist(),
+      'update_ratios': (1e-3 * rng.uniform(0.5, 2, (num_steps, len(names)))
+                        ).tolist(),
+      'loss': loss.tolist(), 'learning_rate': [1e-2] * num_steps,
+      'activation': activation, 'activation_stats': stats,
+      'history': history, 'num_classes': 10, 'status': 'completed',
+      'lr_finder': {'suggestion': 2e-2,
+                    'suggestions': {'minimum': 1e-1, 'divergence': 1.0}},
+      'schedule_peak_lr': 1e-2,
+  }
+
+
+def kinds(run, **thresholds):
+  return [f.kind for f in health.analyze(run, thresholds or None)]
+
+
+def only(run, kind):
+  found = [f for f in health.analyze(run) if f.kind == kind]
+  assert len(found) == 1, health.format_block(health.analyze(run))
+  return found[0]
+
+
+# ------------------------------------------------------------ healthy runs --
+
+@pytest.mark.parametrize('depth,activation', [(1, 'relu'), (2, 'relu'),
+                                              (3, 'sigmoid'), (3, 'selu')])
+def test_healthy_runs_have_no_findings(depth, activation):
+  assert health.analyze(healthy_run(depth, activation=activation)) == []
+
+
+def test_healthy_deep_adam_run_with_tiny_updates_is_not_lr_too_low():
+  run = healthy_run(depth=20)
+  run['update_ratios'] = np.full((NUM_STEPS, 21), 3e-6).tolist()
+  assert health.analyze(run) == []   # the loss fell: slow, not stuck
+
+
+def test_missing_keys_are_skipped():
+  assert health.analyze({'layer_names': names_for(3)}) == []
+  assert health.analyze({'layer_names': ['logits'],
+                         'history': [{'epoch': 1, 'loss': 1.0}]}) == []
+
+
+def test_series_that_do_not_match_layer_names_raise():
+  run = healthy_run(depth=2)
+  run['grad_norms'] = [[1.0, 1.0]] * NUM_STEPS
+  with pytest.raises(ValueError, match='grad_norms has shape'):
+    health.analyze(run)
+  with pytest.raises(ValueError, match='vanishing_ration'):
+    health.analyze(healthy_run(), {'vanishing_ration': 1.0})
+
+
+# --------------------------------------------------------------- gradients --
+
+def vanishing_run(depth=30, zero_below=10):
+  """Sigmoid stack: norms shrink 5x per layer toward the input, then 0."""
+  run = healthy_run(depth=depth, activation='sigmoid')
+  per_layer = 0.5 * 0.2 ** np.arange(depth)[::-1]
+  per_layer[:zero_below] = 0.0
+  noise = np.random.default_rng(1).uniform(0.8, 1.2, (NUM_STEPS, depth + 1))
+  run['grad_norms'] = (np.append(per_layer, 0.8) * noise).tolist()
+  return run
+
+
+def test_vanishing_gradients_names_the_depth_where_norms_underflow():
+  f = only(vanishing_run(), 'vanishing_gradients')
+  assert f.severity == 'error'
+  assert f.numbers['ratio_median'] == 0.0
+  assert f.numbers['zero_depth'] == 9
+  assert f.numbers['vanish_depth'] == 24   # 0.2**5 < 1e-3 < 0.2**4
+  assert 'reaches 0 at dense_009' in f.summary
+  assert 'falls below 0.001x the last hidden layer\'s at dense_024' in f.summary
+  assert '0 (float32 underflow)' in f.summary
+  assert f.layers == [f'dense_{i:03d}' for i in range(25)]
+  assert f.tag == 'grad_norm_heatmap'
+  assert f.remedy.startswith('Replace sigmoid')
+  assert f.steps == [2100, 4000]
+
+
+def test_vanishing_without_underflow_is_a_warning():
+  f = only(vanishing_run(zero_below=0), 'vanishing_gradients')
+  assert f.severity == 'warning'
+  assert 'zero_depth' not in f.numbers
+  assert f.numbers['ratio_median'] == pytest.approx(0.2 ** 28, rel=0.5)
+
+
+def test_vanishing_needs_three_layers():
+  run = healthy_run(depth=1)
+  run['grad_norms'] = [[1e-9, 1.0]] * NUM_STEPS
+  assert 'vanishing_gradients' not in kinds(run)
+
+
+def test_vanishing_for_a_few_steps_is_not_sustained():
+  run = healthy_run(depth=3)
+  grads = np.array(run['grad_norms'])
+  grads[-5:, 0] = 0.0      # 5 of the 20 judged steps
+  run['grad_norms'] = grads.tolist()
+  assert 'vanishing_gradients' not in kinds(run)
+  grads[-16:, 0] = 0.0     # 16 of 20: sustained
+  run['grad_norms'] = grads.tolist()
+  assert 'vanishing_gradients' in kinds(run)
+
+
+def test_exploding_ratio_toward_the_input():
+  run = healthy_run(depth=4)
+  grads = np.array(run['grad_norms'])
+  grads[:, 0] *= 1e5
+  run['grad_norms'] = grads.tolist()
+  f = only(run, 'exploding_gradients')
+  assert f.numbers['ratio_median'] > 1e3
+  assert f.layers == ['dense_000', 'dense_003']
+  assert f.severity == 'warning'
+
+
+def test_exploding_growth_over_training():
+  run = healthy_run(depth=2)
+  growth = np.logspace(0, 4, NUM_STEPS)[:, None]
+  run['grad_norms'] = (np.array(run['grad_norms']) * growth).tolist()
+  f = only(run, 'exploding_gradients')
+  assert f.numbers['growth'] > 100
+  assert f.tag.startswith('grad_norm/')
+
+
+def test_exploding_non_finite_norm_is_an_error():
+  run = healthy_run(depth=2)
+  run['grad_norms'][30][1] = math.inf
+  run['grad_norms'][31][1] = math.nan
+  f = only(run, 'exploding_gradients')
+  assert f.severity == 'error'
+  assert f.steps == [3100, 3200]
+  assert f.layers == ['dense_001']
+  assert f.tag == 'grad_norm/dense_001'
+
+
+def test_a_single_gradient_spike_is_not_exploding():
+  run = healthy_run(depth=3)
+  run['grad_norms'][35] = [1e6, 1e2, 1e2, 1e2]
+  assert health.analyze(run) == []
+
+
+# ------------------------------------------------------------- activations --
+
+def with_stats(run, key, values_per_layer, num_records=10):
+  steps = run['steps'][::NUM_STEPS // num_records]
+  run['activation_stats'] = [
+      (s, {f'act_{i:03d}': {'mean': 0.5, 'std': 0.4, key: v}
+           for i, v in enumerate(values_per_layer)}) for s in steps]
+  return run
+
+
+def test_saturated_units_named_with_fraction():
+  run = with_stats(healthy_run(depth=4, activation='sigmoid'), 'saturated',
+                   [0.9, 0.8, 0.7, 0.1])
+  f = only(run, 'saturated_units')
+  assert f.layers == ['act_000', 'act_001', 'act_002']
+  assert f.numbers['worst_fraction'] == pytest.approx(0.9)
+  assert f.numbers['layers_hit'] == 3
+  assert f.tag == 'activation_saturated/act_000'
+  assert 'in 3 of 4 hidden layers (act_000, act_001, act_002)' in f.summary
+
+
+def test_saturation_below_threshold_or_only_early_does_not_fire():
+  run = with_stats(healthy_run(depth=4, activation='sigmoid'), 'saturated',
+                   [0.4] * 4)
+  assert 'saturated_units' not in kinds(run)
+  for _, stats in run['activation_stats'][:5]:   # early records only
+    stats['act_000']['saturated'] = 0.99
+  assert 'saturated_units' not in kinds(run)
+
+
+def test_saturation_in_many_layers_is_summarized_compactly():
+  run = with_stats(healthy_run(depth=60, activation='tanh'), 'saturated',
+                   [0.9] * 58 + [0.1, 0.1])
+  f = only(run, 'saturated_units')
+  assert 'act_000..act_057 (58 layers)' in f.summary
+
+
+def test_dead_units_in_one_layer():
+  run = with_stats(healthy_run(depth=3), 'dead', [0.0, 0.7, 0.1])
+  f = only(run, 'dead_units')
+  assert f.layers == ['act_001']
+  assert f.numbers['worst_fraction'] == pytest.approx(0.7)
+  assert f.tag == 'activation_dead/act_001'
+  run = with_stats(healthy_run(depth=3), 'dead', [0.0, 0.3, 0.1])
+  assert 'dead_units' not in kinds(run)
+
+
+# ----------------------------------------------------------- learning rate --
+
+def test_lr_too_high_from_update_ratios():
+  run = healthy_run(depth=3)
+  run['update_ratios'] = np.full((NUM_STEPS, 4), 0.3).tolist()
+  f = only(run, 'lr_too_high')
+  assert f.numbers['update_ratio_median'] == pytest.approx(0.3)
+  assert f.tag.startswith('update_ratio/dense_')
+
+
+def test_lr_too_high_from_a_rising_loss():
+  run = healthy_run(depth=2)
+  run['loss'] = np.linspace(1.0, 3.0, NUM_STEPS).tolist()
+  f = only(run, 'lr_too_high')
+  assert f.tag == 'loss'
+  assert f.numbers['loss_change'] > 1.0
+
+
+def test_lr_too_low_needs_tiny_updates_and_a_flat_loss():
+  run = healthy_run(depth=2)
+  run['update_ratios'] = np.full((NUM_STEPS, 3), 1e-6).tolist()
+  assert 'lr_too_low' not in kinds(run)        # loss still fell
+  run['loss'] = (2.30 - 0.001 * np.arange(NUM_STEPS) / NUM_STEPS).tolist()
+  f = only(run, 'lr_too_low')
+  assert f.numbers['update_ratio_median'] == pytest.approx(1e-6)
+  assert abs(f.numbers['loss_change']) < 0.01
+
+
+def test_lr_too_low_is_not_reported_when_gradients_vanish():
+  run = vanishing_run()
+  run['update_ratios'] = np.full((NUM_STEPS, 31), 1e-7).tolist()
+  run['loss'] = [2.30] * NUM_STEPS
+  assert kinds(run) == ['vanishing_gradients']
+
+
+def test_lr_far_from_finder_either_side():
+  run = healthy_run()
+  run['schedule_peak_lr'] = 1.0
+  f = only(run, 'lr_far_from_finder')
+  assert f.numbers['factor'] == pytest.approx(50.0)
+  assert '50x above' in f.summary
+  run['schedule_peak_lr'] = 1e-4
+  assert '200x below' in only(run, 'lr_far_from_finder').summary
+  run['schedule_peak_lr'] = 5e-3           # 4x below: fine
+  assert kinds(run) == []
+
+
+# ------------------------------------------------------ accuracy and loss --
+
+def test_chance_accuracy():
+  run = healthy_run()
+  for h in run['history']:
+    h['val_accuracy'] = 0.11
+  f = only(run, 'chance_accuracy')
+  assert f.severity == 'error'
+  assert f.numbers['threshold'] == pytest.approx(0.15)
+  assert 'validation accuracy is 0.11 after 5 epochs' in f.summary
+
+
+def test_chance_threshold_for_two_classes_is_near_one_half():
+  run = healthy_run()
+  run['num_classes'] = 2
+  for h in run['history']:
+    h['val_accuracy'] = 0.7       # well above chance for 2 classes
+  assert 'chance_accuracy' not in kinds(run)
+  for h in run['history']:
+    h['val_accuracy'] = 0.52
+  assert only(run, 'chance_accuracy').numbers['threshold'] == pytest.approx(
+      0.55)
+
+
+def test_diverged_status_and_non_finite_loss():
+  run = healthy_run()
+  run.update(status='diverged', diverged_step=1234, diverged_loss=math.inf)
+  f = only(run, 'diverged')
+  assert f.steps == [1234]
+  assert 'step 1234' in f.summary
+  assert f.to_dict()['numbers']['loss'] == 'inf'
+  run = healthy_run()
+  run['loss'][20] = math.nan
+  assert only(run, 'diverged').steps == [2100]
+
+
+def test_overfitting_reports_the_best_epoch():
+  run = healthy_run()
+  val = [1.0, 0.8, 0.7, 0.72, 0.76, 0.8, 0.85]
+  run['history'] = [{'epoch': e + 1, 'loss': 1.0 - 0.1 * e, 'accuracy': 0.95,
+                     'val_loss': v, 'val_accuracy': 0.9}
+                    for e, v in enumerate(val)]
+  f = only(run, 'overfitting')
+  assert f.numbers['best_epoch'] == 3
+  assert f.numbers['epochs_since_best'] == 4
+  assert f.tag == 'epoch_loss'
+
+
+def test_noisy_plateau_is_not_overfitting():
+  run = healthy_run()
+  val = [1.0, 0.8, 0.7, 0.72, 0.71, 0.72, 0.715]   # within 5% of the best
+  run['history'] = [{'epoch': e + 1, 'loss': 1.0 - 0.1 * e, 'accuracy': 0.95,
+                     'val_loss': v, 'val_accuracy': 0.9}
+                    for e, v in enumerate(val)]
+  assert kinds(run) == []
+
+
+def test_findings_are_sorted_errors_first_then_by_kind():
+  run = healthy_run()
+  run['schedule_peak_lr'] = 10.0
+  run['update_ratios'] = np.full((NUM_STEPS, 3), 0.5).tolist()
+  run.update(status='diverged', diverged_step=5, diverged_loss=1e9)
+  assert kinds(run) == ['diverged', 'lr_too_high', 'lr_far_from_finder']
+
+
+# ----------------------------------------------------------------- reports --
+
+def test_write_report_round_trips(tmp_path):
+  findings = health.analyze(vanishing_run())
+  paths = health.write_report(str(tmp_path / 'run'), findings, 'deep sigmoid')
+  assert sorted(os.listdir(tmp_path / 'run')) == ['health.json', 'health.md']
+  with open(paths['json']) as f:
+    report = json.load(f)
+  assert report['healthy'] is False
+  assert report['kinds'] == list(health.KINDS)
+  assert report['findings'] == [f.to_dict() for f in findings]
+  with open(paths['markdown']) as f:
+    text = f.read()
+  assert text.startswith('# deep sigmoid\n')
+  assert 'Vanishing gradients (error)' in text
+  assert '`grad_norm_heatmap`' in text
+
+
+def test_healthy_report_says_so(tmp_path):
+  assert 'No problems found' in health.format_markdown([], 'ok run')
+  assert health.format_block([]) == 'health: no problems found'
+  paths = health.write_report(str(tmp_path), [], 'ok run')
+  with open(paths['json']) as f:
+    assert json.load(f) == {'findings': [], 'healthy': True,
+                            'kinds': list(health.KINDS)}
+
+
+def test_format_block_is_short():
+  run = vanishing_run()
+  run['history'][-1]['val_accuracy'] = 0.1
+  block = health.format_block(health.analyze(run))
+  lines = block.splitlines()
+  assert lines[0] == 'health: 2 problems (2 errors, 0 warnings)'
+  assert len(lines) == 5
+  assert '[error] vanishing_gradients:' in lines[1]
+
+
+def test_finding_rejects_unknown_kind():
+  with pytest.raises(ValueError, match="'slow'"):
+    health.Finding('slow', 'warning', 'x')
+
+
+# ---------------------------------------------------------------- heatmaps --
+
+def test_heatmap_image_shape_and_distinct_zero_colour():
+  names = names_for(3)
+  grads = np.array([[0.0, 1e-3, 1e-1, 1.0]] * 5)
+  grads[4, 3] = np.nan
+  image = health.heatmap_image(names, list(range(5)), grads)
+  assert image.dtype == np.uint8
+  assert image.ndim == 3 and image.shape[2] == 3
+  rows, cols = 4, 5
+  assert image.shape[0] % rows == 0 and image.shape[0] // rows >= 4
+  assert image.shape[1] % cols == 0 and image.shape[1] // cols >= 4
+  ch, cw = image.shape[0] // rows, image.shape[1] // cols
+  cell = lambda r, c: tuple(image[r * ch, c * cw])
+  assert cell(0, 0) == health.ZERO_RGB                 # dense_000: exactly 0
+  assert cell(3, 4) == health.NON_FINITE_RGB
+  assert cell(1, 0) == (68, 1, 84)                     # smallest: viridis start
+  assert cell(3, 0) == (253, 231, 37)                  # largest: viridis end
+  assert len({cell(r, 0) for r in range(4)}) == 4
+
+
+def test_heatmap_image_one_step_and_many_steps():
+  assert health.heatmap_image(['a', 'b'], [7], [[1.0, 2.0]]).shape[:2] == (
+      128, 256)
+  wide = health.heatmap_image(['a'], list(range(2000)), np.ones((2000, 1)))
+  assert wide.shape[1] == 512 * 4
+
+
+@pytest.mark.parametrize('num_steps', [1, 30])
+def test_depth_time_heatmap_png(num_steps):
+  run = vanishing_run()
+  png = health.depth_time_heatmap_png(
+      run['layer_names'], run['steps'][:num_steps],
+      run['grad_norms'][:num_steps], 'sigmoid x30')
+  assert png.startswith(b'\x89PNG')
+
+
+def test_health_module_does_not_import_tensorflow():
+  assert 'tensorflow' not in getattr(health, '__dict__')
+  code = ('import sys, tftrain.health; '
+          'print("tensorflow" in sys.modules, "matplotlib" in sys.modules)')
+  import subprocess  # pylint: disable=g-import-not-at-top
+  out = subprocess.run([sys.executable, '-c', code], capture_output=True,
+                       text=True, check=True,
+                       cwd=os.path.dirname(os.path.dirname(__file__)))
+  assert out.stdout.split() == ['False', 'False']

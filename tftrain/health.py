@@ -1,0 +1,722 @@
+"""Training health report: detectors that say what went wrong in a run.
+
+`analyze(run)` takes one dict of recorded series (see `analyze`) and returns
+`Finding`s: what is wrong, where (layers, steps), the numbers, the TensorBoard
+tag to open and what to try. A healthy run gives []. Every threshold lives in
+`THRESHOLDS`. Conditions on per-step series are judged over the later half of
+the logged steps and must hold on `sustained_fraction` of them, so a single
+spike is not a finding; trends compare medians of the first and last quarter.
+
+Tags named by findings: `grad_norm_heatmap` (image), `grad_norm/<layer>`,
+`activation_saturated/act_NNN`, `activation_dead/act_NNN`,
+`update_ratio/<layer>`, `loss`, `learning_rate`, `epoch_accuracy`,
+`epoch_loss`, `lr_finder/plot`.
+
+Pure Python + numpy so it is cheap to test; matplotlib is imported only inside
+`depth_time_heatmap_png`.
+"""
+
+import dataclasses
+import json
+import math
+import os
+import warnings
+from typing import Any, Dict, List, Optional, Sequence
+
+import numpy as np
+
+KINDS = ('vanishing_gradients', 'exploding_gradients', 'saturated_units',
+         'dead_units', 'lr_too_high', 'lr_too_low', 'chance_accuracy',
+         'diverged', 'overfitting', 'lr_far_from_finder')
+SEVERITIES = ('error', 'warning')    # sort order: errors first
+HEALTH_MD = 'health.md'
+HEALTH_JSON = 'health.json'
+
+THRESHOLDS = {
+    # Fraction of the judged steps (the later half of the logged steps, or of
+    # the probe records) on which a condition must hold to be "sustained".
+    'sustained_fraction': 0.75,
+    # vanishing_gradients: first-hidden / last-hidden gradient-norm ratio below.
+    'vanishing_ratio': 1e-3,
+    # A gradient norm at or below this has underflowed (float32 ends ~1e-45).
+    'underflow_norm': 1e-30,
+    # exploding_gradients: first-hidden / last-hidden ratio above.
+    'exploding_ratio': 1e3,
+    # exploding_gradients: median of the largest layer norm over the last
+    # quarter of logged steps above this multiple of the first quarter's.
+    'growth_factor': 100.0,
+    # Fewest logged steps for a first-vs-last-quarter trend (growth, loss).
+    'min_trend_steps': 4,
+    # saturated_units: a layer counts when this fraction of its outputs sits
+    # at a bound of the activation (sigmoid/tanh, elu/selu negative tail) ...
+    'saturated_fraction': 0.5,
+    # ... and the finding needs at least this fraction of the layers (>= 1).
+    'saturated_min_layer_fraction': 0.25,
+    # dead_units: fraction of a layer's units that output 0 on every probe
+    # example; one such layer is a finding.
+    'dead_fraction': 0.5,
+    # lr_too_high: median hidden-layer ||W_after - W_before|| / ||W_before||
+    # above (healthy runs sit around 1e-4..1e-2) ...
+    'lr_high_update_ratio': 1e-1,
+    # ... or the training loss rose by more than this fraction over the run.
+    'loss_rise': 0.1,
+    # lr_too_low: median hidden-layer update ratio below this ...
+    'lr_low_update_ratio': 1e-5,
+    # ... and the training loss fell by less than this fraction over the run.
+    'lr_low_min_loss_drop': 0.1,
+    # chance_accuracy: accuracy <= min(chance_factor / C,
+    # 1/C + chance_margin * (1 - 1/C)); the margin keeps C=2 sensible.
+    'chance_factor': 1.5,
+    'chance_margin': 0.1,
+    # overfitting: the best val_loss is at least this many epochs before the
+    # last, while the train loss kept falling ...
+    'overfit_min_epochs': 3,
+    # ... and the last val_loss is this fraction above the best.
+    'overfit_val_rise': 0.05,
+    # lr_far_from_finder: peak LR more than this factor from the suggestion.
+    'finder_factor': 10.0,
+}
+
+_SATURATING = ('sigmoid', 'tanh')
+REMEDIES = {
+    'vanishing_gradients': (
+        'Use a ReLU-family activation with He initialization, or SELU with '
+        'LeCun normal initialization and standardized inputs, or add batch '
+        'normalization.'),
+    'exploding_gradients': (
+        'Lower the learning rate and clip gradients (e.g. clipnorm=1.0); use '
+        'He/LeCun initialization (LeCun normal with SELU and standardized '
+        'inputs) or batch normalization.'),
+    'saturated_units': (
+        'Saturated units pass almost no gradient: switch to a ReLU-family '
+        'activation with He initialization, or SELU with LeCun normal and '
+        'standardized inputs, or add batch normalization before the '
+        'activation.'),
+    'dead_units': (
+        'Use He initialization, a leaky ReLU or ELU, or a lower learning '
+        'rate; batch normalization also keeps units alive.'),
+    'lr_too_high': (
+        'Lower the learning rate (run the LR finder and start from its '
+        'suggestion) or add gradient clipping.'),
+    'lr_too_low': (
+        'Raise the learning rate (the LR finder suggestion is a good start) '
+        'or switch to an adaptive optimizer such as Adam.'),
+    'chance_accuracy': (
+        'Check labels and input scaling first, then the learning rate, the '
+        'initialization (He for ReLU, LeCun for SELU) and the optimizer; '
+        'batch normalization helps deep nets start learning.'),
+    'diverged': (
+        'Lower the learning rate about 10x, add gradient clipping, or warm '
+        'the learning rate up (1cycle).'),
+    'overfitting': (
+        'Use early stopping with the best epoch\'s weights and regularization '
+        '(dropout, L2 weight decay), or more data/augmentation.'),
+    'lr_far_from_finder': (
+        'Start from the LR finder\'s suggestion, or re-run the finder if the '
+        'model, batch size or optimizer changed.'),
+}
+
+
+@dataclasses.dataclass(frozen=True)
+class Finding:
+  """One problem: what, how bad, where, the evidence and what to try.
+
+  Attributes:
+    kind: one of `KINDS`.
+    severity: 'error' or 'warning'.
+    summary: one plain sentence with the numbers.
+    layers: layer (or act_NNN) names concerned, in depth order.
+    steps: logged global steps the finding rests on (the first and last step
+      of a sustained window, or the specific steps); [] for per-epoch ones.
+    numbers: the evidence, name -> value.
+    tag: the TensorBoard tag to open.
+    remedy: one sentence on what to try.
+  """
+  kind: str
+  severity: str
+  summary: str
+  layers: List[str] = dataclasses.field(default_factory=list)
+  steps: List[int] = dataclasses.field(default_factory=list)
+  numbers: Dict[str, float] = dataclasses.field(default_factory=dict)
+  tag: str = ''
+  remedy: str = ''
+
+  def __post_init__(self):
+    if self.kind not in KINDS:
+      raise ValueError(f'Finding kind {self.kind!r} is not one of {KINDS}')
+    if self.severity not in SEVERITIES:
+      raise ValueError(f'Finding severity {self.severity!r} is not one of '
+                       f'{SEVERITIES}')
+
+  def to_dict(self) -> Dict[str, Any]:
+    """JSON-ready dict; non-finite numbers become 'nan'/'inf'/'-inf'."""
+    d = dataclasses.asdict(self)
+    d['numbers'] = {k: (float(v) if math.isfinite(v) else str(float(v)))
+                    for k, v in self.numbers.items()}
+    d['steps'] = [int(s) for s in self.steps]
+    return d
+
+
+# ---------------------------------------------------------------- helpers --
+
+def _fmt(x: float) -> str:
+  x = float(x)
+  return '0' if x == 0 else f'{x:.3g}'
+
+
+def _compact(names: Sequence[str], order: Sequence[str] = ()) -> str:
+  """'a, b' or 'dense_000..dense_057 (58 layers)' or 'a, b, c and 9 more'."""
+  names = list(names)
+  if len(names) <= 3:
+    return ', '.join(names)
+  order = list(order)
+  if all(n in order for n in names):
+    idx = [order.index(n) for n in names]
+    if idx == list(range(idx[0], idx[0] + len(idx))):
+      return f'{names[0]}..{names[-1]} ({len(names)} layers)'
+  return f'{", ".join(names[:3])} and {len(names) - 3} more'
+
+
+def _nanmedian(x, axis=None):
+  with warnings.catch_warnings():
+    warnings.simplefilter('ignore', RuntimeWarning)
+    return np.nanmedian(x, axis=axis)
+
+
+def _quarters(x: np.ndarray):
+  """Medians of the first and the last quarter (at least one value each)."""
+  q = max(1, len(x) // 4)
+  return float(np.median(x[:q])), float(np.median(x[-q:]))
+
+
+def _matrix(run, key: str) -> Optional[np.ndarray]:
+  """run[key] as float [steps, layers], or None when absent or empty."""
+  values = run.get(key)
+  if values is None or len(values) == 0:
+    return None
+  arr = np.asarray(values, np.float64)
+  n = len(run['layer_names'])
+  if arr.ndim != 2 or arr.shape[1] != n:
+    raise ValueError(f'{key} has shape {arr.shape}; expected [steps, {n}] '
+                     f'(one value per layer of layer_names)')
+  return arr
+
+
+def _series(run, key: str) -> np.ndarray:
+  """run[key] as a float array ([] when absent); lists or arrays accepted."""
+  values = run.get(key)
+  return np.asarray([] if values is None else values, np.float64)
+
+
+def _steps(run, n: int) -> List[int]:
+  steps = run.get('steps')
+  if steps is None:
+    return list(range(n))      # no steps recorded: observation indices
+  if len(steps) != n:
+    raise ValueError(f'steps has {len(steps)} entries but the per-step '
+                     f'series have {n}')
+  return [int(s) for s in steps]
+
+
+def _sustained(values: np.ndarray, condition) -> Optional[float]:
+  """Fraction of finite later-half values meeting condition (None if none)."""
+  later = values[len(values) // 2:]
+  later = later[np.isfinite(later)]
+  return float(np.mean(condition(later))) if later.size else None
+
+
+def _finding(kind, summary, layers=(), steps=(), numbers=None, tag='',
+             severity='warning', remedy=None) -> Finding:
+  return Finding(kind, severity, summary, list(layers), [int(s) for s in steps],
+                 {k: float(v) for k, v in (numbers or {}).items()}, tag,
+                 remedy or REMEDIES[kind])
+
+
+# -------------------------------------------------------------- detectors --
+
+def _gradient_findings(run, t) -> List[Finding]:
+  names = list(run['layer_names'])
+  g = _matrix(run, 'grad_norms')
+  if g is None:
+    return []
+  steps = _steps(run, len(g))
+  n = len(g)
+  out = []
+  finite = np.isfinite(g)
+  gf = np.where(finite, g, np.nan)
+  later = slice(n // 2, None)
+  judged = f'the last {n - n // 2} of {n} logged steps'
+  exploding = None
+  if not finite.all():
+    bad_steps = [steps[i] for i in np.nonzero(~finite.all(1))[0]]
+    bad = [names[j] for j in np.nonzero(~finite.all(0))[0]]
+    exploding = _finding(
+        'exploding_gradients',
+        f'Gradient norms became non-finite (inf/nan) at {len(bad_steps)} of '
+        f'{n} logged steps, first at step {bad_steps[0]}, in '
+        f'{_compact(bad, names)}.', bad, bad_steps[:10],
+        {'non_finite_steps': len(bad_steps)}, f'grad_norm/{bad[0]}', 'error')
+  if len(names) >= 3:
+    first, last = gf[:, 0], gf[:, -2]
+    with np.errstate(divide='ignore', invalid='ignore'):
+      ratio = np.where(last > 0, first / last, np.nan)
+    med = _nanmedian(ratio[later])
+    low = _sustained(ratio, lambda r: r < t['vanishing_ratio'])
+    high = _sustained(ratio, lambda r: r > t['exploding_ratio'])
+    window = [steps[n // 2], steps[-1]]
+    hidden = _nanmedian(gf[later, :-1], axis=0)
+    nums = {'ratio_median': med, 'first_hidden_norm': hidden[0],
+            'last_hidden_norm': hidden[-1]}
+    if low is not None and low >= t['sustained_fraction']:
+      out.append(_vanishing(names, hidden, med, judged, window,
+                            {**nums, 'sustained_fraction': low}, t,
+                            run.get('activation')))
+    if high is not None and high >= t['sustained_fraction'] and not exploding:
+      exploding = _finding(
+          'exploding_gradients',
+          f'Gradients explode toward the input: the first hidden layer\'s '
+          f'gradient norm is {_fmt(hidden[0])} vs {_fmt(hidden[-1])} at the '
+          f'last hidden layer (ratio {_fmt(med)}, median over {judged}).',
+          [names[0], names[-2]], window, {**nums, 'sustained_fraction': high},
+          'grad_norm_heatmap')
+  peak = np.where(finite, g, -np.inf).max(axis=1)   # largest layer norm
+  peak = peak[np.isfinite(peak)]
+  if exploding is None and len(peak) >= t['min_trend_steps']:
+    start, end = _quarters(peak)
+    if start > 0 and end > t['growth_factor'] * start:
+      q = max(1, n // 4)
+      worst = names[int(np.argmax(_nanmedian(gf[-q:], axis=0)))]
+      exploding = _finding(
+          'exploding_gradients',
+          f'Gradient norms grow during training: the largest layer norm went '
+          f'from {_fmt(start)} (median, first quarter) to {_fmt(end)} (last '
+          f'quarter), {_fmt(end / start)}x, largest at {worst}.', [worst],
+          [steps[0], steps[-1]],
+          {'start_norm': start, 'end_norm': end, 'growth': end / start},
+          f'grad_norm/{worst}')
+  return out + ([exploding] if exploding else [])
+
+
+def _vanishing(names, hidden, med, judged, window, nums, t, activation):
+  last = hidden[-1]
+  back = range(len(hidden) - 2, -1, -1)      # from the output toward input
+  weak = next((i for i in back if hidden[i] < t['vanishing_ratio'] * last),
+              None)
+  zero = next((i for i in back if hidden[i] <= t['underflow_norm']), None)
+  first = ('0 (float32 underflow)' if hidden[0] <= t['underflow_norm']
+           else _fmt(hidden[0]))
+  where = []
+  if weak is not None:
+    where.append(f'falls below {_fmt(t["vanishing_ratio"])}x the last '
+                 f'hidden layer\'s at {names[weak]}')
+    nums['vanish_depth'] = weak
+  if zero is not None:
+    where.append(f'reaches 0 at {names[zero]}')
+    nums['zero_depth'] = zero
+  tail = ('; going back from the output it ' + ' and '.join(where)
+          if where else '')
+  layers = [names[i] for i in range(len(hidden) - 1)
+            if hidden[i] < t['vanishing_ratio'] * last]
+  remedy = REMEDIES['vanishing_gradients']
+  if activation in _SATURATING:
+    remedy = f'Replace {activation} (it saturates): ' + remedy[0].lower() + \
+        remedy[1:]
+  return _finding(
+      'vanishing_gradients',
+      f'Gradients vanish with depth: the first hidden layer\'s gradient norm '
+      f'is {first} vs {_fmt(last)} at the last hidden layer (ratio '
+      f'{_fmt(med)}, median over {judged}){tail}.', layers, window, nums,
+      'grad_norm_heatmap', 'error' if zero is not None else 'warning', remedy)
+
+
+def _activation_findings(run, t) -> List[Finding]:
+  records = run.get('activation_stats') or []
+  if not records:
+    return []
+  later = records[len(records) // 2:]
+  order = list(dict.fromkeys(l for _, s in records for l in s))
+  out = []
+  for key, kind in (('saturated', 'saturated_units'), ('dead', 'dead_units')):
+    fracs = {l: np.array([s[l][key] for _, s in later if key in s.get(l, {})])
+             for l in order}
+    measured = [l for l in order if fracs[l].size]
+    if not measured:
+      continue
+    limit = t[f'{key}_fraction']
+    hit = [l for l in measured if np.mean(fracs[l] > limit)
+           >= t['sustained_fraction']]
+    need = 1 if key == 'dead' else max(1, math.ceil(
+        t['saturated_min_layer_fraction'] * len(measured)))
+    if len(hit) < need:
+      continue
+    med = {l: float(np.median(fracs[l])) for l in hit}
+    worst = max(hit, key=med.get)
+    act = run.get('activation') or 'hidden'
+    remedy = REMEDIES[kind]
+    if key == 'saturated' and act in ('selu', 'elu'):
+      remedy = ('Standardize the inputs and use LeCun normal initialization '
+                'for SELU (He for ELU), lower the learning rate, or add batch '
+                'normalization.')
+    what = (f'of {act} outputs sit at a bound' if key == 'saturated'
+            else 'of units output 0 on every probe example')
+    out.append(_finding(
+        kind, f'{"Units saturate" if key == "saturated" else "Units died"}: '
+        f'in {len(hit)} of {len(measured)} hidden layers '
+        f'({_compact(hit, order)}) more than {limit:.0%} {what} (median '
+        f'{np.median(list(med.values())):.0%}, worst {worst} at '
+        f'{med[worst]:.0%}) over the last {len(later)} of {len(records)} '
+        f'probe records.', hit, [later[0][0], later[-1][0]],
+        {'layers_hit': len(hit), 'layers_measured': len(measured),
+         'median_fraction': np.median(list(med.values())),
+         'worst_fraction': med[worst]}, f'activation_{key}/{worst}',
+        remedy=remedy))
+  return out
+
+
+def _loss_change(run, t) -> Optional[tuple]:
+  """(start, end) of the training loss: logged steps, else epoch history."""
+  loss = _series(run, 'loss')
+  loss = loss[np.isfinite(loss)]
+  if len(loss) >= t['min_trend_steps']:
+    return _quarters(loss)
+  epochs = [h['loss'] for h in run.get('history') or []
+            if math.isfinite(h.get('loss', math.nan))]
+  return (epochs[0], epochs[-1]) if len(epochs) >= 2 else None
+
+
+def _lr_findings(run, t, vanished: bool) -> List[Finding]:
+  names = list(run['layer_names'])
+  u = _matrix(run, 'update_ratios')
+  change = _loss_change(run, t)
+  rise = None if change is None else (change[1] - change[0]) / max(
+      abs(change[0]), 1e-12)
+  med = high = low = None
+  if u is not None:
+    steps = _steps(run, len(u))
+    hidden = u[:, :-1] if u.shape[1] > 1 else u
+    hidden = np.where(np.isfinite(hidden), hidden, np.nan)
+    per_step = _nanmedian(hidden, 1)
+    med = _nanmedian(per_step[len(u) // 2:])
+    high = _sustained(per_step, lambda r: r > t['lr_high_update_ratio'])
+    low = _sustained(per_step, lambda r: r < t['lr_low_update_ratio'])
+    window = [steps[len(u) // 2], steps[-1]]
+    judged = f'median over the last {len(u) - len(u) // 2} of {len(u)} ' \
+             f'logged steps'
+    layer_med = _nanmedian(hidden[len(u) // 2:], 0)
+    fastest = names[int(np.argmax(np.nan_to_num(layer_med, nan=-np.inf)))]
+    slowest = names[int(np.argmin(np.nan_to_num(layer_med, nan=np.inf)))]
+  out = []
+  nums = {'update_ratio_median': med} if med is not None else {}
+  if change is not None:
+    nums.update(loss_start=change[0], loss_end=change[1], loss_change=rise)
+  sustain = t['sustained_fraction']
+  if high is not None and high >= sustain:
+    out.append(_finding(
+        'lr_too_high', f'Updates are too large: the hidden layers\' update '
+        f'ratio ||W_after - W_before|| / ||W_before|| is {_fmt(med)} '
+        f'({judged}; healthy runs sit near 1e-4..1e-2).', [fastest], window,
+        nums, f'update_ratio/{fastest}'))
+  elif rise is not None and rise > t['loss_rise']:
+    out.append(_finding(
+        'lr_too_high', f'The training loss rose from {_fmt(change[0])} to '
+        f'{_fmt(change[1])} (+{rise:.0%}, first vs last quarter of the run).',
+        steps=[], numbers=nums, tag='loss'))
+  if (low is not None and low >= sustain and rise is not None
+      and -rise < t['lr_low_min_loss_drop'] and not vanished):
+    out.append(_finding(
+        'lr_too_low', f'Updates are tiny and the loss barely moves: the '
+        f'hidden layers\' update ratio is {_fmt(med)} ({judged}) and the '
+        f'training loss went from {_fmt(change[0])} to {_fmt(change[1])} '
+        f'({rise:+.1%}).', [slowest], window, nums, f'update_ratio/{slowest}'))
+  return out
+
+
+def _epoch_findings(run, t) -> List[Finding]:
+  history = run.get('history') or []
+  out = []
+  classes = run.get('num_classes')
+  split = 'val_accuracy' if any('val_accuracy' in h for h in history) \
+      else 'accuracy'
+  acc = [(h.get('epoch', i + 1), h[split]) for i, h in enumerate(history)
+         if split in h and math.isfinite(h[split])]
+  if classes and acc:
+    chance = 1.0 / classes
+    limit = min(t['chance_factor'] * chance,
+                chance + t['chance_margin'] * (1 - chance))
+    after = acc[1:] or acc
+    if all(a <= limit for _, a in after) or acc[-1][1] <= limit:
+      which = 'validation' if split == 'val_accuracy' else 'training'
+      out.append(_finding(
+          'chance_accuracy', f'The model is at chance: {which} accuracy is '
+          f'{_fmt(acc[-1][1])} after {len(acc)} epochs (best '
+          f'{_fmt(max(a for _, a in acc))}; chance is {_fmt(chance)} for '
+          f'{classes} classes, threshold {_fmt(limit)}).',
+          numbers={'final_accuracy': acc[-1][1], 'chance': chance,
+                   'threshold': limit, 'epochs': len(acc)},
+          tag='epoch_accuracy', severity='error'))
+  pairs = [(h.get('epoch', i + 1), h['loss'], h['val_loss'])
+           for i, h in enumerate(history) if 'loss' in h and 'val_loss' in h
+           and math.isfinite(h['loss']) and math.isfinite(h['val_loss'])]
+  if len(pairs) > t['overfit_min_epochs']:
+    epochs, train, val = (np.array(c, np.float64) for c in zip(*pairs))
+    best = int(np.argmin(val))
+    since = len(val) - 1 - best
+    if (since >= t['overfit_min_epochs'] and train[-1] < train[best]
+        and val[-1] > (1 + t['overfit_val_rise']) * val[best]):
+      out.append(_finding(
+          'overfitting', f'Overfitting: the validation loss was best at epoch '
+          f'{int(epochs[best])} ({_fmt(val[best])}) and rose to '
+          f'{_fmt(val[-1])} (+{val[-1] / val[best] - 1:.0%}) over the next '
+          f'{since} epochs while the training loss fell from '
+          f'{_fmt(train[best])} to {_fmt(train[-1])}.',
+          numbers={'best_epoch': epochs[best], 'best_val_loss': val[best],
+                   'last_val_loss': val[-1], 'epochs_since_best': since,
+                   'train_loss_at_best': train[best],
+                   'last_train_loss': train[-1]}, tag='epoch_loss'))
+  return out
+
+
+def _diverged_finding(run) -> List[Finding]:
+  if run.get('status') == 'diverged':
+    step, loss = run.get('diverged_step'), run.get('diverged_loss')
+    at = f' at step {step}' if step is not None else ''
+    value = f' (loss {_fmt(loss)})' if loss is not None else ''
+    return [_finding('diverged', f'Training diverged{at}{value}.',
+                     steps=[step] if step is not None else [],
+                     numbers={'loss': loss} if loss is not None else {},
+                     tag='loss', severity='error')]
+  loss = _series(run, 'loss')
+  bad = np.nonzero(~np.isfinite(loss))[0]
+  if bad.size:
+    steps = _steps(run, len(loss))
+    return [_finding(
+        'diverged', f'The training loss became non-finite '
+        f'({_fmt(loss[bad[0]])}) at step {steps[bad[0]]}.',
+        steps=[steps[bad[0]]], numbers={'loss': loss[bad[0]]}, tag='loss',
+        severity='error')]
+  return []
+
+
+def _finder_finding(run, t) -> List[Finding]:
+  finder = run.get('lr_finder') or {}
+  suggestion = finder.get('suggestion')
+  peak = run.get('schedule_peak_lr')
+  if peak is None and _series(run, 'learning_rate').size:
+    peak = float(np.nanmax(_series(run, 'learning_rate')))
+  if not suggestion or not peak or suggestion <= 0 or peak <= 0:
+    return []
+  factor = peak / suggestion
+  if 1 / t['finder_factor'] <= factor <= t['finder_factor']:
+    return []
+  side = (f'{_fmt(factor)}x above' if factor > 1
+          else f'{_fmt(1 / factor)}x below')
+  others = {k: v for k, v in (finder.get('suggestions') or {}).items() if v}
+  return [_finding(
+      'lr_far_from_finder', f'The peak learning rate {_fmt(peak)} is {side} '
+      f'the LR finder\'s suggestion {_fmt(suggestion)}.',
+      numbers={'peak_lr': peak, 'suggestion': suggestion, 'factor': factor,
+               **{f'finder_{k}': v for k, v in others.items()}},
+      tag='lr_finder/plot')]
+
+
+def analyze(run: Dict[str, Any], thresholds: Optional[Dict] = None
+            ) -> List[Finding]:
+  """Runs every detector on one run's records.
+
+  Args:
+    run: recorded series; only 'layer_names' is required (depth order, the
+      last is the output layer). Optional: 'steps', 'grad_norms' and
+      'update_ratios' ([steps][layers]), 'loss', 'learning_rate',
+      'activation', 'activation_stats' ([(step, {act: {stat: value}})]),
+      'history' (per-epoch dicts), 'num_classes', 'status', 'diverged_step',
+      'diverged_loss', 'lr_finder' ({'suggestion', 'suggestions'}),
+      'schedule_peak_lr'. Detectors whose inputs are missing are skipped.
+    thresholds: overrides for entries of `THRESHOLDS`.
+
+  Returns:
+    Findings, errors first, then in `KINDS` order; [] for a healthy run.
+    lr_too_low is not reported when gradients vanish (that explains the tiny
+    updates).
+
+  Raises:
+    ValueError: an unknown threshold name or a per-layer series whose shape
+      does not match layer_names.
+  """
+  unknown = set(thresholds or {}) - set(THRESHOLDS)
+  if unknown:
+    raise ValueError(f'Unknown health thresholds {sorted(unknown)}')
+  t = {**THRESHOLDS, **(thresholds or {})}
+  findings = _gradient_findings(run, t)
+  vanished = any(f.kind == 'vanishing_gradients' for f in findings)
+  findings += (_activation_findings(run, t) + _lr_findings(run, t, vanished)
+               + _epoch_findings(run, t) + _diverged_finding(run)
+               + _finder_finding(run, t))
+  return sorted(findings, key=lambda f: (SEVERITIES.index(f.severity),
+                                         KINDS.index(f.kind)))
+
+
+# ---------------------------------------------------------------- reports --
+
+def _title(kind: str) -> str:
+  return kind.replace('_', ' ').replace('lr ', 'learning rate ').capitalize()
+
+
+def _count(findings) -> str:
+  errors = sum(f.severity == 'error' for f in findings)
+  return (f'{len(findings)} problem{"s" * (len(findings) != 1)} ({errors} '
+          f'error{"s" * (errors != 1)}, {len(findings) - errors} warning'
+          f'{"s" * (len(findings) - errors != 1)})')
+
+
+def format_markdown(findings: Sequence[Finding], title: str) -> str:
+  """Markdown: one section per finding, or an explicit all-clear."""
+  lines = [f'# {title}', '']
+  if not findings:
+    lines.append('No problems found: none of the checks (' + ', '.join(
+        k.replace('_', ' ') for k in KINDS) + ') fired on the recorded series.')
+    return '\n'.join(lines) + '\n'
+  lines += [f'**{_count(findings)}.**', '']
+  for i, f in enumerate(findings, 1):
+    lines += [f'## {i}. {_title(f.kind)} ({f.severity})', '', f.summary, '',
+              f'- **Try:** {f.remedy}', f'- **TensorBoard:** `{f.tag}`']
+    if f.layers:
+      lines.append('- **Layers:** ' + (', '.join(f.layers) if len(f.layers)
+                                         <= 12 else _compact(f.layers)))
+    if f.steps:
+      lines.append('- **Steps:** ' + ', '.join(map(str, f.steps)))
+    if f.numbers:
+      lines.append('- **Numbers:** ' + ', '.join(
+          f'{k}={_fmt(v)}' for k, v in f.numbers.items()))
+    lines.append('')
+  return '\n'.join(lines)
+
+
+def format_block(findings: Sequence[Finding]) -> str:
+  """A few plain-text lines for the terminal."""
+  if not findings:
+    return 'health: no problems found'
+  lines = [f'health: {_count(findings)}']
+  for f in findings:
+    lines += [f'  [{f.severity}] {f.kind}: {f.summary}',
+              f'      try: {f.remedy} (TensorBoard: {f.tag})']
+  return '\n'.join(lines)
+
+
+def report_dict(findings: Sequence[Finding]) -> Dict[str, Any]:
+  """What health.json holds: {'findings', 'healthy', 'kinds'}."""
+  return {'findings': [f.to_dict() for f in findings],
+          'healthy': not findings, 'kinds': list(KINDS)}
+
+
+def _write_atomic(path: str, text: str) -> None:
+  tmp = path + '.tmp'
+  with open(tmp, 'w') as f:
+    f.write(text)
+  os.replace(tmp, path)
+
+
+def write_report(workdir: str, findings: Sequence[Finding],
+                 title: str = 'Training health') -> Dict[str, str]:
+  """Writes health.md and health.json into workdir atomically.
+
+  Returns:
+    {'markdown': path, 'json': path}.
+  """
+  os.makedirs(workdir, exist_ok=True)
+  paths = {'markdown': os.path.join(workdir, HEALTH_MD),
+           'json': os.path.join(workdir, HEALTH_JSON)}
+  _write_atomic(paths['markdown'], format_markdown(findings, title))
+  _write_atomic(paths['json'], json.dumps(report_dict(findings), indent=2,
+                                          allow_nan=False) + '\n')
+  return paths
+
+
+# --------------------------------------------------------------- heatmaps --
+
+# Viridis sampled at 10 points (matplotlib's values), interpolated linearly.
+_VIRIDIS = np.array([
+    [68, 1, 84], [72, 40, 120], [62, 74, 137], [49, 104, 142], [38, 130, 142],
+    [31, 158, 137], [53, 183, 121], [109, 205, 89], [180, 222, 44],
+    [253, 231, 37]], np.float64)
+ZERO_RGB = (255, 0, 0)              # exactly 0 (float32 underflow)
+NON_FINITE_RGB = (255, 255, 255)    # inf / nan
+
+
+def _depth_grid(layer_names, steps, grad_norms) -> np.ndarray:
+  """[layers, steps] float64, validated."""
+  g = np.asarray(grad_norms, np.float64)
+  if g.ndim != 2 or g.shape != (len(steps), len(layer_names)):
+    raise ValueError(f'grad_norms has shape {g.shape}; expected '
+                     f'[{len(steps)} steps, {len(layer_names)} layers]')
+  return g.T
+
+
+def _log_range(grid):
+  positive = np.isfinite(grid) & (grid > 0)
+  logv = np.log10(np.where(positive, grid, 1.0))
+  if not positive.any():
+    return positive, logv, 0.0, 1.0
+  lo, hi = float(logv[positive].min()), float(logv[positive].max())
+  return positive, logv, lo, max(hi, lo + 1e-6)
+
+
+def heatmap_image(layer_names: Sequence[str], steps: Sequence[int],
+                  grad_norms, max_columns: int = 512,
+                  min_cell_px: int = 4) -> np.ndarray:
+  """Cheap numpy rendering of the depth x time gradient-norm heatmap.
+
+  Rows are layers in depth order (input at top), columns logged steps
+  (evenly subsampled to `max_columns`); colour is log10 of the norm on a
+  viridis ramp, exactly 0 is `ZERO_RGB` and inf/nan `NON_FINITE_RGB`. Each
+  cell is upscaled (nearest neighbour) to at least `min_cell_px` pixels.
+
+  Returns:
+    uint8 [H, W, 3].
+  """
+  grid = _depth_grid(layer_names, steps, grad_norms)
+  if grid.shape[1] > max_columns:
+    grid = grid[:, np.linspace(0, grid.shape[1] - 1, max_columns).astype(int)]
+  positive, logv, lo, hi = _log_range(grid)
+  x = np.clip((logv - lo) / (hi - lo), 0, 1) * (len(_VIRIDIS) - 1)
+  i0 = np.minimum(np.floor(x).astype(int), len(_VIRIDIS) - 2)
+  frac = (x - i0)[..., None]
+  rgb = _VIRIDIS[i0] * (1 - frac) + _VIRIDIS[i0 + 1] * frac
+  rgb[np.isfinite(grid) & (grid <= 0)] = ZERO_RGB
+  rgb[~np.isfinite(grid)] = NON_FINITE_RGB
+  rows, cols = grid.shape
+  ch = max(min_cell_px, math.ceil(128 / rows))
+  cw = max(min_cell_px, math.ceil(256 / cols))
+  return np.repeat(np.repeat(rgb, ch, 0), cw, 1).round().astype(np.uint8)
+
+
+def depth_time_heatmap_png(layer_names: Sequence[str], steps: Sequence[int],
+                           grad_norms, title: str) -> bytes:
+  """PNG bytes: log10 gradient norm per layer (y, depth order) and step (x)."""
+  import io  # pylint: disable=g-import-not-at-top
+  import matplotlib  # pylint: disable=g-import-not-at-top
+  matplotlib.use('Agg')
+  from matplotlib import pyplot as plt  # pylint: disable=g-import-not-at-top
+  grid = _depth_grid(layer_names, steps, grad_norms)
+  positive, logv, lo, hi = _log_range(grid)
+  data = np.where(positive, logv, lo - 1.0)   # zeros below vmin: 'under'
+  data = np.ma.masked_where(~np.isfinite(grid), data)
+  cmap = plt.get_cmap('viridis').with_extremes(under='red', bad='white')
+  rows, cols = grid.shape
+  fig, ax = plt.subplots(figsize=(7, min(12, 2.5 + 0.12 * rows)), dpi=80)
+  image = ax.imshow(data, aspect='auto', interpolation='nearest', cmap=cmap,
+                    vmin=lo, vmax=hi)
+  bar = fig.colorbar(image, ax=ax, extend='min')
+  bar.set_label('log10 gradient L2 norm\n(red: exactly 0, float32 underflow;'
+                ' white: inf/nan)', fontsize=8)
+  xt = np.unique(np.linspace(0, cols - 1, min(cols, 8)).astype(int))
+  ax.set_xticks(xt, [str(steps[i]) for i in xt], fontsize=7)
+  yt = np.unique(np.linspace(0, rows - 1, min(rows, 20)).astype(int))
+  ax.set_yticks(yt, [layer_names[i] for i in yt], fontsize=7)
+  ax.set_xlabel('global step')
+  ax.set_ylabel('layer (input at top)')
+  ax.set_title(title, fontsize=10)
+  fig.tight_layout()
+  buf = io.BytesIO()
+  fig.savefig(buf, format='png')
+  plt.close(fig)
+  return buf.getvalue()
