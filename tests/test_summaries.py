@@ -253,3 +253,11 @@ def test_depth_probe_writes_activation_stats_and_image(tmp_path, activation,
   # Image summaries: [width, height, encoded PNG].
   assert int(image[0]) > 100 and int(image[1]) > 100
   assert image[2][:8] == b'\x89PNG\r\n\x1a\n'
+
+
+def test_histogram_buckets_match_tensorboard():
+  from tensorboard.plugins.histogram import summary_v2  # pylint: disable=g-import-not-at-top
+  rng = np.random.default_rng(0)
+  for data in (rng.normal(size=1000), np.full(7, 2.5), rng.uniform(size=3)):
+    expected = tf.make_ndarray(summary_v2.histogram_pb('t', data).value[0].tensor)
+    np.testing.assert_allclose(summaries.histogram_buckets(data), expected)

@@ -85,7 +85,7 @@ class Config:
   monitor: str = 'val_accuracy'
   seed: int = 42
   deterministic: bool = False             # tf op determinism (exact resumes)
-  steps_per_loop: int = 50                # train steps per tf.function call
+  steps_per_loop: int = 100               # train steps per tf.function call
   jit_compile: bool = False
   max_steps_per_epoch: Optional[int] = None  # cap, for smoke tests
   eval_test_every_epoch: bool = False    # test metrics per epoch (studies)

@@ -16,6 +16,12 @@ import time
 from typing import Dict, List, Optional, Sequence
 
 import numpy as np
+from tensorboard.compat.proto import summary_pb2
+from tensorboard.compat.proto import tensor_pb2
+from tensorboard.compat.proto import tensor_shape_pb2
+from tensorboard.compat.proto import types_pb2
+from tensorboard.plugins.histogram import metadata as histogram_metadata
+from tensorboard.plugins.scalar import metadata as scalar_metadata
 import tensorflow as tf
 
 TRAIN = 'train'
@@ -36,6 +42,69 @@ LOG10_FLOOR = -45.0
 def last_hidden_index(num_layers: int) -> int:
   """Index of the last hidden weighted layer (the one before the output)."""
   return num_layers - 2 if num_layers > 2 else num_layers - 1
+
+
+HISTOGRAM_BUCKETS = 30   # TensorBoard's default
+
+
+def histogram_buckets(values, buckets: int = HISTOGRAM_BUCKETS) -> np.ndarray:
+  """[buckets, 3] (left, right, count), as `tf.summary.histogram` computes it."""
+  data = np.asarray(values, np.float64).ravel()
+  data = data[np.isfinite(data)]
+  if data.size == 0:
+    return np.zeros((buckets, 3))
+  low, high = float(data.min()), float(data.max())
+  if high == low:
+    counts = np.zeros(buckets)
+    counts[-1] = data.size
+    return np.stack([np.full(buckets, low), np.full(buckets, low), counts], 1)
+  width = (high - low) / buckets
+  index = np.minimum(np.floor((data - low) / width).astype(np.int64),
+                     buckets - 1)
+  counts = np.bincount(index, minlength=buckets)
+  edges = np.linspace(low, high, buckets + 1)
+  return np.stack([edges[:-1], edges[1:], counts.astype(np.float64)], 1)
+
+
+class SummaryProto:
+  """Many scalars and histograms of one step, written with a single op.
+
+  TensorBoard's own value format (tensor + plugin metadata, as
+  `tf.summary.scalar` / `histogram` write it), built on the host with numpy
+  and written by one `write_raw_pb` call: no per-summary TF op.
+  """
+
+  _SCALAR = scalar_metadata.create_summary_metadata(display_name=None,
+                                                    description=None)
+  _HISTOGRAM = histogram_metadata.create_summary_metadata(display_name=None,
+                                                          description=None)
+
+  def __init__(self):
+    self.proto = summary_pb2.Summary()
+
+  def scalar(self, tag: str, value) -> None:
+    tensor = tensor_pb2.TensorProto(dtype=types_pb2.DT_FLOAT,
+                                    float_val=[float(value)])
+    self.proto.value.add(tag=tag, metadata=self._SCALAR, tensor=tensor)
+
+  def histogram(self, tag: str, values) -> None:
+    buckets = histogram_buckets(values)
+    tensor = tensor_pb2.TensorProto(
+        dtype=types_pb2.DT_DOUBLE,
+        tensor_shape=tensor_shape_pb2.TensorShapeProto(dim=[
+            tensor_shape_pb2.TensorShapeProto.Dim(size=n)
+            for n in buckets.shape]),
+        tensor_content=buckets.astype('<f8').tobytes())
+    self.proto.value.add(tag=tag, metadata=self._HISTOGRAM, tensor=tensor)
+
+  def write(self, writer, step: int) -> None:
+    """Writes everything added so far at `step` (nothing if empty)."""
+    if writer is None or not self.proto.value:
+      return
+    with writer.as_default():
+      tf.summary.experimental.write_raw_pb(self.proto.SerializeToString(),
+                                           step=step)
+    self.proto = summary_pb2.Summary()
 
 
 class StepLogger:
@@ -95,49 +164,49 @@ class StepLogger:
     losses = out.get('losses', ())
     obs = out.get('observation')
     if self.writer is not None:
-      with self.writer.as_default():
-        # An observed step writes its own loss and learning rate.
-        plain = losses[:-1] if obs is not None else losses
-        for i, loss in enumerate(plain):
-          step = first_step + i
-          if step % self.log_every_steps == 0:
-            tf.summary.scalar('loss', float(loss), step=step)
-            if learning_rate_fn is not None:
-              tf.summary.scalar('learning_rate', learning_rate_fn(step - 1),
-                                step=step)
-        if obs is not None:
-          self._write_observation(first_step + len(losses) - 1, obs)
+      # An observed step writes its own loss and learning rate.
+      plain = losses[:-1] if obs is not None else losses
+      for i, loss in enumerate(plain):
+        step = first_step + i
+        if step % self.log_every_steps == 0:
+          proto = SummaryProto()
+          proto.scalar('loss', loss)
+          if learning_rate_fn is not None:
+            proto.scalar('learning_rate', learning_rate_fn(step - 1))
+          proto.write(self.writer, step)
+      if obs is not None:
+        step = first_step + len(losses) - 1
+        self._observation_proto(step, obs).write(self.writer, step)
     if obs is not None and self.records_path:
       self._append_record(first_step + len(losses) - 1, obs)
     self.seconds += time.perf_counter() - start
 
-  def _write_observation(self, step: int, obs: Dict) -> None:
+  def _observation_proto(self, step: int, obs: Dict) -> SummaryProto:
     names = self.layer_names
-    tf.summary.scalar('learning_rate', float(obs['learning_rate']), step=step)
+    proto = SummaryProto()
+    proto.scalar('learning_rate', obs['learning_rate'])
     if step % self.log_every_steps == 0:
-      tf.summary.scalar('loss', float(obs['loss']), step=step)
+      proto.scalar('loss', obs['loss'])
     if self.grad_norms:
       for name, g, r, w in zip(names, obs['grad_norms'], obs['update_ratios'],
                                obs['weight_norms']):
-        tf.summary.scalar(f'grad_norm/{name}', float(g), step=step)
-        tf.summary.scalar(f'update_ratio/{name}', float(r), step=step)
-        tf.summary.scalar(f'weight_norm/{name}', float(w), step=step)
-      tf.summary.scalar('grad_norm/global', float(obs['global_grad_norm']),
-                        step=step)
+        proto.scalar(f'grad_norm/{name}', g)
+        proto.scalar(f'update_ratio/{name}', r)
+        proto.scalar(f'weight_norm/{name}', w)
+      proto.scalar('grad_norm/global', obs['global_grad_norm'])
       if len(names) > 1:
         norms = obs['grad_norms']
-        tf.summary.scalar(
-            'grad_norm_ratio/first_to_last',
-            float(norms[0] / max(norms[last_hidden_index(len(names))], 1e-30)),
-            step=step)
+        proto.scalar('grad_norm_ratio/first_to_last',
+                     norms[0] / max(norms[last_hidden_index(len(names))],
+                                    1e-30))
     if (self.histogram_every_steps and 'grads' in obs
         and step % self.histogram_every_steps == 0):
       for name, g, w in zip(names, obs['grads'], obs['weights']):
-        tf.summary.histogram(f'grad/{name}', g, step=step)
-        tf.summary.histogram(f'weight/{name}', w, step=step)
-        tf.summary.histogram(
-            f'grad_log10/{name}',
-            np.log10(np.maximum(np.abs(g), 10.0 ** LOG10_FLOOR)), step=step)
+        proto.histogram(f'grad/{name}', g)
+        proto.histogram(f'weight/{name}', w)
+        proto.histogram(f'grad_log10/{name}', np.log10(
+            np.maximum(np.abs(g), np.float32(10.0 ** LOG10_FLOOR))))
+    return proto
 
   def _append_record(self, step: int, obs: Dict) -> None:
     record = {'step': int(step), 'loss': float(obs['loss']),

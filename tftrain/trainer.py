@@ -2,9 +2,12 @@
 
 The step measures; the host writes. Two compiled functions train:
   * `train_steps(iterator, n)`: an in-graph loop of n plain steps that only
-    trains and returns loss sums, per-step losses and a cheap non-finite check
-    (the loss and one global gradient norm, which covers every trainable
-    variable). No summary writer, no logging interval, no `tf.cond`.
+    trains and returns loss sums and per-step losses, stopping at the first
+    non-finite loss. No summary writer, no logging interval, no `tf.cond`.
+    A non-finite gradient in any variable makes that variable non-finite, so
+    the next step's loss is non-finite and the loop stops there (one step
+    later; a global gradient norm on every step measured ~10% slower on the
+    MLP at batch 32). Observed steps check the global gradient norm too.
   * `observed_step(iterator)`: one training step that also measures, for each
     layer with trainable weights, the gradient norm (all its trainable
     variables together, unscaled under mixed precision), the weight norm and
@@ -96,12 +99,8 @@ class Trainer:
 
   def _plain_replica_step(self, batch):
     loss, grads, stats = self._forward_backward(batch)
-    # Non-finite check: the loss, plus one global norm over every gradient
-    # (under loss scaling the optimizer skips overflowing steps itself).
-    check = loss if self.loss_scaled else loss + _norm(
-        [g for g in grads if g is not None])
     self.optimizer.apply_gradients(zip(grads, self.model.trainable_variables))
-    return loss, stats, check
+    return loss, stats
 
   def _observed_replica_step(self, batch):
     loss, grads, stats = self._forward_backward(batch)
@@ -155,23 +154,26 @@ class Trainer:
 
     @tf.function
     def train_loop(iterator, num_steps):
-      sums = tf.zeros([3])
-      losses = tf.TensorArray(tf.float32, size=num_steps)
-      finite = tf.constant(True)
-      bad_loss = tf.constant(0.0)
-      steps_run = tf.constant(0)
-      for i in tf.range(num_steps):
-        loss, stats, check = strategy.run(step_fn, args=(next(iterator),))
+      # A plain while loop whose condition holds the non-finite stop: no
+      # `break` (autograph would guard the body with a cond on every step).
+      def body(i, sums, losses, finite):
+        loss, stats = strategy.run(step_fn, args=(next(iterator),))
         loss = reduce_sum(loss)
-        sums += reduce_sum(stats)
-        losses = losses.write(i, loss)
-        steps_run += 1
-        if not tf.math.is_finite(reduce_sum(check)):
-          finite = tf.constant(False)
-          bad_loss = loss
-          break
-      return {'sums': sums, 'finite': finite, 'bad_loss': bad_loss,
-              'steps_run': steps_run, 'losses': losses.stack()[:steps_run]}
+        return (i + 1, sums + reduce_sum(stats), losses.write(i, loss),
+                tf.math.is_finite(loss))
+
+      def cond(i, sums, losses, finite):
+        del sums, losses
+        return tf.logical_and(i < num_steps, finite)
+
+      steps_run, sums, losses, finite = tf.while_loop(
+          cond, body, (tf.constant(0), tf.zeros([3]),
+                       tf.TensorArray(tf.float32, size=num_steps),
+                       tf.constant(True)))
+      losses = losses.stack()[:steps_run]
+      return {'sums': sums, 'finite': finite,
+              'bad_loss': losses[tf.maximum(steps_run - 1, 0)],
+              'steps_run': steps_run, 'losses': losses}
     return train_loop
 
   def _make_observed_step(self):
