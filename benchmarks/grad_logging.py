@@ -34,6 +34,7 @@ common.add_common_flags(flags)
 flags.DEFINE_integer('steps', 1000, 'Timed steps per repetition.')
 flags.DEFINE_integer('repeats', 7, 'Repetitions per variant.')
 flags.DEFINE_list('models', ['deep', 'mlp'], 'Models: deep, mlp.')
+flags.DEFINE_bool('every_step', True, 'Also time logging at every step.')
 
 TARGETS = {'deep': 0.03, 'mlp': 0.02}
 
@@ -49,20 +50,23 @@ def model_variants(cached, kind, steps):
   logdir = tempfile.mkdtemp(prefix='bench-grad-logging-')
   hooks = []
   if kind == 'deep':
-    images, labels = next(iter(cached.batch(256)))
+    images, labels = next(iter(cached.batch(128)))   # loop.PROBE_SIZE
     hooks.append(summaries.DepthProbe(images, labels, 500, 'selu'))
   runner = common.TftrainRunner(cached, kind, 32, base, logdir, hooks)
   every = common.TftrainRunner(cached, kind, 32, base.replace(
       log_every_steps=1, histogram_every_steps=1), logdir + '/every')
   every.hooks = ([summaries.DepthProbe(images, labels, 1, 'selu')]
                  if kind == 'deep' else [])
-  return {
+  variants = {
       'logging off': lambda rep: runner.run(rep, steps, logging=False),
       'launcher defaults':
           lambda rep: runner.run(rep, steps),
       'every step (norms, histograms, probe per loop)':
           lambda rep: every.run(rep, steps // 10),
   }
+  if not FLAGS.every_step:
+    del variants['every step (norms, histograms, probe per loop)']
+  return variants
 
 
 def main(argv):

@@ -56,6 +56,8 @@ def format_summary(activation, row, result) -> str:
   if history:
     lines.append('  val accuracy per epoch: ' + ' '.join(
         f'{h.get("val_accuracy", float("nan")):.4f}' for h in history))
+  if 'health' in result:
+    lines.append('  ' + result['health']['block'].replace('\n', '\n  '))
   if result.get('status') == 'diverged':
     lines.append(f'  diverged at step {result.get("diverged_step")}')
   elif 'test_accuracy' in result:

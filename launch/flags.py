@@ -80,6 +80,10 @@ def define_flags(**defaults):
   f.DEFINE_integer('histogram_every_steps', d['histogram_every_steps'],
                    'Interval of gradient/weight histograms (0: off).')
   f.DEFINE_bool('grad_norms', d['grad_norms'], 'Log per-layer gradient norms.')
+  f.DEFINE_bool('activation_stats', d['activation_stats'],
+                'Log activation statistics (saturated/dead units) on a probe '
+                'batch every --histogram_every_steps (else 10x '
+                '--log_every_steps).')
   f.DEFINE_bool('progress', d['progress'], 'Show a progress bar.')
   f.DEFINE_float('lr_find_start', d['lr_find_start'], 'LR finder: first LR.')
   f.DEFINE_float('lr_find_end', d['lr_find_end'], 'LR finder: last LR.')
@@ -146,6 +150,7 @@ def config_from_flags(**overrides) -> config_lib.Config:
       log_every_steps=FLAGS.log_every_steps,
       histogram_every_steps=FLAGS.histogram_every_steps,
       grad_norms=FLAGS.grad_norms, progress=FLAGS.progress,
+      activation_stats=FLAGS.activation_stats,
       lr_find_start=FLAGS.lr_find_start, lr_find_end=FLAGS.lr_find_end,
       lr_find_factor=FLAGS.lr_find_factor,
       lr_find_max_steps=FLAGS.lr_find_max_steps,
@@ -241,6 +246,9 @@ def report(result) -> int:
                  f'{result.get("val_accuracy", float("nan")):.4f}')
   lines.append(f'test accuracy: {result["test_accuracy"]:.4f}  '
                f'test loss: {result["test_loss"]:.4f}')
+  if 'health' in result:
+    lines.append(result['health']['block'])
+    lines.append(f'health report: {os.path.join(workdir, "health.md")}')
   lines.append(f'metrics: {os.path.join(workdir, "metrics.json")}')
   lines.append(f'TensorBoard: tensorboard --logdir {workdir}')
   print('\n'.join(lines))

@@ -113,3 +113,28 @@ def test_early_stopping_restores_best_weights(tiny_cifar_data_dir, tmp_path):
   assert history[1]['val_loss'] > history[0]['val_loss']
   # The reported validation loss is that of the restored best epoch.
   assert result['val_loss'] == pytest.approx(history[0]['val_loss'], rel=1e-5)
+
+
+def test_health_report_flags_vanishing_gradients(tiny_cifar_data_dir, tmp_path):
+  workdir = str(tmp_path / 'run')
+  config = small_config(tiny_cifar_data_dir, model='deep_mlp', depth=30,
+                        width=8, activation='sigmoid', optimizer='sgd',
+                        learning_rate=0.01, epochs=2, trace_graph=False)
+  result = loop.train_and_evaluate(config, workdir)
+  with open(os.path.join(workdir, 'health.json')) as f:
+    report = json.load(f)
+  kinds = [f['kind'] for f in report['findings']]
+  assert 'vanishing_gradients' in kinds and not report['healthy']
+  assert result['health']['findings'] == kinds
+  finding = report['findings'][kinds.index('vanishing_gradients')]
+  assert finding['numbers']['ratio'] < 1e-3
+  with open(os.path.join(workdir, 'health.md')) as f:
+    assert 'Vanishing gradients' in f.read()
+  assert os.path.getsize(os.path.join(workdir, 'grad_norm_heatmap.png')) > 1000
+  tags = event_tags(os.path.join(workdir, 'train'))
+  assert 'health' in tags and 'grad_norm_heatmap' in tags
+  assert 'activation_saturated/act_029' in tags   # the automatic probe
+  records = [json.loads(l) for l in open(os.path.join(workdir,
+                                                      loop.OBSERVATIONS))]
+  assert [r['step'] for r in records] == list(range(2, 21, 2))
+  assert all(len(r['grad_norms']) == 31 for r in records)

@@ -118,12 +118,14 @@ def test_observed_and_plain_steps_train_identically():
 
 
 def test_no_summary_op_inside_the_compiled_steps():
-  images, labels = make_data()
+  images, labels = make_data(3 * BATCH)
   trainer = make_trainer('relu', histograms=True)
   iterator = distributed_iterator(trainer, images, labels)
   trainer.train_steps(iterator, 1)
   trainer.observed_step(iterator)
-  for fn in (trainer._train_loop, trainer._observed_fn):
+  trainer.observed_step(iterator, histograms=True)
+  for fn in (trainer._train_loop, trainer._observed_fns[False],
+             trainer._observed_fns[True]):
     graphs = [fn.get_concrete_function(iterator, tf.constant(1)).graph
               if fn is trainer._train_loop
               else fn.get_concrete_function(iterator).graph]
@@ -261,3 +263,12 @@ def test_histogram_buckets_match_tensorboard():
   for data in (rng.normal(size=1000), np.full(7, 2.5), rng.uniform(size=3)):
     expected = tf.make_ndarray(summary_v2.histogram_pb('t', data).value[0].tensor)
     np.testing.assert_allclose(summaries.histogram_buckets(data), expected)
+
+
+def test_histogram_buckets_many_equal_one_at_a_time():
+  rng = np.random.default_rng(1)
+  arrays = [rng.normal(size=50), np.full(4, 1.5), np.zeros(0),
+            rng.uniform(-3, 7, size=(6, 7)), np.array([np.inf, 1.0, 2.0])]
+  for got, array in zip(summaries.histogram_buckets_many(arrays), arrays):
+    np.testing.assert_allclose(got, summaries.histogram_buckets(array),
+                               rtol=1e-12, atol=1e-12)

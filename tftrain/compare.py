@@ -190,15 +190,12 @@ def _ratio(norms: np.ndarray) -> float:
 def _run_probed(config, run_dir, probe_size, probes):
   """train_and_evaluate with a DepthProbe recorded at the start and throughout."""
   from tftrain import loop  # pylint: disable=g-import-not-at-top
-  from tftrain import summaries  # pylint: disable=g-import-not-at-top
   from tftrain import workdir as workdir_lib  # pylint: disable=g-import-not-at-top
   workdir_lib.ensure_writable(run_dir)
   with workdir_lib.WorkdirLock(run_dir):
     exp = loop.build_experiment(config, run_dir)
-    source = exp.datasets.get('validation', exp.datasets['train'])
-    images, labels = next(iter(source.batch(probe_size).take(1)))
-    probe = summaries.DepthProbe(images, labels, config.histogram_every_steps,
-                                 config.activation)
+    probe = loop.activation_probe(exp, config.histogram_every_steps,
+                                  write_images=True, size=probe_size)
     probes[config.activation] = (probe, exp.trainer.layer_names)
     probe.record(exp, int(exp.trainer.optimizer.iterations.numpy()))
     try:
@@ -243,7 +240,7 @@ def _default_init(activation):
 
 
 def compare_activations(config: config_lib.Config, activations: Sequence[str],
-                        workdir: str, probe_size: int = 256) -> Dict[str, Any]:
+                        workdir: str, probe_size: int = 128) -> Dict[str, Any]:
   """Trains `config` once per activation and writes the comparison.
 
   Each activation runs in `workdir/<activation>/` (its own TensorBoard run),

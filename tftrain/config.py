@@ -93,7 +93,7 @@ class Config:
   log_every_steps: int = 100
   histogram_every_steps: int = 0          # 0 = no histograms
   grad_norms: bool = True                 # per-layer gradient norms
-  activation_stats: bool = False          # per-layer activation statistics
+  activation_stats: bool = True           # activation stats on a probe batch
   trace_graph: bool = True
   progress: bool = True
   # LR finder.

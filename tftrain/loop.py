@@ -136,7 +136,96 @@ def build_experiment(config: config_lib.Config, workdir: str) -> Experiment:
                     writers, is_chief, run_dir, logger)
 
 
-OBSERVATIONS = 'observations.jsonl'
+OBSERVATIONS = 'observations.jsonl'      # per observed step (StepLogger)
+ACTIVATIONS = 'activations.jsonl'        # per probe (DepthProbe)
+PROBE_SIZE = 128
+
+
+def activation_probe(exp: Experiment, every_steps: int,
+                     write_images: bool = False, size: int = PROBE_SIZE):
+  """A DepthProbe on validation examples for a model with `act_*` layers.
+
+  Returns None for models without named activation layers.
+  """
+  if not any(l.name.startswith('act_') for l in exp.trainer.model.layers):
+    return None
+  source = exp.datasets.get('validation', exp.datasets['train'])
+  images, labels = next(iter(source.batch(size).take(1)))
+  return summaries.DepthProbe(
+      images, labels, every_steps, exp.config.activation,
+      write_images=write_images,
+      records_path=os.path.join(exp.workdir, ACTIVATIONS))
+
+
+def read_activation_records(workdir: str):
+  """[(step, {layer: {stat: value}})] from activations.jsonl (last per step)."""
+  path = os.path.join(workdir, ACTIVATIONS)
+  if not os.path.exists(path):
+    return []
+  by_step = {}
+  with open(path) as f:
+    for line in f:
+      try:
+        record = json.loads(line)
+      except ValueError:
+        continue
+      by_step[record['step']] = record['stats']
+  return sorted(by_step.items())
+
+
+def health_run_record(exp: Experiment, result: Dict[str, Any]) -> Dict:
+  """The series `health.analyze` reads, from the run's files and result."""
+  config = exp.config
+  run = {'layer_names': exp.trainer.layer_names,
+         'num_classes': exp.data_info.num_classes,
+         'activation': config.activation,
+         'history': result.get('history', []),
+         'status': result.get('status')}
+  for key in ('diverged_step', 'diverged_loss'):
+    if key in result:
+      run[key] = result[key]
+  records = summaries.read_records(os.path.join(exp.workdir, OBSERVATIONS))
+  if records:
+    run['steps'] = [r['step'] for r in records]
+    for key in ('grad_norms', 'update_ratios', 'loss', 'learning_rate'):
+      run[key] = [r[key] for r in records]
+  activations = read_activation_records(exp.workdir)
+  if activations:
+    run['activation_stats'] = activations
+  finder = result.get('lr_finder')
+  if finder:
+    run['lr_finder'] = {'suggestion': finder.get('suggestion'),
+                        'suggestions': finder.get('suggestions', {})}
+  if 'learning_rate' in result:
+    run['schedule_peak_lr'] = result['learning_rate']
+  return run
+
+
+def write_health(exp: Experiment, result: Dict[str, Any]) -> None:
+  """health.md/.json, a Text summary, the depth x time heatmap; result['health']."""
+  from tftrain import health  # pylint: disable=g-import-not-at-top
+  run = health_run_record(exp, result)
+  findings = health.analyze(run)
+  result['health'] = {'healthy': not findings,
+                      'findings': [f.kind for f in findings],
+                      'block': health.format_block(findings)}
+  if not exp.is_chief:
+    return
+  title = f'Training health: {os.path.basename(os.path.abspath(exp.workdir))}'
+  health.write_report(exp.workdir, findings, title)
+  step = int(exp.trainer.optimizer.iterations.numpy())
+  writer = exp.writers[summaries.TRAIN]
+  with writer.as_default(step=step):
+    tf.summary.text('health', health.format_markdown(findings, title))
+    if len(run['layer_names']) >= 3 and run.get('steps'):
+      png = health.depth_time_heatmap_png(
+          run['layer_names'], run['steps'], run['grad_norms'],
+          'log10 gradient norm by layer (rows) and step')
+      with open(os.path.join(exp.workdir, 'grad_norm_heatmap.png'), 'wb') as f:
+        f.write(png)
+      tf.summary.image('grad_norm_heatmap',
+                       tf.image.decode_png(png, channels=3)[tf.newaxis])
+  writer.flush()
 
 
 def train_steps(trainer: trainer_lib.Trainer, iterator, num_steps: int,
@@ -162,7 +251,8 @@ def train_steps(trainer: trainer_lib.Trainer, iterator, num_steps: int,
     k = logger.steps_to_observation(step) if logger is not None else None
     if k is not None and k <= left:
       calls = [lambda k=k: trainer.train_steps(iterator, k - 1)] if k > 1 else []
-      calls.append(lambda: trainer.observed_step(iterator))
+      histograms = logger.wants_histograms(step + k)
+      calls.append(lambda h=histograms: trainer.observed_step(iterator, h))
     else:
       calls = [lambda: trainer.train_steps(iterator, left)]
     for call in calls:
@@ -311,6 +401,11 @@ def _history_path(workdir):
 def run(exp: Experiment, hooks: Sequence[Hook] = ()) -> Dict[str, Any]:
   """The epoch loop over an already built `Experiment`."""
   config, trainer, strategy = exp.config, exp.trainer, exp.strategy
+  if config.activation_stats and not any(
+      isinstance(h, summaries.DepthProbe) for h in hooks):
+    probe = activation_probe(exp, config.histogram_every_steps
+                             or 10 * config.log_every_steps)
+    hooks = list(hooks) + ([probe] if probe is not None else [])
   ckpt, manager, best_manager, state = _make_checkpoint(exp)
   resumed = _restore(ckpt, manager)
   history = []
@@ -368,6 +463,7 @@ def run(exp: Experiment, hooks: Sequence[Hook] = ()) -> Dict[str, Any]:
         except trainer_lib.NonFiniteError as e:
           result.update(status='diverged', diverged_step=e.step,
                         diverged_loss=e.loss, history=history)
+          write_health(exp, result)
           _write_json(os.path.join(exp.workdir, 'metrics.json'), result)
           raise
         dt = time.perf_counter() - t0
@@ -464,6 +560,8 @@ def run(exp: Experiment, hooks: Sequence[Hook] = ()) -> Dict[str, Any]:
       result.update(val_loss=val['loss'], val_accuracy=val['accuracy'])
     test = trainer.evaluate(eval_ds['test'])
     result.update(test_loss=test['loss'], test_accuracy=test['accuracy'])
+  if status != 'interrupted':
+    write_health(exp, result)
   for writer in exp.writers.values():
     writer.flush()
   _write_json(os.path.join(exp.workdir, 'metrics.json'), result)

@@ -11,6 +11,7 @@ Tags (nested names become TensorBoard groups):
 """
 
 import json
+import math
 import os
 import time
 from typing import Dict, List, Optional, Sequence
@@ -66,6 +67,40 @@ def histogram_buckets(values, buckets: int = HISTOGRAM_BUCKETS) -> np.ndarray:
   return np.stack([edges[:-1], edges[1:], counts.astype(np.float64)], 1)
 
 
+def histogram_buckets_many(arrays: Sequence[np.ndarray],
+                           buckets: int = HISTOGRAM_BUCKETS) -> List[np.ndarray]:
+  """`histogram_buckets` of each array, counted in one vectorized pass."""
+  arrays = [np.asarray(a).ravel() for a in arrays]
+  out = [None] * len(arrays)
+  fast, lows, widths = [], [], []
+  for i, a in enumerate(arrays):
+    if a.size == 0:
+      out[i] = histogram_buckets(a, buckets)
+      continue
+    low, high = float(a.min()), float(a.max())
+    if not (math.isfinite(low) and math.isfinite(high)) or high == low:
+      out[i] = histogram_buckets(a, buckets)    # rare: the per-array path
+      continue
+    fast.append(i)
+    lows.append(low)
+    widths.append((high - low) / buckets)
+  if fast:
+    sizes = [arrays[i].size for i in fast]
+    data = np.concatenate([arrays[i] for i in fast]).astype(np.float64)
+    low = np.repeat(np.asarray(lows), sizes)
+    width = np.repeat(np.asarray(widths), sizes)
+    index = np.minimum(np.floor((data - low) / width).astype(np.int64),
+                       buckets - 1)
+    index += np.repeat(np.arange(len(fast)) * buckets, sizes)
+    counts = np.bincount(index, minlength=len(fast) * buckets).reshape(
+        len(fast), buckets).astype(np.float64)
+    for j, i in enumerate(fast):
+      edges = np.linspace(lows[j], lows[j] + widths[j] * buckets, buckets + 1)
+      edges[-1] = float(arrays[i].max())
+      out[i] = np.stack([edges[:-1], edges[1:], counts[j]], 1)
+  return out
+
+
 class SummaryProto:
   """Many scalars and histograms of one step, written with a single op.
 
@@ -87,8 +122,10 @@ class SummaryProto:
                                     float_val=[float(value)])
     self.proto.value.add(tag=tag, metadata=self._SCALAR, tensor=tensor)
 
-  def histogram(self, tag: str, values) -> None:
-    buckets = histogram_buckets(values)
+  def histogram(self, tag: str, values=None, buckets=None) -> None:
+    """A histogram of `values`, or of precomputed [k, 3] `buckets`."""
+    if buckets is None:
+      buckets = histogram_buckets(values)
     tensor = tensor_pb2.TensorProto(
         dtype=types_pb2.DT_DOUBLE,
         tensor_shape=tensor_shape_pb2.TensorShapeProto(dim=[
@@ -149,6 +186,10 @@ class StepLogger:
     return bool((self.grad_norms and step % self.log_every_steps == 0) or (
         self.histogram_every_steps and step % self.histogram_every_steps == 0))
 
+  def wants_histograms(self, step: int) -> bool:
+    return bool(self.histogram_every_steps
+                and step % self.histogram_every_steps == 0)
+
   def steps_to_observation(self, step: int) -> Optional[int]:
     """k >= 1 such that step + k is the next observed step (None: never)."""
     intervals = [i for i, on in ((self.log_every_steps, self.grad_norms),
@@ -199,13 +240,14 @@ class StepLogger:
         proto.scalar('grad_norm_ratio/first_to_last',
                      norms[0] / max(norms[last_hidden_index(len(names))],
                                     1e-30))
-    if (self.histogram_every_steps and 'grads' in obs
-        and step % self.histogram_every_steps == 0):
-      for name, g, w in zip(names, obs['grads'], obs['weights']):
-        proto.histogram(f'grad/{name}', g)
-        proto.histogram(f'weight/{name}', w)
-        proto.histogram(f'grad_log10/{name}', np.log10(
-            np.maximum(np.abs(g), np.float32(10.0 ** LOG10_FLOOR))))
+    if 'grads' in obs and self.wants_histograms(step):
+      grads, weights = list(obs['grads']), list(obs['weights'])
+      logs = [np.log10(np.maximum(np.abs(g), np.float32(10.0 ** LOG10_FLOOR)))
+              for g in grads]
+      for kind, arrays in (('grad', grads), ('weight', weights),
+                           ('grad_log10', logs)):
+        for name, buckets in zip(names, histogram_buckets_many(arrays)):
+          proto.histogram(f'{kind}/{name}', buckets=buckets)
     return proto
 
   def _append_record(self, step: int, obs: Dict) -> None:
@@ -349,12 +391,13 @@ class DepthProbe:
   """
 
   def __init__(self, images, labels, every_steps: int, activation: str,
-               write_images: bool = True):
+               write_images: bool = True, records_path: Optional[str] = None):
     self.images = tf.convert_to_tensor(images)
     self.labels = tf.convert_to_tensor(labels)
     self.every_steps = every_steps
     self.activation = activation
     self.write_images = write_images
+    self.records_path = records_path   # JSON lines of activation statistics
     self.records = []          # [(step, np.ndarray of per-layer grad norms)]
     self.activations = []      # [(step, {layer: {stat: float}})]
     self._probe_fn = None
@@ -408,13 +451,18 @@ class DepthProbe:
     self.records.append((step, norms))
     self.activations.append((step, stats))
     self._last_step = step
+    if self.records_path:
+      with open(self.records_path, 'a') as f:
+        f.write(json.dumps({'step': int(step), 'stats': stats}) + '\n')
     writer = exp.writers.get(TRAIN) if exp.is_chief else None
     if writer is None:
       return
+    proto = SummaryProto()
+    for layer, s in stats.items():
+      for key, value in s.items():
+        proto.scalar(f'activation_{key}/{layer}', value)
+    proto.write(writer, step)
     with writer.as_default(step=step):
-      for layer, s in stats.items():
-        for key, value in s.items():
-          tf.summary.scalar(f'activation_{key}/{layer}', value)
       if self.write_images and image:
         png = plot_grad_norms_png(
             exp.trainer.layer_names, norms,

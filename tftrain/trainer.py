@@ -18,6 +18,7 @@ writes the summaries from what these return. Both are strategy-agnostic
 (`strategy.run`, loss scaled by the global batch) and XLA-safe.
 """
 
+import functools
 from typing import Dict, List
 
 import numpy as np
@@ -39,6 +40,22 @@ class NonFiniteError(RuntimeError):
 def _norm(tensors) -> tf.Tensor:
   return tf.sqrt(tf.add_n([tf.reduce_sum(tf.square(tf.cast(t, tf.float32)))
                            for t in tensors]))
+
+
+class _LazyLayers:
+  """Per-layer flat arrays built from per-variable arrays on first access."""
+
+  def __init__(self, values, indices):
+    self._values, self._indices = values, indices
+
+  def __len__(self):
+    return len(self._indices)
+
+  def __getitem__(self, i):
+    return np.concatenate([self._values[j].ravel() for j in self._indices[i]])
+
+  def __iter__(self):
+    return (self[i] for i in range(len(self)))
 
 
 class Trainer:
@@ -66,8 +83,9 @@ class Trainer:
     with strategy.scope():
       optimizer.build(model.trainable_variables)
     self._train_loop = None
-    self._observed_fn = None
+    self._observed_fns = {}
     self._eval_fn = None
+    self._measure = self._measurements   # XLA-compiling it alone was slower
 
   @property
   def loss_scaled(self) -> bool:
@@ -102,7 +120,7 @@ class Trainer:
     self.optimizer.apply_gradients(zip(grads, self.model.trainable_variables))
     return loss, stats
 
-  def _observed_replica_step(self, batch):
+  def _observed_replica_step(self, batch, histograms: bool):
     loss, grads, stats = self._forward_backward(batch)
     variables = self.model.trainable_variables
     replicas = self.strategy.num_replicas_in_sync
@@ -121,27 +139,27 @@ class Trainer:
     before = [[tf.identity(variables[i]) for i in l.indices]
               for l in self.layers]
     self.optimizer.apply_gradients(zip(applied, variables))
-    grad_norms, weight_norms, update_norms = [], [], []
-    for layer, old in zip(self.layers, before):
-      grad_norms.append(_norm([true_grads[i] for i in layer.indices]))
-      weight_norms.append(_norm(old))
-      update_norms.append(_norm([variables[i] - w
-                                 for i, w in zip(layer.indices, old)]))
-    weight_norms = tf.stack(weight_norms)
-    out = {
-        'loss': loss, 'stats': stats, 'learning_rate': learning_rate,
-        'grad_norms': tf.stack(grad_norms),
-        'global_grad_norm': _norm(true_grads),
-        'weight_norms': weight_norms,
-        'update_ratios': tf.stack(update_norms) / tf.maximum(weight_norms,
-                                                             1e-30)}
-    if self.histograms:
-      out['grads'] = [tf.concat([tf.reshape(true_grads[i], [-1])
-                                 for i in l.indices], 0) for l in self.layers]
-      out['weights'] = [tf.concat([tf.reshape(tf.cast(variables[i], tf.float32),
-                                              [-1]) for i in l.indices], 0)
-                        for l in self.layers]
+    after = [[tf.identity(variables[i]) for i in l.indices]
+             for l in self.layers]
+    grouped = [[true_grads[i] for i in l.indices] for l in self.layers]
+    out = {'loss': loss, 'stats': stats, 'learning_rate': learning_rate}
+    out.update(self._measure(grouped, before, after))
+    if histograms:    # as they are: the host flattens them if it writes
+      out['grads'] = true_grads
+      out['weights'] = [tf.identity(v) for v in variables]
     return out
+
+  @staticmethod
+  def _measurements(grads, before, after):
+    """Per-layer gradient, weight and update norms (observed steps only)."""
+    grad_norms = tf.stack([_norm(g) for g in grads])
+    weight_norms = tf.stack([_norm(w) for w in before])
+    update_norms = tf.stack([_norm([a - b for a, b in zip(new, old)])
+                             for new, old in zip(after, before)])
+    return {'grad_norms': grad_norms,
+            'global_grad_norm': tf.norm(grad_norms),
+            'weight_norms': weight_norms,
+            'update_ratios': update_norms / tf.maximum(weight_norms, 1e-30)}
 
   def _make_train_loop(self):
     step_fn = self._plain_replica_step
@@ -176,8 +194,9 @@ class Trainer:
               'steps_run': steps_run, 'losses': losses}
     return train_loop
 
-  def _make_observed_step(self):
-    step_fn = self._observed_replica_step
+  def _make_observed_step(self, histograms: bool):
+    step_fn = functools.partial(self._observed_replica_step,
+                                histograms=histograms)
     if self.jit_compile:
       step_fn = tf.function(step_fn, jit_compile=True)
     strategy = self.strategy
@@ -219,22 +238,29 @@ class Trainer:
             'count': float(count), 'losses': out['losses'],
             'steps_run': int(out['steps_run'])}
 
-  def observed_step(self, iterator) -> Dict[str, np.ndarray]:
+  def observed_step(self, iterator,
+                    histograms: bool = False) -> Dict[str, np.ndarray]:
     """One training step that also measures each weighted layer.
 
     Returns:
       the `train_steps` dict for one step, plus 'observation': 'loss',
       'learning_rate', 'global_grad_norm', per layer 'grad_norms',
       'weight_norms', 'update_ratios' (numpy, in `layer_names` order) and,
-      with `histograms`, 'grads' and 'weights' (flat per layer).
+      with `histograms` (and the Trainer's `histograms`), 'grads' and
+      'weights' (flat per layer). Each variant compiles once.
 
     Raises:
       NonFiniteError: if the loss or any gradient is non-finite.
     """
-    if self._observed_fn is None:
-      self._observed_fn = self._make_observed_step()
+    histograms = bool(histograms and self.histograms)
+    if histograms not in self._observed_fns:
+      self._observed_fns[histograms] = self._make_observed_step(histograms)
     out = tf.nest.map_structure(lambda t: t.numpy(),
-                                self._observed_fn(iterator))
+                                self._observed_fns[histograms](iterator))
+    if 'grads' in out:     # per trainable variable -> flat per layer
+      for key in ('grads', 'weights'):
+        values = out[key]
+        out[key] = _LazyLayers(values, [l.indices for l in self.layers])
     sums = out.pop('sums')
     if not (np.isfinite(out['loss']) and (
         self.loss_scaled or np.isfinite(out['global_grad_norm']))):
@@ -253,7 +279,7 @@ class Trainer:
     """The one place the LR changes: swaps the schedule, drops compiled steps."""
     self._inner_optimizer.learning_rate = schedule
     self._train_loop = None
-    self._observed_fn = None
+    self._observed_fns = {}
 
   def learning_rate_at(self, step: int) -> float:
     """The LR the optimizer uses at (0-based) optimizer iteration `step`."""
