@@ -127,7 +127,7 @@ def test_health_report_flags_vanishing_gradients(tiny_cifar_data_dir, tmp_path):
   assert 'vanishing_gradients' in kinds and not report['healthy']
   assert result['health']['findings'] == kinds
   finding = report['findings'][kinds.index('vanishing_gradients')]
-  assert finding['numbers']['ratio'] < 1e-3
+  assert finding['numbers']['ratio_median'] < 1e-3
   with open(os.path.join(workdir, 'health.md')) as f:
     assert 'Vanishing gradients' in f.read()
   assert os.path.getsize(os.path.join(workdir, 'grad_norm_heatmap.png')) > 1000
