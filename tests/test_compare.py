@@ -174,6 +174,12 @@ def test_grid_on_tiny_data_writes_runs_table_png_and_hparams(
   for name in names:
     assert f'| {name} |' in table
   assert 'epochs to reach the no-BN best validation loss' in table
+  # Each variant's health findings are in its row ('healthy' or the kinds).
+  assert '| status | health |' in table
+  from tftrain import health  # pylint: disable=g-import-not-at-top
+  for row in out['rows']:
+    assert row['health'] == health.summary_cell(os.path.join(root, row['name']))
+    assert row['health'] and row['health'] in table
   with open(paths['json']) as f:
     saved = json.load(f)
   assert [r['name'] for r in saved['variants']] == names

@@ -2,6 +2,7 @@
 
 import csv
 import glob
+import json
 import os
 
 import numpy as np
@@ -75,6 +76,10 @@ def test_launcher_compares_activations(tiny_mnist_data_dir, run_launcher,
     rows = list(csv.DictReader(f))
   assert [r['activation'] for r in rows] == ['sigmoid', 'relu']
   for r in rows:
+    assert r['health']     # 'healthy' or the finding kinds of its run
+    with open(os.path.join(workdir, r['activation'], 'health.json')) as f:
+      kinds = [x['kind'] for x in json.load(f)['findings']]
+    assert r['health'] == (', '.join(kinds) or 'healthy')
     assert 0.0 <= float(r['val_acc_e1']) <= 1.0
     assert float(r['final_val_acc']) == float(r['val_acc_e2'])
     assert float(r['ratio_start']) == pytest.approx(

@@ -113,3 +113,44 @@ def test_build_schedule(name, expected):
 def test_piecewise_rejects_mismatched_lengths():
   with pytest.raises(ValueError, match='len'):
     schedules.PiecewiseConstant([10, 20], [1.0, 0.5])
+
+
+@pytest.mark.parametrize('step, expected', [
+    (0, 0.95), (45, 0.85), (22.5, 0.90), (67.5, 0.90), (90, 0.95),
+    (99, 0.95)])
+def test_one_cycle_momentum_table(step, expected):
+  # 100 steps: momentum falls while the LR warms up (45 steps), rises back
+  # while it cools down, then stays at the maximum.
+  schedule = schedules.OneCycleMomentum(100)
+  assert float(schedule(step)) == pytest.approx(expected, abs=1e-6)
+  lr = schedules.OneCycle(1.0, 100)
+  assert (float(lr(45)) == pytest.approx(1.0)) and float(lr(0)) < 0.2
+
+
+def test_cyclic_momentum_sgd_matches_keras_sgd_at_constant_momentum():
+  import numpy as np  # pylint: disable=g-import-not-at-top
+  import tensorflow as tf  # pylint: disable=g-import-not-at-top
+  from tftrain import optimizers  # pylint: disable=g-import-not-at-top
+  for nesterov in (False, True):
+    a, b = tf.Variable([1.0, -2.0]), tf.Variable([1.0, -2.0])
+    ours = optimizers.CyclicMomentumSGD(0.1, lambda step: 0.9,
+                                        nesterov=nesterov)
+    keras = tf.keras.optimizers.SGD(0.1, momentum=0.9, nesterov=nesterov)
+    for g in ([0.5, 1.0], [-1.0, 0.25], [2.0, 2.0]):
+      ours.apply_gradients([(tf.constant(g), a)])
+      keras.apply_gradients([(tf.constant(g), b)])
+    np.testing.assert_allclose(a.numpy(), b.numpy(), rtol=1e-6)
+
+
+def test_onecycle_with_momentum_optimizer_cycles_momentum():
+  from tftrain import config as config_lib  # pylint: disable=g-import-not-at-top
+  from tftrain import optimizers  # pylint: disable=g-import-not-at-top
+  config = config_lib.Config(optimizer='momentum', schedule='onecycle')
+  opt = optimizers.build_optimizer(
+      'momentum', schedules.build_schedule(config, 0.1, 10), config)
+  assert isinstance(opt, optimizers.CyclicMomentumSGD)
+  assert float(opt.momentum_schedule(0)) == pytest.approx(0.95)
+  plain = optimizers.build_optimizer(
+      'momentum', schedules.build_schedule(config.replace(
+          cycle_momentum=False), 0.1, 10), config.replace(cycle_momentum=False))
+  assert not isinstance(plain, optimizers.CyclicMomentumSGD)

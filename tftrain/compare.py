@@ -227,6 +227,8 @@ def activation_row(name: str, config, result, probe, epochs: int) -> Dict:
                grad_first_end=float(end[0]),
                grad_last_end=float(end[-2] if len(end) > 2 else end[-1]),
                ratio_end=_ratio(end))
+  findings = result.get('health', {}).get('findings')
+  row['health'] = '' if findings is None else (', '.join(findings) or 'healthy')
   if 'wall_seconds' in result:
     row['wall_seconds'] = result['wall_seconds']
   if probe is not None:

@@ -15,6 +15,8 @@ ACTIVATIONS = ('sigmoid', 'tanh', 'relu', 'leaky_relu', 'elu', 'selu', 'gelu',
 INITIALIZERS = ('glorot_uniform', 'glorot_normal', 'he_uniform', 'he_normal',
                 'lecun_uniform', 'lecun_normal')
 BATCH_NORM = ('none', 'before', 'after')
+DROPOUT_KINDS = ('auto', 'standard', 'alpha')
+DROPOUT_PLACEMENTS = ('output', 'every')
 OPTIMIZERS = ('sgd', 'momentum', 'nesterov', 'adagrad', 'rmsprop', 'adam',
               'adamw', 'nadam')
 SCHEDULES = ('constant', 'exponential', 'piecewise', 'onecycle')
@@ -67,6 +69,10 @@ class Config:
   activation: str = 'relu'
   kernel_initializer: Optional[str] = None  # None: per-activation default
   batch_norm: str = 'none'
+  dropout: float = 0.0                    # rate; 0 = no dropout layers
+  dropout_kind: str = 'auto'              # auto: alpha for SELU, else standard
+  dropout_placement: str = 'output'       # output: before the output layer;
+                                          # every: after every hidden layer
   # Optimization.
   optimizer: str = 'sgd'
   learning_rate: Union[float, str] = 0.3    # or 'auto' (LR finder)
@@ -75,6 +81,8 @@ class Config:
   beta_2: float = 0.999
   weight_decay: float = 0.004
   schedule: str = 'constant'
+  cycle_momentum: bool = True             # onecycle + momentum/nesterov:
+                                          # momentum 0.95 -> 0.85 -> 0.95
   decay_rate: float = 0.1                 # exponential: lr * rate**(step/decay_steps)
   decay_epochs: float = 10.0
   boundaries_epochs: Tuple[float, ...] = (5.0, 15.0)   # piecewise
@@ -115,6 +123,11 @@ class Config:
     if self.kernel_initializer is not None:
       _choice('kernel_initializer', self.kernel_initializer, INITIALIZERS)
     _choice('batch_norm', self.batch_norm, BATCH_NORM)
+    _choice('dropout_kind', self.dropout_kind, DROPOUT_KINDS)
+    _choice('dropout_placement', self.dropout_placement, DROPOUT_PLACEMENTS)
+    if not (isinstance(self.dropout, (int, float)) and 0.0 <= self.dropout < 1.0):
+      raise ConfigError('dropout', self.dropout,
+                        'must be a rate in [0, 1) (e.g. 0.1; 0 = off).')
     _choice('optimizer', self.optimizer, OPTIMIZERS)
     _choice('schedule', self.schedule, SCHEDULES)
     _choice('strategy', self.strategy, STRATEGIES)

@@ -631,6 +631,18 @@ def write_report(workdir: str, findings: Sequence[Finding],
   return paths
 
 
+def summary_cell(workdir: str) -> str:
+  """'healthy', or the finding kinds of workdir's health.json ('' if none)."""
+  path = os.path.join(workdir, HEALTH_JSON)
+  if not os.path.exists(path):
+    return ''
+  with open(path) as f:
+    report = json.load(f)
+  if report.get('healthy'):
+    return 'healthy'
+  return ', '.join(f['kind'] for f in report.get('findings', []))
+
+
 # --------------------------------------------------------------- heatmaps --
 
 # Viridis sampled at 10 points (matplotlib's values), interpolated linearly.

@@ -28,7 +28,9 @@ def build_dense_stack(input_shape: Tuple[int, ...], hidden: Sequence[int],
                       num_classes: int = 10, activation: str = 'relu',
                       kernel_initializer: Optional[str] = None,
                       batch_norm: str = 'none', seed: Optional[int] = None,
-                      name: str = 'mlp') -> tf.keras.Model:
+                      name: str = 'mlp', dropout: float = 0.0,
+                      dropout_kind: str = 'auto',
+                      dropout_placement: str = 'output') -> tf.keras.Model:
   """Flatten -> [Dense -> (BN) -> activation -> (BN)] x len(hidden) -> logits.
 
   Args:
@@ -42,6 +44,11 @@ def build_dense_stack(input_shape: Tuple[int, ...], hidden: Sequence[int],
       activation, as in the seed); or 'after' the activation.
     seed: seed of the initializers, for reproducible runs.
     name: model name.
+    dropout: dropout rate (0: no dropout layers).
+    dropout_kind: 'standard' (Dropout), 'alpha' (AlphaDropout, which keeps
+      SELU's self-normalization) or 'auto' (alpha for SELU, else standard).
+    dropout_placement: 'output' (one dropout layer before the output layer,
+      as the seed's chapter does) or 'every' (after every hidden layer).
 
   Returns:
     An uncompiled Keras model returning float32 logits.
@@ -64,12 +71,29 @@ def build_dense_stack(input_shape: Tuple[int, ...], hidden: Sequence[int],
     layers.append(tf.keras.layers.Activation(activation, name=f'act_{i:03d}'))
     if batch_norm == 'after':
       layers.append(tf.keras.layers.BatchNormalization(name=f'bn_{i:03d}'))
+    if dropout and (dropout_placement == 'every' or i == len(hidden) - 1):
+      layers.append(dropout_layer(dropout, dropout_kind, activation,
+                                  f'dropout_{i:03d}', seed))
   out_init = tf.keras.initializers.get(
       {'class_name': 'glorot_uniform',
        'config': {'seed': None if seed is None else seed + len(hidden)}})
   layers.append(tf.keras.layers.Dense(num_classes, kernel_initializer=out_init,
                                       dtype='float32', name='logits'))
   return tf.keras.Sequential(layers, name=name)
+
+
+def dropout_layer(rate: float, kind: str, activation: str, name: str,
+                  seed: Optional[int] = None) -> tf.keras.layers.Layer:
+  """Dropout, or AlphaDropout ('alpha', or 'auto' with SELU)."""
+  alpha = kind == 'alpha' or (kind == 'auto' and activation == 'selu')
+  cls = tf.keras.layers.AlphaDropout if alpha else tf.keras.layers.Dropout
+  return cls(rate, seed=seed, name=name)
+
+
+def has_dropout(model: tf.keras.Model) -> bool:
+  return any(isinstance(l, (tf.keras.layers.Dropout,
+                            tf.keras.layers.AlphaDropout))
+             for l in model.layers)
 
 
 def mlp(input_shape=(28, 28, 1), hidden=(300, 100), num_classes=10,
@@ -91,12 +115,14 @@ def deep_mlp(input_shape=(28, 28, 1), depth=100, width=100, num_classes=10,
 
 def build_model(config, image_shape, num_classes) -> tf.keras.Model:
   """The model a `Config` asks for."""
-  if config.model == 'mlp':
-    return mlp(image_shape, config.hidden, num_classes, config.activation,
-               config.kernel_initializer, config.batch_norm, config.seed)
-  return deep_mlp(image_shape, config.depth, config.width, num_classes,
-                  config.activation, config.kernel_initializer,
-                  config.batch_norm, config.seed)
+  hidden = (config.hidden if config.model == 'mlp'
+            else [config.width] * config.depth)
+  return build_dense_stack(
+      image_shape, hidden, num_classes, config.activation,
+      config.kernel_initializer, config.batch_norm, config.seed,
+      name=config.model, dropout=config.dropout,
+      dropout_kind=config.dropout_kind,
+      dropout_placement=config.dropout_placement)
 
 
 class WeightedLayer(NamedTuple):

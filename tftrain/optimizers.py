@@ -4,17 +4,51 @@ from typing import Callable, Dict
 
 import tensorflow as tf
 
+from tftrain import schedules
+
 
 def _sgd(lr, c):
   return tf.keras.optimizers.SGD(lr)
 
 
+class CyclicMomentumSGD(tf.keras.optimizers.SGD):
+  """SGD whose momentum follows a schedule of the step (1cycle's momentum).
+
+  The same update as Keras' SGD with momentum, with `momentum_schedule(step)`
+  in place of the constant.
+  """
+
+  def __init__(self, learning_rate, momentum_schedule, nesterov=False,
+               **kwargs):
+    super().__init__(learning_rate, momentum=float(momentum_schedule(0)),
+                     nesterov=nesterov, **kwargs)
+    self.momentum_schedule = momentum_schedule
+
+  def update_step(self, gradient, variable, learning_rate):
+    learning_rate = tf.cast(learning_rate, variable.dtype)
+    gradient = tf.cast(gradient, variable.dtype)
+    m = self.momentums[self._get_variable_index(variable)]
+    momentum = tf.cast(self.momentum_schedule(self.iterations), variable.dtype)
+    self.assign(m, m * momentum - gradient * learning_rate)
+    if self.nesterov:
+      self.assign_add(variable, m * momentum - gradient * learning_rate)
+    else:
+      self.assign_add(variable, m)
+
+
+def _sgd_momentum(lr, c, nesterov):
+  if isinstance(lr, schedules.OneCycle) and c.cycle_momentum:
+    return CyclicMomentumSGD(lr, schedules.OneCycleMomentum(
+        lr.total_steps, warmup_fraction=lr.warmup_fraction), nesterov=nesterov)
+  return tf.keras.optimizers.SGD(lr, momentum=c.momentum, nesterov=nesterov)
+
+
 def _momentum(lr, c):
-  return tf.keras.optimizers.SGD(lr, momentum=c.momentum)
+  return _sgd_momentum(lr, c, nesterov=False)
 
 
 def _nesterov(lr, c):
-  return tf.keras.optimizers.SGD(lr, momentum=c.momentum, nesterov=True)
+  return _sgd_momentum(lr, c, nesterov=True)
 
 
 def _adagrad(lr, c):

@@ -125,6 +125,33 @@ class OneCycle(_Base):
             'warmup_fraction': self.warmup_fraction}
 
 
+class OneCycleMomentum(_Base):
+  """Smith's 1cycle momentum: max -> min while the LR warms up, back to max
+  while it cools down, then max through the annihilation (default 0.95 ->
+  0.85 -> 0.95), on the same phases as `OneCycle`."""
+
+  def __init__(self, total_steps: int, max_momentum: float = 0.95,
+               min_momentum: float = 0.85, warmup_fraction: float = 0.45):
+    self.total_steps = int(total_steps)
+    self.max_momentum = float(max_momentum)
+    self.min_momentum = float(min_momentum)
+    self.warmup_fraction = float(warmup_fraction)
+
+  def __call__(self, step):
+    step = _step(step)
+    hi, lo = self.max_momentum, self.min_momentum
+    up = max(self.warmup_fraction * self.total_steps, 1.0)
+    down = 2.0 * up
+    warm = hi - (hi - lo) * step / up
+    cool = lo + (hi - lo) * (step - up) / (down - up)
+    return tf.where(step < up, warm, tf.where(step < down, cool, hi))
+
+  def get_config(self):
+    return {'total_steps': self.total_steps, 'max_momentum': self.max_momentum,
+            'min_momentum': self.min_momentum,
+            'warmup_fraction': self.warmup_fraction}
+
+
 def build_schedule(config, learning_rate: float, steps_per_epoch: int) -> _Base:
   """The training schedule a `Config` asks for, peaking at `learning_rate`."""
   total = steps_per_epoch * config.epochs

@@ -42,6 +42,9 @@ def _norm(tensors) -> tf.Tensor:
                            for t in tensors]))
 
 
+_DROPOUT_LAYERS = (tf.keras.layers.Dropout, tf.keras.layers.AlphaDropout)
+
+
 class _LazyLayers:
   """Per-layer flat arrays built from per-variable arrays on first access."""
 
@@ -84,7 +87,7 @@ class Trainer:
       optimizer.build(model.trainable_variables)
     self._train_loop = None
     self._observed_fns = {}
-    self._eval_fn = None
+    self._eval_fns = {}
     self._measure = self._measurements   # XLA-compiling it alone was slower
 
   @property
@@ -305,20 +308,48 @@ class Trainer:
         tf.reduce_sum(tf.cast(tf.equal(predictions, labels), tf.float32)),
         tf.cast(tf.shape(labels)[0], tf.float32)])
 
-  def evaluate(self, dist_dataset) -> Dict[str, float]:
-    """Loss and accuracy over a distributed eval dataset (BN uses moving stats)."""
-    if self._eval_fn is None:
+  def _replica_mc_eval(self, batch, samples: int):
+    """MC dropout: the mean softmax of `samples` passes with dropout on.
+
+    Only the dropout layers run in training mode (batch norm keeps its
+    moving statistics); the model must be a layer stack (Sequential).
+    """
+    images, labels = batch
+    probs = 0.0
+    for _ in range(samples):
+      x = images
+      for layer in self.model.layers:
+        x = layer(x, training=isinstance(layer, _DROPOUT_LAYERS))
+      probs += tf.nn.softmax(tf.cast(x, tf.float32))
+    probs /= samples
+    picked = tf.gather(probs, labels, batch_dims=1)
+    predictions = tf.argmax(probs, axis=-1, output_type=tf.int32)
+    return tf.stack([
+        -tf.reduce_sum(tf.math.log(tf.maximum(picked, 1e-12))),
+        tf.reduce_sum(tf.cast(tf.equal(predictions, labels), tf.float32)),
+        tf.cast(tf.shape(labels)[0], tf.float32)])
+
+  def evaluate(self, dist_dataset, mc_samples: int = 0) -> Dict[str, float]:
+    """Loss and accuracy over a distributed eval dataset (BN uses moving stats).
+
+    With `mc_samples` > 0: MC dropout, the average of that many stochastic
+    forward passes (dropout on) per example.
+    """
+    key = int(mc_samples)
+    if self._eval_fns.get(key) is None:
       strategy = self.strategy
+      replica_fn = (self._replica_eval if not key else functools.partial(
+          self._replica_mc_eval, samples=key))
 
       @tf.function
       def eval_fn(dataset):
         sums = tf.zeros([3])
         for batch in dataset:
-          out = strategy.run(self._replica_eval, args=(batch,))
+          out = strategy.run(replica_fn, args=(batch,))
           sums += strategy.reduce(tf.distribute.ReduceOp.SUM, out, axis=None)
         return sums
-      self._eval_fn = eval_fn
-    loss_sum, correct, count = self._eval_fn(dist_dataset).numpy()
+      self._eval_fns[key] = eval_fn
+    loss_sum, correct, count = self._eval_fns[key](dist_dataset).numpy()
     count = max(count, 1.0)
     return {'loss': float(loss_sum / count), 'accuracy': float(correct / count)}
 

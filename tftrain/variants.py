@@ -26,6 +26,7 @@ from typing import Any, Dict, List, Mapping, Optional, Sequence
 from absl import logging
 
 from tftrain import config as config_lib
+from tftrain import health
 from tftrain import hparams as hparams_lib
 from tftrain import loop
 from tftrain import trainer as trainer_lib
@@ -227,8 +228,8 @@ def markdown_table(rows: Sequence[Dict[str, Any]]) -> str:
   lines = [
       '| variant | learning rate | best val accuracy | epoch of best | '
       'best val loss (epoch) | s/epoch | wall s to best | test accuracy | '
-      'epochs run | status |',
-      '|---|---:|---:|---:|---:|---:|---:|---:|---:|---|']
+      'epochs run | status | health |',
+      '|---|---:|---:|---:|---:|---:|---:|---:|---:|---|---|']
   for r in rows:
     lr = r['overrides'].get('learning_rate')
     wall = _fmt(r['wall_seconds_to_best'], '.0f')
@@ -239,7 +240,8 @@ def markdown_table(rows: Sequence[Dict[str, Any]]) -> str:
         f" | {_fmt(r['best_val_accuracy_epoch'], 'd')}"
         f" | {_fmt(r['best_val_loss'], '.4f')} ({_fmt(r['best_val_loss_epoch'], 'd')})"
         f" | {_fmt(r['seconds_per_epoch'], '.1f')} | {wall}"
-        f" | {_fmt(r['test_accuracy'], '.4f')} | {r['epochs_run']} | {r['status']} |")
+        f" | {_fmt(r['test_accuracy'], '.4f')} | {r['epochs_run']} | {r['status']}"
+        f" | {r.get('health', '')} |")
   if any(not r['wall_time_exact'] for r in rows if r['wall_seconds_to_best']):
     lines.append('\n\\* no wall-clock stamp for every epoch (a resumed run): '
                  'sum of the epochs\' training seconds, validation not included.')
@@ -382,6 +384,7 @@ def run_variant(base: config_lib.Config, variant: Variant, root: str,
       stamps = earlier + [offset + s for s in stamps]
   row = summarize(variant, history, status, stamps, test_accuracy)
   row['wall_seconds'] = stamps
+  row['health'] = health.summary_cell(run_dir)
   with open(summary_path, 'w') as f:
     json.dump(row, f, indent=2, default=float)
   hparams_lib.write_run(run_dir, hparam_defs, variant.overrides, {
