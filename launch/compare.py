@@ -4,6 +4,7 @@
   python -m launch.compare --only='*nadam' --epochs=20       # pick variants
   python -m launch.compare --grid_optimizer=adam,rmsprop \\
       --learning_rates=adam=1e-3,bn-none_opt-rmsprop=1e-4
+  python -m launch.compare --preset=chapter11 --epochs=50   # the chapter's table
 
 Every flag of `launch.cifar10` sets the base config (same seed defaults,
 except --epochs, capped at 10 here so the default grid of 10 variants fits in
@@ -31,6 +32,10 @@ flags.DEFINE_list('learning_rates', [],
                   'name=lr overrides, by optimizer (adam=1e-3) or by variant '
                   '(bn-none_opt-sgd=0.02); others use the built-in table '
                   '(tftrain.variants.DEFAULT_LEARNING_RATES).')
+flags.DEFINE_string('preset', None,
+                    'A named variant list instead of the grid: chapter11 '
+                    '(no BN, BN, SELU, SELU + alpha dropout with MC dropout, '
+                    '1cycle; tftrain.variants.PRESETS).')
 flags.DEFINE_list('only', [],
                   'Run only variants matching these shell patterns '
                   "(e.g. 'bn-before_*,*_opt-sgd').")
@@ -62,10 +67,12 @@ def main(argv):
     base = launch_flags.config_from_flags()
     grid = {'batch_norm': FLAGS.grid_batch_norm,
             'optimizer': FLAGS.grid_optimizer}
-    chosen = variants.select(
-        variants.expand_grid(grid, base,
-                             _parse_learning_rates(FLAGS.learning_rates)),
-        FLAGS.only)
+    if FLAGS.preset:
+      candidates = variants.preset(FLAGS.preset, base)
+    else:
+      candidates = variants.expand_grid(
+          grid, base, _parse_learning_rates(FLAGS.learning_rates))
+    chosen = variants.select(candidates, FLAGS.only)
     workdir = launch_flags.default_workdir('compare')
     out = variants.run_grid(base, chosen, workdir)
     print(open(out['paths']['md']).read())

@@ -103,7 +103,7 @@ def test_summary_numbers_and_batch_norm_speedup_table():
       'plain_seconds_per_epoch': 10.0}]
   table = variants.markdown_table(rows)
   assert ('| bn-none_opt-adam | 0.001 | 0.4500 | 3 | 1.5000 (3) | 10.0 | 36 | '
-          '– | 4 | completed |') in table
+          '– | – | 4 | completed |  |') in table
   assert '| bn-before_opt-adam | 0.001 | 0.5500 | 4 | 1.3000 (4) | 15.0 | 60* |' in table
   assert '| bn-none_opt-adam | 1.5000 (3) | bn-before_opt-adam | 3 | 1.3000 | 1.50 |' in table
 
@@ -234,3 +234,23 @@ def test_compare_launcher_end_to_end_and_one_line_errors(
   assert bad.returncode == 2
   assert bad.stderr.strip().splitlines()[-1].startswith(
       'error: --grid_optimizer=adamax: choose one of sgd, momentum')
+
+
+def test_chapter11_preset_variants_are_valid_configs():
+  from tftrain import config as config_lib  # pylint: disable=g-import-not-at-top
+  base = config_lib.Config(dataset='cifar10', model='deep_mlp', depth=20,
+                           width=100, activation='elu', batch_norm='before',
+                           optimizer='nadam', learning_rate=5e-4)
+  chosen = variants.preset('chapter11', base)
+  assert [v.name for v in chosen] == [
+      'no-bn_nadam-5e-5', 'bn_nadam-5e-4', 'selu_nadam-7e-4',
+      'selu_alpha-dropout-0.1', 'selu_alpha-dropout_1cycle']
+  configs = [base.replace(**v.overrides) for v in chosen]
+  assert configs[2].activation == 'selu' and configs[2].standardize_inputs
+  assert configs[2].kernel_initializer == 'lecun_normal'
+  assert configs[3].dropout == 0.1 and configs[3].mc_dropout_samples == 10
+  assert (configs[4].schedule, configs[4].optimizer, configs[4].batch_size,
+          configs[4].epochs) == ('onecycle', 'momentum', 128, 15)
+  with pytest.raises(config_lib.ConfigError) as e:
+    variants.preset('chapter12', base)
+  assert str(e.value).startswith('--preset=chapter12: choose one of')

@@ -97,6 +97,7 @@ class Config:
   jit_compile: bool = False
   max_steps_per_epoch: Optional[int] = None  # cap, for smoke tests
   eval_test_every_epoch: bool = False    # test metrics per epoch (studies)
+  mc_dropout_samples: int = 0             # MC dropout passes at evaluation
   # Observability.
   log_every_steps: int = 100
   histogram_every_steps: int = 0          # 0 = no histograms
@@ -148,7 +149,8 @@ class Config:
         not isinstance(h, int) or h <= 0 for h in self.hidden):
       raise ConfigError('hidden', ','.join(map(str, self.hidden)),
                         'must be a comma list of positive integers.')
-    for name in ('validation_size', 'patience', 'histogram_every_steps'):
+    for name in ('validation_size', 'patience', 'histogram_every_steps',
+                 'mc_dropout_samples'):
       value = getattr(self, name)
       if not isinstance(value, int) or value < 0:
         raise ConfigError(name, value, 'must be a non-negative integer.')
