@@ -90,3 +90,31 @@ def test_build_model_uses_depth_width_and_initializer():
   assert all(l.kernel.shape[-1] == 9 for l in dense[:-1])
   assert type(dense[0].kernel_initializer).__name__ == 'HeUniform'
   assert model.get_layer('act_000').activation.__name__ == 'elu'
+
+
+def test_cnn_layers_and_every_weighted_layer_observed():
+  model = models.cnn((8, 8, 3), filters=(4, 8), seed=0)
+  assert model(tf.zeros([2, 8, 8, 3])).shape == (2, 10)
+  names = [l.name for l in models.weighted_layers(model)]
+  assert names == ['conv_00', 'bn_00', 'conv_01', 'bn_01', 'conv_10', 'bn_10',
+                   'conv_11', 'bn_11', 'logits']
+  assert [l.name for l in model.layers if l.name.startswith('act_')] == [
+      'act_00', 'act_01', 'act_10', 'act_11']
+
+
+def test_weighted_layers_nested_frozen_and_weightless():
+  inner = tf.keras.Sequential([tf.keras.layers.Dense(4, name='a'),
+                               tf.keras.layers.Dense(3, name='b')],
+                              name='block')
+  inputs = tf.keras.Input((5,))
+  x = tf.keras.layers.Dense(6, name='stem')(inputs)
+  x = tf.keras.layers.Dropout(0.1, name='drop')(x)      # no weights
+  x = inner(x)
+  frozen = tf.keras.layers.Dense(3, name='frozen')
+  frozen.trainable = False
+  x = frozen(x)
+  outputs = tf.keras.layers.Dense(2, name='head')(x)
+  model = tf.keras.Model(inputs, outputs, name='user')
+  layers = models.weighted_layers(model)
+  assert [l.name for l in layers] == ['stem', 'block/a', 'block/b', 'head']
+  assert all(len(l.indices) == 2 and l.kernel is not None for l in layers)

@@ -9,7 +9,7 @@ import math
 from typing import Optional, Tuple, Union
 
 DATASETS = ('mnist', 'fashion_mnist', 'cifar10')
-MODELS = ('mlp', 'deep_mlp')
+MODELS = ('mlp', 'deep_mlp', 'cnn')
 ACTIVATIONS = ('sigmoid', 'tanh', 'relu', 'leaky_relu', 'elu', 'selu', 'gelu',
                'swish')
 INITIALIZERS = ('glorot_uniform', 'glorot_normal', 'he_uniform', 'he_normal',
@@ -66,6 +66,7 @@ class Config:
   hidden: Tuple[int, ...] = (300, 100)
   depth: int = 100
   width: int = 100
+  filters: Tuple[int, ...] = (32, 64, 128)   # cnn: channels per stage
   activation: str = 'relu'
   kernel_initializer: Optional[str] = None  # None: per-activation default
   batch_norm: str = 'none'
@@ -145,6 +146,10 @@ class Config:
       _positive(name, getattr(self, name), integer=True)
     if self.max_steps_per_epoch is not None:
       _positive('max_steps_per_epoch', self.max_steps_per_epoch, integer=True)
+    if not self.filters or any(
+        not isinstance(h, int) or h <= 0 for h in self.filters):
+      raise ConfigError('filters', ','.join(map(str, self.filters)),
+                        'must be a comma list of positive integers.')
     if not self.hidden or any(
         not isinstance(h, int) or h <= 0 for h in self.hidden):
       raise ConfigError('hidden', ','.join(map(str, self.hidden)),
