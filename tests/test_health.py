@@ -420,3 +420,21 @@ def test_health_module_does_not_import_tensorflow():
                        text=True, check=True,
                        cwd=os.path.dirname(os.path.dirname(__file__)))
   assert out.stdout.split() == ['False', 'False']
+
+
+def test_rising_val_loss_with_improving_val_accuracy_is_not_overfitting():
+  """The MNIST MLP's pattern: val loss up 19% after its minimum at epoch 7
+  while val accuracy still climbs (growing confidence, better accuracy)."""
+  run = healthy_run()
+  val = [0.142, 0.12, 0.092, 0.082, 0.083, 0.072, 0.071, 0.078, 0.075, 0.078,
+         0.080, 0.082, 0.085]
+  acc = [0.959, 0.966, 0.973, 0.977, 0.976, 0.979, 0.981, 0.981, 0.979,
+         0.982, 0.983, 0.984, 0.983]
+  run['history'] = [{'epoch': e + 1, 'loss': 0.3 / (e + 1), 'accuracy': 0.99,
+                     'val_loss': v, 'val_accuracy': a}
+                    for e, (v, a) in enumerate(zip(val, acc))]
+  assert 'overfitting' not in kinds(run)
+  # The same losses with val accuracy falling after the minimum: overfitting.
+  run['history'] = [dict(h, val_accuracy=0.981 - 0.002 * max(0, i - 6))
+                    for i, h in enumerate(run['history'])]
+  assert 'overfitting' in kinds(run)

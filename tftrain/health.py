@@ -72,7 +72,8 @@ THRESHOLDS = {
     # last, while the train loss kept falling ...
     'overfit_min_epochs': 3,
     # ... and the last val_loss is this fraction above the best.
-    'overfit_val_rise': 0.05,
+    'overfit_val_rise': 0.05,     # (and val accuracy not above its value
+                                  # at the val-loss minimum)
     # lr_far_from_finder: peak LR more than this factor from the suggestion.
     'finder_factor': 10.0,
 }
@@ -461,8 +462,14 @@ def _epoch_findings(run, t) -> List[Finding]:
     epochs, train, val = (np.array(c, np.float64) for c in zip(*pairs))
     best = int(np.argmin(val))
     since = len(val) - 1 - best
+    # Validation accuracy that kept improving after the loss minimum means
+    # growing confidence, not worse generalization: not a finding.
+    accs = [h.get('val_accuracy') for h in history
+            if 'loss' in h and 'val_loss' in h]
+    acc_worse = (len(accs) != len(val) or accs[best] is None
+                 or accs[-1] is None or accs[-1] <= accs[best])
     if (since >= t['overfit_min_epochs'] and train[-1] < train[best]
-        and val[-1] > (1 + t['overfit_val_rise']) * val[best]):
+        and val[-1] > (1 + t['overfit_val_rise']) * val[best] and acc_worse):
       out.append(_finding(
           'overfitting', f'Overfitting: the validation loss was best at epoch '
           f'{int(epochs[best])} ({_fmt(val[best])}) and rose to '
