@@ -438,3 +438,24 @@ def test_rising_val_loss_with_improving_val_accuracy_is_not_overfitting():
   run['history'] = [dict(h, val_accuracy=0.981 - 0.002 * max(0, i - 6))
                     for i, h in enumerate(run['history'])]
   assert 'overfitting' in kinds(run)
+
+
+def _std_records(stds_by_step):
+  return [(step, {f'act_{i:03d}': {'mean': 0.0, 'std': s, 'saturated': 0.0}
+                  for i, s in enumerate(stds)})
+          for step, stds in stds_by_step]
+
+
+def test_activation_std_growing_with_depth_is_exploding():
+  """Measured shapes: SELU with He init and raw inputs (0.5 -> 17 over 100
+  layers) vs the launcher's SELU (1.0 -> 1.4)."""
+  run = healthy_run()
+  run['activation'] = 'selu'
+  bad = np.linspace(0.5, 17.0, 10)
+  run['activation_stats'] = _std_records([(0, bad), (500, bad), (800, bad)])
+  found = [f for f in health.analyze(run) if f.kind == 'exploding_gradients']
+  assert found and found[0].numbers['std_growth_median'] > 30
+  assert found[0].tag == 'activation_std/act_009'
+  good = np.linspace(1.0, 1.4, 10)
+  run['activation_stats'] = _std_records([(0, good), (500, good), (800, good)])
+  assert 'exploding_gradients' not in kinds(run)

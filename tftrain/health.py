@@ -49,6 +49,10 @@ THRESHOLDS = {
     'min_trend_steps': 4,
     # saturated_units: a layer counts when this fraction of its outputs sits
     # at a bound of the activation (sigmoid/tanh, elu/selu negative tail) ...
+    # exploding_gradients (forward): std of the deepest probed activation
+    # over the first one's above this (healthy SELU/ReLU/sigmoid nets: 1-1.5x
+    # measured; SELU with He init and raw inputs: ~30x).
+    'activation_growth': 10.0,
     'saturated_fraction': 0.5,
     # ... and the finding needs at least this fraction of the layers (>= 1).
     'saturated_min_layer_fraction': 0.25,
@@ -374,6 +378,44 @@ def _activation_findings(run, t) -> List[Finding]:
   return out
 
 
+def _activation_growth_finding(run, t) -> List[Finding]:
+  """Forward signals that grow with depth (non-self-normalizing SELU, bad
+  init): the std of the deepest probed layers over the first one's."""
+  records = run.get('activation_stats') or []
+  later = records[len(records) // 2:]
+  growth, where = [], []
+  for _, stats in later:
+    names = [l for l in stats if 'std' in stats[l]]
+    if len(names) < 3:
+      return []
+    stds = np.array([stats[l]['std'] for l in names], np.float64)
+    if not np.isfinite(stds).all() or stds[0] <= 0:
+      continue
+    deepest = int(np.argmax(stds))
+    growth.append(stds[deepest] / stds[0])
+    where.append((names[0], stds[0], names[deepest], stds[deepest]))
+  if not growth:
+    return []
+  hits = np.array(growth) > t['activation_growth']
+  if np.mean(hits) < t['sustained_fraction']:
+    return []
+  first, s0, deep, s1 = where[-1]
+  return [_finding(
+      'exploding_gradients',
+      f'Signals explode with depth: the activation std grows from '
+      f'{_fmt(s0)} at {first} to {_fmt(s1)} at {deep} (x{_fmt(s1 / s0)}; '
+      f'median x{_fmt(float(np.median(growth)))} over the last {len(later)} '
+      f'probe records), so gradients explode toward the input at the start '
+      'and the network cannot settle.', [first, deep],
+      [later[0][0], later[-1][0]],
+      {'std_growth_median': float(np.median(growth)), 'first_std': s0,
+       'deepest_std': s1}, f'activation_std/{deep}',
+      remedy=('Keep the signal normalized: SELU needs LeCun normal '
+              'initialization and standardized inputs; otherwise He/Glorot '
+              'init for the activation, batch normalization, or a lower '
+              'learning rate with gradient clipping.'))]
+
+
 def _loss_change(run, t) -> Optional[tuple]:
   """(start, end) of the training loss: logged steps, else epoch history."""
   loss = _series(run, 'loss')
@@ -554,6 +596,8 @@ def analyze(run: Dict[str, Any], thresholds: Optional[Dict] = None
     raise ValueError(f'Unknown health thresholds {sorted(unknown)}')
   t = {**THRESHOLDS, **(thresholds or {})}
   findings = _gradient_findings(run, t)
+  if not any(f.kind == 'exploding_gradients' for f in findings):
+    findings += _activation_growth_finding(run, t)
   vanished = any(f.kind == 'vanishing_gradients' for f in findings)
   findings += (_activation_findings(run, t) + _lr_findings(run, t, vanished)
                + _epoch_findings(run, t) + _diverged_finding(run)
