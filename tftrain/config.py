@@ -66,7 +66,7 @@ class Config:
   hidden: Tuple[int, ...] = (300, 100)
   depth: int = 100
   width: int = 100
-  filters: Tuple[int, ...] = (32, 64, 128)   # cnn: channels per stage
+  filters: Tuple[int, ...] = (16, 32, 64)    # cnn: channels per stage
   activation: str = 'relu'
   kernel_initializer: Optional[str] = None  # None: per-activation default
   batch_norm: str = 'none'

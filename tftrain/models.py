@@ -113,7 +113,7 @@ def deep_mlp(input_shape=(28, 28, 1), depth=100, width=100, num_classes=10,
                            name='deep_mlp')
 
 
-def cnn(input_shape=(32, 32, 3), num_classes=10, filters=(32, 64, 128),
+def cnn(input_shape=(32, 32, 3), num_classes=10, filters=(16, 32, 64),
         dropout: float = 0.0, seed=None) -> tf.keras.Model:
   """A small ConvNet with batch norm, sized for a 2-core CPU.
 
