@@ -7,6 +7,7 @@ non-zero exit status and no traceback (`--verbose` shows it).
 
 import datetime
 import os
+import shutil
 import sys
 import traceback
 
@@ -160,11 +161,41 @@ def config_from_flags(**overrides) -> config_lib.Config:
   return config_lib.Config(**values)
 
 
+# The run directory this process chose, and whether it existed then.
+_chosen_workdir = {}
+
+
 def default_workdir(launcher: str) -> str:
   if FLAGS.workdir:
-    return FLAGS.workdir
-  stamp = datetime.datetime.now().strftime('%Y%m%d-%H%M%S')
-  return os.path.join('runs', f'{launcher}-{stamp}')
+    path = FLAGS.workdir
+  else:
+    stamp = datetime.datetime.now().strftime('%Y%m%d-%H%M%S')
+    path = os.path.join('runs', f'{launcher}-{stamp}')
+  _chosen_workdir.setdefault('path', path)
+  _chosen_workdir.setdefault('existed', os.path.exists(path))
+  return path
+
+
+def _holds_results(path: str) -> bool:
+  for _, _, files in os.walk(path):
+    if any(f in ('checkpoint', 'metrics.json') for f in files):
+      return True
+  return False
+
+
+def _remove_failed_start(error) -> None:
+  """Removes the run directory a failed start created (nothing of value in it).
+
+  The library checks flags and data before creating the workdir; this covers
+  launchers whose library call creates a parent folder before the checks of
+  its first run (e.g. one folder per variant).
+  """
+  path = _chosen_workdir.get('path')
+  if path is None or _chosen_workdir.get('existed') or not os.path.isdir(path):
+    return
+  from tftrain import errors  # pylint: disable=g-import-not-at-top
+  if isinstance(error, errors.START_ERRORS) and not _holds_results(path):
+    shutil.rmtree(path, ignore_errors=True)
 
 
 def setup_devices():
@@ -177,21 +208,35 @@ def setup_devices():
 def run_main(body):
   """Runs `body()` (returns an exit code) turning known errors into one line.
 
+  Exit status: 2 for a bad flag, 1 for data, workdir, lock, checkpoint,
+  divergence, full-disk or lost-worker errors, 130 for an interruption.
   `tftrain.errors` imports TensorFlow, so it is imported only for errors
   other than ConfigError: a bad flag is reported without TF's start-up cost.
   """
   try:
     code = body()
+  except KeyboardInterrupt:
+    # Ctrl-C outside the training loop's own handling (start-up, evaluation).
+    if FLAGS.verbose:
+      traceback.print_exc()
+    print('error: interrupted; rerun the same command to resume from the '
+          'last checkpoint.', file=sys.stderr)
+    sys.exit(130)
   except Exception as e:  # pylint: disable=broad-except
-    if not isinstance(e, config_lib.ConfigError):
+    if isinstance(e, config_lib.ConfigError):
+      status = 2
+    else:
       from tftrain import errors  # pylint: disable=g-import-not-at-top
       if not isinstance(e, errors.USER_ERRORS):
         raise
+      status = errors.exit_code(e)
+    _remove_failed_start(e)
     if FLAGS.verbose:
       traceback.print_exc()
     message = str(e).splitlines()[0] if str(e) else type(e).__name__
     print(f'error: {message}', file=sys.stderr)
-    sys.exit(2 if isinstance(e, config_lib.ConfigError) else 1)
+    sys.stderr.flush()
+    sys.exit(status)
   sys.exit(code or 0)
 
 
@@ -211,8 +256,13 @@ def train_main(launcher: str):
 
 
 def run(main):
-  """app.run with quiet TensorFlow logs."""
-  os.environ.setdefault('TF_CPP_MIN_LOG_LEVEL', '2')
+  """app.run with quiet TensorFlow logs.
+
+  TensorFlow's C++ log lines (start-up notes, and the errors it logs before
+  raising them as Python exceptions, e.g. a lost multi-worker peer) are
+  hidden unless --verbose or $TF_CPP_MIN_LOG_LEVEL says otherwise; the
+  errors themselves reach the user as one line each.
+  """
   logging.set_verbosity(logging.INFO)
   # INFO from tftrain and the launchers; only warnings from TF/TFDS internals.
   logging.get_absl_handler().addFilter(
@@ -224,15 +274,23 @@ def run(main):
 def _parse_flags(argv):
   """absl flag parsing with a one-line error (absl's own prints two)."""
   try:
-    return FLAGS(argv)
+    argv = FLAGS(argv)
   except flags.Error as e:
     print(f'error: {e}; see --help.', file=sys.stderr)
     sys.exit(2)
+  # Before TensorFlow is imported (the launchers import it after parsing).
+  os.environ.setdefault('TF_CPP_MIN_LOG_LEVEL', '2' if FLAGS.verbose else '3')
+  return argv
 
 
 def report(result) -> int:
   """Prints the outcome of a run; returns the exit code."""
   workdir = result['workdir']
+  if result.get('interrupted_in') == 'lr_finder':
+    print(f'interrupted during the LR finder (after '
+          f'{result.get("lr_finder_steps_done")} sweep steps); nothing of it '
+          f'was kept; rerun the same command to run it again.')
+    return 130
   if result.get('status') == 'interrupted':
     print(f'interrupted at step {result.get("interrupted_step")}; checkpoint '
           f'saved in {workdir}; rerun the same command to resume.')

@@ -1,7 +1,9 @@
 """Reliability through the real launchers (subprocesses, tiny prepared MNIST).
 
 Bad input: one line naming the flag, non-zero exit, no traceback, nothing
-created or changed. Divergence: message naming the step, partial metrics, last
+created or changed (also for the checks that need TensorFlow: batch size vs
+replicas, a corrupt raw file to prepare, in every launcher), and no TFDS
+progress bars. Divergence: message naming the step, partial metrics, last
 finite checkpoint kept. Interruption: SIGTERM checkpoints mid-epoch and exits
 cleanly; SIGKILL mid-epoch; both resume to the same final metrics as an
 uninterrupted run. Corrupt checkpoints and busy workdirs are refused, and a
@@ -9,10 +11,13 @@ failed start never changes an existing run's files.
 """
 
 import concurrent.futures
+import errno
 import glob
 import hashlib
 import json
+import logging
 import os
+import re
 import shutil
 import signal
 import subprocess
@@ -66,6 +71,21 @@ def wait_for(path, proc, timeout=120.0):
     time.sleep(0.01)
 
 
+def wait_for_logged_step(workdir, proc, step, timeout=120.0):
+  """Polls observations.jsonl (one record per logged step) until `step`."""
+  path = os.path.join(workdir, 'observations.jsonl')
+  deadline = time.time() + timeout
+  while True:
+    assert proc.poll() is None, proc.communicate()
+    assert time.time() < deadline, f'step {step} was not logged'
+    if os.path.exists(path):
+      with open(path) as f:
+        steps = [json.loads(l)['step'] for l in f if l.endswith('\n')]
+      if steps and max(steps) >= step:
+        return
+    time.sleep(0.01)
+
+
 def dead_pid():
   proc = subprocess.Popen(['true'])
   proc.wait()
@@ -94,6 +114,9 @@ def comparable(metrics):
 
 
 # ---------------------------------------------------------------- bad input --
+
+MIRRORED_33 = ['--strategy=mirrored', '--cpu_replicas=2', '--batch_size=33']
+CORRUPT = ['--raw_data_dir={raw_corrupt}', '--data_dir={fresh}']
 
 # (launcher, flags, text the one error line must contain). Flags that fail in
 # config_from_flags never import TensorFlow in launch.mnist.
@@ -128,6 +151,28 @@ BAD_FLAGS = [
     ('launch.cifar10', ['--learning_rate=0'], '--learning_rate=0'),
     ('launch.lr_find', ['--strategy=tpu'], '--strategy=tpu'),
     ('launch.lr_find', ['--lr_find_factor=0.5'], '--lr_find_factor=0.5'),
+    # Checks that need TensorFlow (replicas, preparing the data) also run
+    # before any folder is created, in every launcher; (…, exit status).
+    ('launch.mnist', MIRRORED_33, '--batch_size=33: must be divisible by the 2 replicas', 2),
+    ('launch.lr_find', MIRRORED_33, '--batch_size=33: must be divisible', 2),
+    ('launch.deep', MIRRORED_33, '--batch_size=33: must be divisible', 2),
+    ('launch.compare', MIRRORED_33 + ['--dataset=mnist', '--only=bn-none_opt-sgd'],
+     '--batch_size=33: must be divisible', 2),
+    ('launch.mnist', CORRUPT, 'dataset mnist: preparation failed', 1),
+    ('launch.lr_find', CORRUPT, 'dataset mnist: preparation failed', 1),
+    ('launch.deep', CORRUPT, 'dataset mnist: preparation failed', 1),
+    ('launch.compare', CORRUPT + ['--dataset=mnist', '--only=bn-none_opt-sgd'],
+     'dataset mnist: preparation failed', 1),
+    ('launch.mnist', ['--raw_data_dir={raw_garbage}', '--data_dir={fresh}'],
+     'dataset mnist: preparation failed (ExtractError', 1),
+    # A damaged prepared dataset is found before the workdir, not mid-run.
+    ('launch.mnist', ['--data_dir={a_file}'], '--data_dir=', 1),
+    ('launch.mnist', ['--data_dir={tfds_badinfo}'],
+     'the prepared mnist there cannot be read', 1),
+    ('launch.mnist', ['--data_dir={tfds_truncated}'],
+     'dataset mnist: the prepared train split has', 1),
+    ('launch.mnist', ['--data_dir={tfds_no_test}'],
+     'mnist-test.tfrecord-00000-of-00001 is missing', 1),
 ]
 
 
@@ -138,18 +183,46 @@ def _case_id(case):
 @pytest.fixture(scope='module')
 def bad_flag_results(tiny_mnist_data_dir, tmp_path_factory):
   """Runs every BAD_FLAGS case (3 at a time); maps case id -> (result, workdir)."""
+  from tests import tiny_data  # pylint: disable=g-import-not-at-top
   root = tmp_path_factory.mktemp('bad_flags')
   a_file = root / 'a_file'
   a_file.write_text('not a folder')
   (root / 'raw_empty').mkdir()
   (root / 'empty').mkdir()
+  # A raw folder whose train images were cut short (an interrupted copy).
+  raw_corrupt = str(root / 'raw_corrupt')
+  tiny_data.write_tiny_mnist(raw_corrupt)
+  images = os.path.join(raw_corrupt, 'mnist', 'train-images-idx3-ubyte.gz')
+  with open(images, 'r+b') as f:
+    f.truncate(os.path.getsize(images) // 2)
+  raw_garbage = root / 'raw_garbage' / 'mnist'     # not gzip at all
+  raw_garbage.mkdir(parents=True)
+  for name in os.listdir(os.path.join(raw_corrupt, 'mnist')):
+    (raw_garbage / name).write_bytes(b'\x7f' * 1000)
+  # Copies of the prepared tiny dataset, each damaged in one way.
+  damaged = {}
+  for name in ('tfds_badinfo', 'tfds_truncated', 'tfds_no_test'):
+    damaged[name] = str(root / name)
+    shutil.copytree(tiny_mnist_data_dir, damaged[name])
+  version_dir = glob.glob(os.path.join(damaged['tfds_badinfo'], 'mnist', '*'))[0]
+  with open(os.path.join(version_dir, 'dataset_info.json'), 'w') as f:
+    f.write('{not json')
+  train = glob.glob(os.path.join(damaged['tfds_truncated'], 'mnist', '*',
+                                 'mnist-train.tfrecord-*'))[0]
+  with open(train, 'r+b') as f:
+    f.truncate(os.path.getsize(train) // 2)
+  os.remove(glob.glob(os.path.join(damaged['tfds_no_test'], 'mnist', '*',
+                                   'mnist-test.tfrecord-*'))[0])
   subs = {'raw_empty': str(root / 'raw_empty'), 'empty': str(root / 'empty'),
-          'a_file': str(a_file)}
+          'a_file': str(a_file), 'raw_corrupt': raw_corrupt,
+          'raw_garbage': str(root / 'raw_garbage'), **damaged}
 
   def run(index_case):
-    index, (module, flags, _) = index_case
+    index, (module, flags, *_) = index_case
     workdir = str(root / f'run{index}')
-    args = [f.format(**subs) for f in flags]
+    fresh = root / f'fresh{index}'     # a fresh TFDS data dir per case
+    fresh.mkdir()
+    args = [f.format(fresh=str(fresh), **subs) for f in flags]
     defaults = [f'--data_dir={tiny_mnist_data_dir}', f'--workdir={workdir}',
                 '--validation_size=100', '--progress=false']
     given = {a.split('=')[0] for a in args}
@@ -172,8 +245,15 @@ def test_bad_flag_is_one_line_error_and_creates_nothing(case, bad_flag_results):
   if result is None:
     pytest.skip(f'{case[0]} does not exist')
   line = assert_one_line_error(result, case[2])
-  assert result.returncode in (1, 2), line
+  if len(case) > 3:
+    assert result.returncode == case[3], line
+  else:
+    assert result.returncode in (1, 2), line
   assert not os.path.exists(workdir), line
+  # No TFDS progress bars (stderr is not a terminal): a few lines in all
+  # (TensorFlow's start-up lines, one log line, the error).
+  assert '%|' not in result.stderr and 'it/s]' not in result.stderr, result.stderr
+  assert len(result.stderr.splitlines()) <= 10, result.stderr
 
 
 def test_verbose_shows_the_traceback(run_launcher):
@@ -220,9 +300,11 @@ def test_sigterm_checkpoints_mid_epoch_and_resume_matches(
   workdir = str(tmp_path / 'run')
   args = train_args(tiny_mnist_data_dir, workdir)
   proc = popen_launcher('launch.mnist', *args)
-  # End of epoch 1 is checkpointed; the signal then lands in epoch 2 (the
-  # loop checks it after each in-graph loop, so at least one step runs).
+  # End of epoch 1 is checkpointed; the signal is sent once epoch 2 has
+  # logged its step 400 (the loop checks it after each in-graph loop, so at
+  # least one more step runs).
   wait_for(os.path.join(workdir, 'checkpoints', 'checkpoint'), proc)
+  wait_for_logged_step(workdir, proc, STEPS_PER_EPOCH + 100)
   proc.send_signal(signal.SIGTERM)
   stdout, stderr = proc.communicate(timeout=120)
   assert proc.returncode == 130, (stdout, stderr)
@@ -401,3 +483,391 @@ def test_split_size_checks_use_the_prepared_metadata(tiny_mnist_data_dir):
     loop.check_config(config.replace(batch_size=501))
   with pytest.raises(config_lib.ConfigError, match=r'--validation_size=600: .* 600'):
     loop.check_config(config.replace(validation_size=600))
+
+
+# --------------------------------------------------------- quiet, piped logs --
+
+def test_piped_run_logs_one_line_per_epoch(tiny_mnist_data_dir, tmp_path,
+                                           run_launcher):
+  """stdout to a pipe (CI, nohup): no progress bar, one log line per epoch."""
+  epochs = 2
+  workdir = str(tmp_path / 'run')
+  # --progress (the default) is asked for; without a terminal it is not drawn.
+  result = run_launcher('launch.mnist', *train_args(
+      tiny_mnist_data_dir, workdir, f'--epochs={epochs}', '--progress'),
+                        timeout=300)
+  assert result.returncode == 0, result.stderr[-3000:]
+  both = result.stdout + result.stderr
+  assert '━' not in both and '\r' not in both and '\b' not in both, both
+  epoch_lines = [l for l in result.stderr.splitlines()
+                 if re.search(rf'\] epoch \d/{epochs} step \d+ ', l)]
+  assert len(epoch_lines) == epochs, result.stderr
+  for line in epoch_lines:
+    for needle in ('loss=', 'accuracy=', 'val_accuracy=', 'examples/s=',
+                   ' eta '):
+      assert needle in line, (needle, line)
+  # Start-up, the epochs and the end: a handful of lines, not one per update.
+  assert len(result.stderr.splitlines()) <= 6 + 2 * epochs, result.stderr
+  assert len(result.stdout.splitlines()) <= 12, result.stdout
+
+
+def test_progress_bar_on_a_terminal_else_throttled_log_lines(monkeypatch,
+                                                            caplog):
+  from tftrain import config as config_lib  # pylint: disable=g-import-not-at-top
+  from tftrain import loop  # pylint: disable=g-import-not-at-top
+  config = config_lib.Config(epochs=2)
+  sums = np.array([5.0, 4.0, 10.0])            # loss sum, correct, count
+  monkeypatch.setattr(loop, '_is_terminal', lambda: False)
+  quiet = loop._Progress(config, steps_per_epoch=10, log_seconds=3600)
+  quiet.start_epoch(0, 0)
+  assert quiet.bar is None
+  every = loop._Progress(config, steps_per_epoch=10, log_seconds=0.0)
+  every.start_epoch(0, 0)
+  with caplog.at_level(logging.INFO, logger='absl'):
+    quiet.update(5, 5, 1.0, sums, 10.0, 5)
+    every.update(5, 5, 1.0, sums, 10.0, 5)
+  lines = [r.getMessage() for r in caplog.records if 'progress:' in r.getMessage()]
+  # 15 steps left (5 of epoch 1, 10 of epoch 2) at 0.2 s per step.
+  assert lines == ['progress: epoch 1 step 5/10 (global step 5) loss=0.5000 '
+                   'accuracy=0.4000 examples/s=10 eta 3s']
+  monkeypatch.setattr(loop, '_is_terminal', lambda: True)
+  bar = loop._Progress(config, steps_per_epoch=10)
+  bar.start_epoch(0, 0)
+  assert bar.bar is not None
+  assert loop._Progress(config.replace(progress=False), 10).bar_enabled is False
+
+
+# ------------------------------------------------------- LR finder, stopped --
+
+def _small_experiment(data_dir, workdir, **overrides):
+  from tftrain import config as config_lib  # pylint: disable=g-import-not-at-top
+  from tftrain import loop  # pylint: disable=g-import-not-at-top
+  values = dict(data_dir=data_dir, validation_size=100, batch_size=10,
+                hidden=(16,), steps_per_loop=1, learning_rate='auto',
+                progress=False, epochs=1, patience=0, seed=3)
+  values.update(overrides)
+  return loop.build_experiment(config_lib.Config(**values), workdir)
+
+
+def test_lr_finder_stopped_restores_the_model_and_writes_nothing(
+    tiny_mnist_data_dir, tmp_path):
+  from tftrain import lr_finder  # pylint: disable=g-import-not-at-top
+  exp = _small_experiment(tiny_mnist_data_dir, str(tmp_path / 'run'))
+  outdir = os.path.join(exp.workdir, 'lr_finder')
+  stale = outdir + '.tmp-99999999'       # left by a killed earlier attempt
+  os.makedirs(stale)
+  before = [v.numpy() for v in exp.trainer.model.variables]
+  checks = []
+
+  def stop_on_third_check():
+    checks.append(1)
+    return len(checks) >= 3
+
+  with pytest.raises(lr_finder.Interrupted) as e:
+    lr_finder.find(exp, outdir, should_stop=stop_on_third_check)
+  assert e.value.steps_done == 2          # two one-step calls ran
+  assert 'interrupted during the LR finder' in str(e.value)
+  assert 'rerun the same command' in str(e.value)
+  assert not os.path.exists(outdir)
+  for got, want in zip(exp.trainer.model.variables, before):
+    np.testing.assert_array_equal(got.numpy(), want)
+  assert int(exp.trainer.optimizer.iterations.numpy()) == 0
+  # Run again: the outputs appear whole, the stale temporary folder is gone.
+  result = lr_finder.find(exp, outdir)
+  assert sorted(n for n in os.listdir(outdir) if not n.startswith('events')) == [
+      'lr_finder.csv', 'lr_finder.json', 'lr_finder.png']
+  assert any(n.startswith('events.out.tfevents') for n in os.listdir(outdir))
+  assert glob.glob(outdir + '.*') == []
+  assert result.paths['json'] == os.path.join(outdir, 'lr_finder.json')
+
+
+def _wait_for_line(stream, needle, timeout=180.0):
+  """Reads `stream` line by line until one contains `needle`; returns the lines."""
+  deadline = time.time() + timeout
+  lines = []
+  while time.time() < deadline:
+    line = stream.readline()
+    if not line:
+      break
+    lines.append(line)
+    if needle in line:
+      return lines
+  raise AssertionError(f'{needle!r} not seen: {"".join(lines)[-3000:]}')
+
+
+# A sweep of ~600 one-step calls on a wide MLP: seconds long, so the signal
+# sent when it starts lands in it.
+FINDER_ARGS = ('--validation_size=0', '--batch_size=1', '--steps_per_loop=1',
+               '--hidden=2048,2048', '--learning_rate=auto',
+               '--lr_find_start=1e-6', '--lr_find_end=1e-4', '--epochs=1',
+               '--max_steps_per_epoch=600', '--patience=0', '--seed=7',
+               '--progress=false')
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize('sig', [signal.SIGTERM, signal.SIGINT],
+                         ids=['SIGTERM', 'SIGINT'])
+def test_signal_during_the_lr_finder_stops_cleanly_and_the_rerun_works(
+    sig, tiny_mnist_data_dir, tmp_path):
+  workdir = str(tmp_path / 'run')
+  args = conftest.launcher_command(
+      'launch.mnist', f'--data_dir={tiny_mnist_data_dir}',
+      f'--workdir={workdir}', *FINDER_ARGS)
+  proc = subprocess.Popen(
+      args, cwd=conftest.REPO_ROOT, env=conftest.launcher_env(),
+      stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+      # A child of a non-interactive shell ignores SIGINT (TF-NOTES).
+      preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
+  try:
+    seen = _wait_for_line(proc.stderr, 'LR finder: sweeping')
+    proc.send_signal(sig)
+    stdout, stderr = proc.communicate(timeout=120)
+  finally:
+    if proc.poll() is None:
+      proc.kill()
+  stderr = ''.join(seen) + stderr
+  assert proc.returncode == 130, (stdout, stderr)
+  assert 'Traceback' not in stderr, stderr
+  assert stdout.strip().splitlines() == [
+      stdout.strip()], stdout                       # one line
+  assert stdout.startswith('interrupted during the LR finder'), stdout
+  assert 'rerun the same command' in stdout
+  assert not os.path.exists(os.path.join(workdir, 'lr_finder'))
+  assert glob.glob(os.path.join(workdir, 'lr_finder*')) == []
+  assert not os.path.exists(os.path.join(workdir, '.lock'))
+  assert read_json(os.path.join(workdir, 'metrics.json'))['status'] == 'interrupted'
+
+  proc = subprocess.run(args, cwd=conftest.REPO_ROOT, env=conftest.launcher_env(),
+                        capture_output=True, text=True, timeout=600)
+  assert proc.returncode == 0, proc.stderr[-3000:]
+  metrics = read_json(os.path.join(workdir, 'metrics.json'))
+  assert metrics['status'] == 'completed' and metrics['epochs_run'] == 1
+  assert metrics['learning_rate'] == metrics['lr_finder']['suggestion']
+  names = os.listdir(os.path.join(workdir, 'lr_finder'))
+  assert {'lr_finder.csv', 'lr_finder.json', 'lr_finder.png'} <= set(names)
+  assert glob.glob(os.path.join(workdir, 'lr_finder.*')) == []
+
+
+@pytest.mark.slow
+def test_ctrl_c_during_launch_lr_find_is_one_line(tiny_mnist_data_dir, tmp_path):
+  workdir = str(tmp_path / 'run')
+  proc = subprocess.Popen(
+      conftest.launcher_command(
+          'launch.lr_find', f'--data_dir={tiny_mnist_data_dir}',
+          f'--workdir={workdir}', *FINDER_ARGS),
+      cwd=conftest.REPO_ROOT, env=conftest.launcher_env(),
+      stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+      preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
+  try:
+    seen = _wait_for_line(proc.stderr, 'LR finder: sweeping')
+    proc.send_signal(signal.SIGINT)
+    stdout, stderr = proc.communicate(timeout=120)
+  finally:
+    if proc.poll() is None:
+      proc.kill()
+  result = subprocess.CompletedProcess(proc.args, proc.returncode, stdout,
+                                       ''.join(seen) + stderr)
+  line = assert_one_line_error(result, 'interrupted during the LR finder',
+                               'rerun the same command')
+  assert proc.returncode == 130, line
+  assert glob.glob(os.path.join(workdir, 'lr_finder*')) == []
+  assert not os.path.exists(os.path.join(workdir, '.lock'))
+
+
+# ---------------------------------------------------------------- full disk --
+
+def _no_space(kind, path):
+  if kind == 'oserror':
+    return OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), path)
+  import tensorflow as tf  # pylint: disable=g-import-not-at-top
+  return tf.errors.ResourceExhaustedError(
+      None, None, f'{path}; No space left on device')
+
+
+@pytest.mark.parametrize('kind,where,fail_at', [
+    ('oserror', 'checkpoint', 1),             # the very first checkpoint
+    ('resource_exhausted', 'checkpoint', 2),
+    ('resource_exhausted', 'summary', 2),
+])
+def test_full_disk_stops_with_one_line_keeps_the_checkpoint_and_resumes(
+    kind, where, fail_at, tiny_mnist_data_dir, tmp_path, monkeypatch):
+  import tensorflow as tf  # pylint: disable=g-import-not-at-top
+  from tftrain import config as config_lib  # pylint: disable=g-import-not-at-top
+  from tftrain import loop  # pylint: disable=g-import-not-at-top
+  from tftrain import summaries  # pylint: disable=g-import-not-at-top
+  from tftrain import workdir as workdir_lib  # pylint: disable=g-import-not-at-top
+  config = config_lib.Config(
+      data_dir=tiny_mnist_data_dir, validation_size=100, batch_size=20,
+      hidden=(16,), learning_rate=0.1, epochs=3, patience=0, steps_per_loop=5,
+      progress=False, seed=3)
+  steps_per_epoch = 500 // 20
+  workdir = str(tmp_path / 'run')
+  ckpt_dir = os.path.join(workdir, 'checkpoints')
+  calls = []
+  if where == 'checkpoint':
+    real_save = tf.train.CheckpointManager.save
+
+    def save(self, *a, **kw):
+      if self.directory == ckpt_dir:
+        calls.append(1)
+        if len(calls) == fail_at:
+          # What a full disk leaves: a partial data file, no index update.
+          number = kw['checkpoint_number']
+          partial = os.path.join(ckpt_dir, f'ckpt-{number}.data-00000-of-00001')
+          os.makedirs(ckpt_dir, exist_ok=True)
+          with open(partial, 'wb') as f:
+            f.write(b'\0' * 100)
+          raise _no_space(kind, partial)
+      return real_save(self, *a, **kw)
+    monkeypatch.setattr(tf.train.CheckpointManager, 'save', save)
+  else:
+    real_write = summaries.write_scalars
+
+    def write_scalars(writer, step, values, **kw):
+      if 'epoch_learning_rate' in values:     # the train writer, once per epoch
+        calls.append(1)
+        if len(calls) == fail_at:
+          raise _no_space(kind, os.path.join(workdir, 'train', 'events'))
+      return real_write(writer, step, values, **kw)
+    monkeypatch.setattr(summaries, 'write_scalars', write_scalars)
+
+  with pytest.raises(workdir_lib.DiskFullError) as e:
+    loop.train_and_evaluate(config, workdir)
+  message = str(e.value)
+  assert '\n' not in message
+  assert message.startswith(f'--workdir={workdir}: no space left on the device')
+  assert message.endswith('free space and rerun the same command to resume.')
+  assert not os.path.exists(os.path.join(workdir, '.lock'))
+  latest = tf.train.latest_checkpoint(ckpt_dir)
+  if fail_at == 1:
+    assert latest is None and 'no checkpoint was written yet' in message
+    assert not glob.glob(os.path.join(ckpt_dir, 'ckpt-*'))   # partial removed
+  else:
+    # The previous (epoch 1) checkpoint is still the latest, and readable.
+    assert latest.endswith(f'ckpt-{steps_per_epoch}')
+    assert f'the last checkpoint (ckpt-{steps_per_epoch}) is kept' in message
+    reader = tf.train.load_checkpoint(latest)
+    assert reader.get_tensor('epoch/.ATTRIBUTES/VARIABLE_VALUE') == 1
+    assert not glob.glob(os.path.join(ckpt_dir, f'ckpt-{2 * steps_per_epoch}*'))
+
+  # Space freed: the same call resumes and completes.
+  monkeypatch.undo()
+  result = loop.train_and_evaluate(config, workdir)
+  assert result['status'] == 'completed'
+  assert result['resumed'] == (fail_at > 1)
+  assert [h['epoch'] for h in result['history']] == [1, 2, 3]
+  assert tf.train.latest_checkpoint(ckpt_dir).endswith(
+      f'ckpt-{3 * steps_per_epoch}')
+
+
+def test_disk_full_is_one_line_through_the_launcher():
+  """run_main prints a DiskFullError as one line with exit status 1."""
+  code = (
+      'import sys\n'
+      'from absl import app\n'
+      'from launch import flags as launch_flags\n'
+      'launch_flags.define_flags()\n'
+      'from tftrain import workdir\n'
+      'def body():\n'
+      '  raise workdir.DiskFullError("--workdir=w: no space left on the device '
+      'while writing x; free space and rerun the same command to resume.")\n'
+      'app.run(lambda argv: launch_flags.run_main(body), argv=[sys.argv[0]])\n')
+  result = subprocess.run([sys.executable, '-c', code], cwd=conftest.REPO_ROOT,
+                          env=conftest.launcher_env(), capture_output=True,
+                          text=True, timeout=120)
+  assert result.returncode == 1
+  assert result.stderr.strip().splitlines()[-1] == (
+      'error: --workdir=w: no space left on the device while writing x; free '
+      'space and rerun the same command to resume.')
+  assert 'Traceback' not in result.stderr
+
+
+# ------------------------------------------------- data damaged in place --
+
+def test_damaged_prepared_record_is_one_line(tiny_mnist_data_dir, tmp_path):
+  """Same size, bad CRC: found only when read, still a one-line DataError."""
+  from tftrain import config as config_lib  # pylint: disable=g-import-not-at-top
+  from tftrain import data  # pylint: disable=g-import-not-at-top
+  from tftrain import loop  # pylint: disable=g-import-not-at-top
+  data_dir = str(tmp_path / 'tfds')
+  shutil.copytree(tiny_mnist_data_dir, data_dir)
+  train = glob.glob(os.path.join(data_dir, 'mnist', '*', 'mnist-train.tfrecord-*'))[0]
+  with open(train, 'r+b') as f:
+    f.seek(os.path.getsize(train) // 3)
+    f.write(b'\xff' * 64)
+  config = config_lib.Config(data_dir=data_dir, validation_size=100,
+                             batch_size=20, hidden=(8,), epochs=1,
+                             progress=False, activation_stats=False)
+  with pytest.raises(data.DataError) as e:
+    loop.train_and_evaluate(config, str(tmp_path / 'run'))
+  message = str(e.value)
+  assert message.startswith('dataset mnist: a prepared file is damaged')
+  assert 'rerun to prepare it again' in message and '\n' not in message
+
+
+# ------------------------------------------------------- TF_CONFIG checked --
+
+@pytest.mark.parametrize('tf_config,needle', [
+    ('{not json', 'TF_CONFIG is not valid JSON'),
+    (json.dumps({'cluster': {'worker': ['127.0.0.1:1']},
+                 'task': {'type': 'worker', 'index': 3}}),
+     'TF_CONFIG task index 3 is not in 0..0'),
+    (json.dumps({'cluster': {'worker': 'host:1'},
+                 'task': {'type': 'worker', 'index': 0}}),
+     'TF_CONFIG "cluster" must map job names'),
+], ids=['json', 'index', 'cluster'])
+def test_bad_tf_config_is_one_line_before_the_workdir(tf_config, needle,
+                                                      tiny_mnist_data_dir,
+                                                      tmp_path):
+  workdir = str(tmp_path / 'run')
+  env = dict(conftest.launcher_env(), TF_CONFIG=tf_config)
+  result = subprocess.run(
+      conftest.launcher_command('launch.mnist', '--strategy=multi_worker',
+                                f'--data_dir={tiny_mnist_data_dir}',
+                                f'--workdir={workdir}'),
+      cwd=conftest.REPO_ROOT, env=env, capture_output=True, text=True,
+      timeout=180)
+  line = assert_one_line_error(result, '--strategy=multi_worker: ', needle)
+  assert result.returncode == 2, line
+  assert not os.path.exists(workdir)
+
+
+@pytest.mark.slow
+def test_real_full_disk_on_a_tiny_tmpfs(tiny_mnist_data_dir, tmp_path):
+  """The same on a real full filesystem (needs root to mount a tmpfs)."""
+  mount_point = tmp_path / 'small'
+  mount_point.mkdir()
+  # Room for the first epoch's checkpoint and best weights, not the second's.
+  mounted = subprocess.run(['mount', '-t', 'tmpfs', '-o', 'size=700k', 'tmpfs',
+                            str(mount_point)], capture_output=True)
+  if mounted.returncode != 0:
+    pytest.skip('cannot mount a tmpfs here (needs root)')
+  try:
+    workdir = str(mount_point / 'run')
+    args = (f'--data_dir={tiny_mnist_data_dir}', f'--workdir={workdir}',
+            '--validation_size=100', '--batch_size=10', '--hidden=64',
+            '--epochs=6', '--patience=0', '--learning_rate=0.05',
+            '--monitor=val_loss', '--progress=false')
+    proc = popen_launcher('launch.mnist', *args)
+    stdout, stderr = proc.communicate(timeout=300)
+    result = subprocess.CompletedProcess(args, proc.returncode, stdout, stderr)
+    line = assert_one_line_error(result, f'--workdir={workdir}: no space left '
+                                 'on the device while writing')
+    assert line.endswith('free space and rerun the same command to resume.')
+    assert proc.returncode == 1
+    import tensorflow as tf  # pylint: disable=g-import-not-at-top
+    latest = tf.train.latest_checkpoint(os.path.join(workdir, 'checkpoints'))
+    assert latest and f'({os.path.basename(latest)}) is kept' in line
+    tf.train.load_checkpoint(latest).get_tensor('epoch/.ATTRIBUTES/VARIABLE_VALUE')
+    assert not glob.glob(os.path.join(workdir, '*', '*_temp*'))
+    # Free space, rerun: it resumes from that checkpoint and completes.
+    subprocess.run(['mount', '-o', 'remount,size=20m', str(mount_point)],
+                   check=True)
+    proc = popen_launcher('launch.mnist', *args)
+    stdout, stderr = proc.communicate(timeout=300)
+    assert proc.returncode == 0, stderr[-3000:]
+    metrics = read_json(os.path.join(workdir, 'metrics.json'))
+    assert metrics['resumed'] and metrics['status'] == 'completed'
+    assert [h['epoch'] for h in metrics['history']] == [1, 2, 3, 4, 5, 6]
+  finally:
+    subprocess.run(['umount', str(mount_point)], capture_output=True)

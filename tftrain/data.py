@@ -11,6 +11,7 @@ import dataclasses
 import os
 import shutil
 import socket
+import sys
 from typing import Dict, Optional, Tuple
 import urllib.parse
 
@@ -55,6 +56,57 @@ def expected_raw_files(name: str) -> Dict[str, str]:
 
 def _is_prepared(builder) -> bool:
   return (builder.data_path / 'dataset_info.json').exists()
+
+
+def _builder(name: str, data_dir: Optional[str]):
+  """tfds.builder, with a one-line DataError for an unusable --data_dir."""
+  if data_dir and os.path.exists(data_dir) and not os.path.isdir(data_dir):
+    raise DataError(f'--data_dir={data_dir}: is a file, not a folder; '
+                    'choose a folder for the TFDS data.')
+  try:
+    return tfds.builder(name, data_dir=data_dir)
+  except Exception as e:  # pylint: disable=broad-except
+    where = data_dir or os.environ.get(DATA_DIR_ENV) or '~/tensorflow_datasets'
+    first = str(e).splitlines()[0] if str(e) else ''
+    raise DataError(
+        f'--data_dir={where}: the prepared {name} there cannot be read '
+        f'({type(e).__name__}: {first[:300]}); delete {os.path.join(where, name)} '
+        'and rerun to prepare it again.') from e
+
+
+_TFRECORD_OVERHEAD = 16   # bytes per record: length, its CRC, the data CRC
+
+
+def verify_prepared(builder) -> None:
+  """Checks a prepared dataset's files against its metadata (sizes only).
+
+  A truncated or missing file would otherwise fail in the middle of
+  training; a tfrecord file is exactly its examples' bytes plus 16 bytes per
+  record, which dataset_info.json records.
+
+  Raises:
+    DataError: a split file is missing or has the wrong size.
+  """
+  info = builder.info
+  name = info.name
+  fix = (f'delete {builder.data_path} and rerun to prepare it again (from '
+         '--raw_data_dir or the download).')
+  if str(getattr(info, 'file_format', '')).lower().find('tfrecord') < 0:
+    return
+  for split_name, split in info.splits.items():
+    paths = [str(p) for p in split.filepaths]
+    missing = [p for p in paths if not os.path.isfile(p)]
+    if missing:
+      raise DataError(f'dataset {name}: prepared file {missing[0]} is missing; '
+                      f'{fix}')
+    expected = int(split.num_bytes) + _TFRECORD_OVERHEAD * sum(
+        split.shard_lengths)
+    actual = sum(os.path.getsize(p) for p in paths)
+    if split.num_bytes and actual != expected:
+      raise DataError(
+          f'dataset {name}: the prepared {split_name} split has {actual} bytes '
+          f'instead of {expected} (a truncated or damaged file in '
+          f'{builder.data_path}); {fix}')
 
 
 def _remove_incomplete(builder) -> None:
@@ -108,6 +160,26 @@ def _data_source(name: str, where: str, raw_data_dir: Optional[str]):
   return None, urls
 
 
+def split_sizes(name: str, data_dir: Optional[str] = None
+                ) -> Optional[Dict[str, int]]:
+  """Examples per split of a prepared dataset (metadata only); None if unknown."""
+  builder = _builder(name, data_dir)
+  if not _is_prepared(builder) or not builder.info.splits:
+    return None
+  return {k: s.num_examples for k, s in builder.info.splits.items()}
+
+
+def _quiet_progress_unless_terminal() -> None:
+  """TFDS's preparation bars only on a terminal: in a log file each bar
+  update is a new line (dozens per preparation)."""
+  try:
+    interactive = sys.stderr.isatty()
+  except (AttributeError, ValueError):
+    interactive = False
+  if not interactive:
+    tfds.disable_progress_bar()
+
+
 def check_available(name: str, data_dir: Optional[str] = None,
                     raw_data_dir: Optional[str] = None) -> Optional[Dict[str, int]]:
   """Cheap check, before a run touches anything, that `prepare` can succeed.
@@ -122,7 +194,7 @@ def check_available(name: str, data_dir: Optional[str] = None,
     DataError: not prepared, and the raw files are missing from the raw dir
       (or, without a raw dir, the download host is unreachable).
   """
-  builder = tfds.builder(name, data_dir=data_dir)
+  builder = _builder(name, data_dir)
   if _is_prepared(builder):
     return {k: s.num_examples for k, s in builder.info.splits.items()}
   _data_source(name, str(builder.data_dir_root), raw_data_dir)
@@ -140,13 +212,16 @@ def prepare(name: str, data_dir: Optional[str] = None,
       `<raw_data_dir>/<name>/<original file name>`; None to download.
 
   Raises:
-    DataError: the files are missing or the download is impossible.
+    DataError: the files are missing or the download is impossible, or the
+      prepared dataset's files do not match its metadata.
   """
-  builder = tfds.builder(name, data_dir=data_dir)
+  builder = _builder(name, data_dir)
   data_dir = str(builder.data_dir_root)
   if _is_prepared(builder):
+    verify_prepared(builder)
     return data_dir
   manual_dir, urls = _data_source(name, data_dir, raw_data_dir)
+  _quiet_progress_unless_terminal()
   downloads = os.path.join(data_dir, 'downloads', name)
   if manual_dir:
     local_infos = {
@@ -167,6 +242,14 @@ def prepare(name: str, data_dir: Optional[str] = None,
                                  download_config=download_config)
   except Exception as e:  # pylint: disable=broad-except
     _remove_incomplete(builder)
+    shutil.rmtree(downloads, ignore_errors=True)
+    # Folders this attempt created and left empty (nothing else is touched).
+    for path in (os.path.dirname(downloads), str(builder.data_path),
+                 str(builder.data_path.parent)):
+      try:
+        os.rmdir(path)
+      except OSError:
+        pass
     raise DataError(f'dataset {name}: preparation failed ({type(e).__name__}: '
                     f'{str(e).splitlines()[0] if str(e) else ""}); check the '
                     f'files in --raw_data_dir or the network.') from e

@@ -7,9 +7,13 @@ resume from the latest checkpoint, test at the end, `metrics.json`.
 
 import contextlib
 import dataclasses
+import glob
 import json
 import os
+import re
+import shutil
 import signal
+import sys
 import threading
 import time
 from typing import Any, Callable, Dict, Optional, Sequence
@@ -60,17 +64,35 @@ def _count(dataset, known: Optional[int]) -> int:
   return n
 
 
-def check_config(config: config_lib.Config) -> None:
-  """Checks that need the dataset's metadata, run before the workdir is touched.
+def check_config(config: config_lib.Config, strategy=None) -> None:
+  """Every check that needs TensorFlow or the data; run before the workdir exists.
+
+  Creates the strategy (multi-worker must be the process's first TensorFlow
+  work), prepares the dataset if it is not prepared yet (so a missing or
+  corrupt raw file fails here) and checks the split sizes and that the
+  batch divides among the replicas. Creates nothing in the workdir.
+
+  Args:
+    config: the run's Config.
+    strategy: the run's strategy; default: created from `config.strategy`.
 
   Raises:
-    data.DataError: the dataset is neither prepared nor in --raw_data_dir.
-    ConfigError: --validation_size or --batch_size too large for the split.
+    data.DataError: the dataset is missing, unreachable or fails to prepare.
+    ConfigError: --validation_size or --batch_size does not fit the split, or
+      --batch_size is not divisible by the number of replicas.
   """
-  sizes = data.check_available(config.dataset, config.data_dir,
-                               config.raw_data_dir)
+  if strategy is None:
+    strategy = distribute.create_strategy(config.strategy)
+  data_dir = data.prepare(config.dataset, config.data_dir, config.raw_data_dir)
+  replicas = strategy.num_replicas_in_sync
+  if config.batch_size % replicas:
+    raise config_lib.ConfigError(
+        'batch_size', config.batch_size,
+        f'must be divisible by the {replicas} replicas of '
+        f'--strategy={config.strategy}.')
+  sizes = data.split_sizes(config.dataset, data_dir)
   if not sizes or 'train' not in sizes:
-    return   # prepared later; build_experiment checks the sizes then
+    return   # sizes unknown here; build_experiment checks the batch size
   total = sizes['train']
   if config.validation_size >= total:
     raise config_lib.ConfigError(
@@ -84,11 +106,13 @@ def check_config(config: config_lib.Config) -> None:
         f'({config.dataset} train minus --validation_size).')
 
 
-def build_experiment(config: config_lib.Config, workdir: str) -> Experiment:
-  """Strategy, data, model, optimizer and Trainer for `config`."""
+def build_experiment(config: config_lib.Config, workdir: str,
+                     strategy=None) -> Experiment:
+  """Strategy (unless given), data, model, optimizer and Trainer for `config`."""
   if config.deterministic:
     tf.config.experimental.enable_op_determinism()
-  strategy = distribute.create_strategy(config.strategy)
+  if strategy is None:
+    strategy = distribute.create_strategy(config.strategy)
   is_chief = distribute.is_chief(strategy)
   if config.mixed_precision != 'none':
     tf.keras.mixed_precision.set_global_policy(config.mixed_precision)
@@ -276,29 +300,129 @@ def set_learning_rate(exp: Experiment, learning_rate: float) -> None:
 
 
 class _SignalGuard:
-  """First SIGINT/SIGTERM asks the loop to checkpoint and stop; a second exits."""
+  """First SIGINT/SIGTERM asks the loop to checkpoint and stop; a second exits.
+
+  Guards nest: an inner guard (e.g. the LR finder's, inside `run`) shares the
+  outermost one's state and handlers, so a signal is never lost between them.
+  """
+
+  _active = None    # the guard whose handlers are installed
 
   def __init__(self):
-    self.signum = None
+    self._signum = None
+    self._outer = None
     self._previous = {}
 
+  @property
+  def signum(self):
+    """The first signal received (None if none)."""
+    return self._outer.signum if self._outer is not None else self._signum
+
   def __enter__(self):
-    if threading.current_thread() is threading.main_thread():
+    if _SignalGuard._active is not None:
+      self._outer = _SignalGuard._active
+    elif threading.current_thread() is threading.main_thread():
       for sig in (signal.SIGINT, signal.SIGTERM):
         self._previous[sig] = signal.signal(sig, self._handle)
+      _SignalGuard._active = self
     return self
 
   def _handle(self, signum, frame):
     del frame
-    if self.signum is not None:
+    if self._signum is not None:
       os._exit(128 + signum)   # second signal: exit at once
-    self.signum = signum
-    logging.warning('Signal %d: checkpointing and stopping (send again to '
-                    'exit at once).', signum)
+    self._signum = signum
+    logging.warning('Signal %d: stopping cleanly at the next safe point '
+                    '(training checkpoints first); send it again to exit at '
+                    'once.', signum)
 
   def __exit__(self, *exc):
     for sig, handler in self._previous.items():
       signal.signal(sig, handler)
+    self._previous = {}
+    if _SignalGuard._active is self:
+      _SignalGuard._active = None
+
+
+PROGRESS_LOG_SECONDS = 60.0   # without a terminal: one progress line at most this often
+
+
+def _is_terminal() -> bool:
+  try:
+    return sys.stdout.isatty()
+  except (AttributeError, ValueError):
+    return False
+
+
+def _format_seconds(seconds: float) -> str:
+  seconds = int(round(max(seconds, 0.0)))
+  hours, rest = divmod(seconds, 3600)
+  minutes, secs = divmod(rest, 60)
+  if hours:
+    return f'{hours}h{minutes:02d}m'
+  return f'{minutes}m{secs:02d}s' if minutes else f'{secs}s'
+
+
+class _Progress:
+  """Training progress: the Keras bar on a terminal, else quiet log lines.
+
+  Without a terminal (CI, nohup, cluster logs) each bar update would be a new
+  line; instead one line per epoch (`run` logs it) and, within a long epoch,
+  one line at most every `log_seconds`, each with the step, loss, accuracy,
+  examples/s and an ETA of the remaining training steps.
+  """
+
+  def __init__(self, config: config_lib.Config, steps_per_epoch: int,
+               log_seconds: float = PROGRESS_LOG_SECONDS):
+    self.bar_enabled = config.progress and _is_terminal()
+    self.epochs = config.epochs
+    self.steps_per_epoch = steps_per_epoch
+    self.log_seconds = log_seconds
+    self.train_seconds = 0.0     # in this process: for the ETA
+    self.steps_done = 0
+    self.bar = None
+    self.epoch = 0
+    self._last_log = time.time()
+
+  def start_epoch(self, epoch: int, step_in_epoch: int) -> None:
+    self.epoch = epoch
+    if self.bar_enabled:
+      self.bar = tf.keras.utils.Progbar(
+          self.steps_per_epoch, stateful_metrics=['loss', 'accuracy', 'ex/s'],
+          verbose=1, unit_name='step')
+      self.bar.update(step_in_epoch)
+
+  def eta_seconds(self, step_in_epoch: int) -> Optional[float]:
+    if not self.steps_done:
+      return None
+    left = ((self.epochs - self.epoch - 1) * self.steps_per_epoch
+            + self.steps_per_epoch - step_in_epoch)
+    return left * self.train_seconds / self.steps_done
+
+  def eta(self, step_in_epoch: int) -> str:
+    seconds = self.eta_seconds(step_in_epoch)
+    return '?' if seconds is None else _format_seconds(seconds)
+
+  def update(self, step_in_epoch: int, steps: int, seconds: float, sums,
+             speed: float, global_step: int) -> None:
+    self.steps_done += steps
+    self.train_seconds += seconds
+    loss, accuracy = sums[0] / sums[2], sums[1] / sums[2]
+    if self.bar is not None:
+      self.bar.update(step_in_epoch, [('loss', loss), ('accuracy', accuracy),
+                                      ('ex/s', speed)])
+      return
+    now = time.time()
+    if (now - self._last_log >= self.log_seconds
+        and step_in_epoch < self.steps_per_epoch):
+      self._last_log = now
+      logging.info('progress: epoch %d step %d/%d (global step %d) loss=%.4f '
+                   'accuracy=%.4f examples/s=%.0f eta %s', self.epoch + 1,
+                   step_in_epoch, self.steps_per_epoch, global_step, loss,
+                   accuracy, speed, self.eta(step_in_epoch))
+
+  def end_epoch(self) -> None:
+    self._last_log = time.time()
 
 
 def seconds_since_launch() -> float:
@@ -337,20 +461,101 @@ def train_and_evaluate(config: config_lib.Config, workdir: str,
   Returns:
     Final metrics (also written to `workdir/metrics.json`): test_loss,
     test_accuracy, best validation metric and epoch, history per epoch,
-    wall time, and 'status' (completed | early_stopped | interrupted).
+    wall time, and 'status' (completed | early_stopped | interrupted;
+    'interrupted_in': 'lr_finder' when a signal stopped the LR finder).
 
   Raises:
-    ConfigError, data.DataError, workdir.WorkdirError, CheckpointError,
-    trainer.NonFiniteError: each with a one-line message.
+    ConfigError, data.DataError (both before the workdir is created),
+    workdir.WorkdirError (DiskFullError: no space left), CheckpointError,
+    trainer.NonFiniteError, distribute.WorkerLostError: each with a one-line
+    message.
   """
-  check_config(config)   # before the workdir is created or touched
+  strategy = distribute.create_strategy(config.strategy)
+  check_config(config, strategy)   # before the workdir is created or touched
   workdir_lib.ensure_writable(workdir)
   chief = config.strategy != 'multi_worker' or distribute.is_chief_from_env()
   lock = (workdir_lib.WorkdirLock(workdir) if chief
           else contextlib.nullcontext())
   with lock:
-    exp = build_experiment(config, workdir)
-    return run(exp, hooks)
+    try:
+      exp = build_experiment(config, workdir, strategy)
+    except Exception as e:  # pylint: disable=broad-except
+      mapped = _user_error(config, workdir, e)
+      if mapped is None:
+        raise
+      raise mapped from e
+    result = run(exp, hooks)
+  distribute.wait_for_all_workers(strategy)   # multi-worker: leave together
+  return result
+
+
+def _latest_checkpoint(workdir: str) -> Optional[str]:
+  try:
+    return tf.train.latest_checkpoint(os.path.join(workdir, 'checkpoints'))
+  except (OSError, tf.errors.OpError, ValueError):
+    return None
+
+
+def _disk_full_error(workdir: str, error: BaseException, what: str
+                     ) -> workdir_lib.DiskFullError:
+  latest = _latest_checkpoint(workdir)
+  kept = (f'the last checkpoint ({os.path.basename(latest)}) is kept'
+          if latest else 'no checkpoint was written yet')
+  detail = str(error).splitlines()[0] if str(error) else type(error).__name__
+  detail = re.sub(r'\{\{[^}]*\}\}\s*', '', detail)   # TF's op-name prefix
+  return workdir_lib.DiskFullError(
+      f'--workdir={workdir}: no space left on the device while writing '
+      f'{what} ({type(error).__name__}: {detail[:200]}); {kept}; free space '
+      'and rerun the same command to resume.')
+
+
+def _user_error(config: config_lib.Config, workdir: str,
+                error: BaseException) -> Optional[Exception]:
+  """The one-line user error for a lost worker, a full disk or damaged data."""
+  if config.strategy == 'multi_worker' and distribute.is_peer_error(error):
+    return distribute.lost_peer_error(error, _latest_checkpoint(workdir))
+  if (isinstance(error, (OSError, tf.errors.OpError))
+      and workdir_lib.is_disk_full(error)):
+    return _disk_full_error(workdir, error, 'the run\'s files')
+  if isinstance(error, tf.errors.DataLossError):
+    # Damaged in place (same size, bad CRC): found only when read.
+    detail = str(error).splitlines()[0] if str(error) else ''
+    return data.DataError(
+        f'dataset {config.dataset}: a prepared file is damaged '
+        f'({detail[:200]}); delete the {config.dataset} folder in --data_dir '
+        f'and rerun to prepare it again; then rerun this command to resume.')
+  return None
+
+
+def _save(manager, number, workdir: str, what: str = 'a checkpoint') -> None:
+  """`manager.save(number)`; a full disk stops the run with DiskFullError.
+
+  The previous checkpoint stays the latest (the `checkpoint` index is written
+  last); the failed one's partial files are removed, so a rerun after freeing
+  space resumes from the previous one.
+  """
+  number = int(number.numpy()) if hasattr(number, 'numpy') else int(number)
+  try:
+    manager.save(checkpoint_number=number)
+  except (OSError, tf.errors.ResourceExhaustedError, tf.errors.OpError) as e:
+    # TF maps ENOSPC/EDQUOT to RESOURCE_EXHAUSTED; an OOM cannot happen here.
+    if not (isinstance(e, tf.errors.ResourceExhaustedError)
+            or workdir_lib.is_disk_full(e)):
+      raise
+    prefix = os.path.join(manager.directory, f'ckpt-{number}')
+    latest = manager.latest_checkpoint
+    for path in glob.glob(glob.escape(prefix) + '[._]*'):
+      if latest is None or not path.startswith(latest + '.'):
+        if os.path.isdir(path):
+          shutil.rmtree(path, ignore_errors=True)
+        else:
+          try:
+            os.remove(path)
+          except OSError:
+            pass
+    raise _disk_full_error(
+        workdir, e, f'{what} {os.path.basename(prefix)} in '
+        f'{manager.directory}') from e
 
 
 def _make_checkpoint(exp: Experiment):
@@ -399,7 +604,54 @@ def _history_path(workdir):
 
 
 def run(exp: Experiment, hooks: Sequence[Hook] = ()) -> Dict[str, Any]:
-  """The epoch loop over an already built `Experiment`."""
+  """The epoch loop over an already built `Experiment`.
+
+  Raises:
+    trainer.NonFiniteError, CheckpointError, workdir.DiskFullError (a
+    checkpoint or log write found no space; the previous checkpoint is kept),
+    distribute.WorkerLostError (another worker of a multi-worker run is gone).
+  """
+  try:
+    return _run(exp, hooks)
+  except workdir_lib.WorkdirError:
+    raise
+  except Exception as e:  # pylint: disable=broad-except
+    mapped = _user_error(exp.config, _resume_dir(exp), e)
+    if mapped is None:
+      raise
+    raise mapped from e
+
+
+def _resume_dir(exp: Experiment) -> str:
+  """The run directory every worker resumes from: the chief's when visible."""
+  if exp.is_chief:
+    return exp.workdir
+  chief_dir = os.path.dirname(os.path.abspath(exp.workdir))
+  if os.path.isdir(os.path.join(chief_dir, 'checkpoints')):
+    return chief_dir
+  return exp.workdir
+
+
+def _interrupted_in_finder(exp: Experiment, result: Dict[str, Any],
+                           history, started: float, error) -> Dict[str, Any]:
+  """The result of a run stopped by a signal during the LR finder.
+
+  Nothing of the sweep is kept (its outputs are written only when it ends)
+  and no checkpoint is needed: the sweep restored the model, and a rerun
+  runs the finder again.
+  """
+  result.update(status='interrupted', interrupted_in='lr_finder',
+                interrupted_step=int(exp.trainer.optimizer.iterations.numpy()),
+                lr_finder_steps_done=error.steps_done, history=history,
+                wall_seconds=time.time() - started, epochs_run=len(history))
+  for writer in exp.writers.values():
+    writer.flush()
+  if exp.is_chief:
+    _write_json(os.path.join(exp.workdir, 'metrics.json'), result)
+  return result
+
+
+def _run(exp: Experiment, hooks: Sequence[Hook]) -> Dict[str, Any]:
   config, trainer, strategy = exp.config, exp.trainer, exp.strategy
   if config.activation_stats and not any(
       isinstance(h, summaries.DepthProbe) for h in hooks):
@@ -407,41 +659,65 @@ def run(exp: Experiment, hooks: Sequence[Hook] = ()) -> Dict[str, Any]:
                              or 10 * config.log_every_steps)
     hooks = list(hooks) + ([probe] if probe is not None else [])
   ckpt, manager, best_manager, state = _make_checkpoint(exp)
-  resumed = _restore(ckpt, manager)
+  # Every worker resumes from the chief's checkpoint when it can see the
+  # chief's workdir (a shared filesystem, as the README asks): a non-chief's
+  # own copies are scratch (its saves are its part of the collective save)
+  # and may be a step behind, or half-written when it was killed.
+  source_dir, restore_from = _resume_dir(exp), manager
+  if source_dir != exp.workdir:
+    chief_dir = source_dir
+    shutil.rmtree(manager.directory, ignore_errors=True)
+    manager = tf.train.CheckpointManager(ckpt, manager.directory,
+                                         max_to_keep=3)
+    restore_from = tf.train.CheckpointManager(
+        ckpt, os.path.join(chief_dir, 'checkpoints'), max_to_keep=None)
+  resumed = _restore(ckpt, restore_from)
   history = []
-  if resumed and os.path.exists(_history_path(exp.workdir)):
-    with open(_history_path(exp.workdir)) as f:
-      history = json.load(f)
+  if resumed and os.path.exists(_history_path(source_dir)):
+    try:
+      with open(_history_path(source_dir)) as f:
+        # history.json is written just before each epoch checkpoint: a run
+        # that stopped between the two has one record more than its checkpoint.
+        history = json.load(f)[:int(state['epoch'].numpy())]
+    except (OSError, ValueError, TypeError) as e:
+      raise CheckpointError(
+          f'{_history_path(source_dir)} cannot be read ({type(e).__name__}); '
+          'nothing was changed: restore it, or start fresh with a new '
+          '--workdir.') from e
   monitor_sign = 1.0 if config.monitor == 'val_accuracy' else -1.0
   has_val = 'validation' in exp.datasets
   started = time.time()
   result: Dict[str, Any] = {'workdir': exp.workdir, 'resumed': resumed}
-
-  # Learning rate: fixed, or found once by the LR finder (kept for resumes).
-  if config.learning_rate == 'auto':
-    learning_rate = float(state['learning_rate'].numpy())
-    if not learning_rate:
-      from tftrain import lr_finder  # pylint: disable=g-import-not-at-top
-      found = lr_finder.find(exp, os.path.join(exp.workdir, 'lr_finder'))
-      learning_rate = found.suggestion
-      result['lr_finder'] = found.summary()
-  else:
-    learning_rate = float(config.learning_rate)
-  state['learning_rate'].assign(learning_rate)
-  set_learning_rate(exp, learning_rate)
-  result['learning_rate'] = learning_rate
-
-  if not resumed and config.trace_graph and exp.is_chief:
-    example = next(iter(exp.datasets['train'].batch(2)))[0]
-    summaries.trace_model_graph(exp.writers[summaries.TRAIN], trainer.model,
-                                example)
-
-  eval_ds = {k: strategy.experimental_distribute_dataset(
-      data.eval_batches(d, config.eval_batch_size))
-             for k, d in exp.datasets.items() if k != 'train'}
   status = 'completed'
   first_loop = True
+  progress = _Progress(config, exp.steps_per_epoch)
   with _SignalGuard() as guard:
+    # Learning rate: fixed, or found once by the LR finder (kept for resumes).
+    if config.learning_rate == 'auto':
+      learning_rate = float(state['learning_rate'].numpy())
+      if not learning_rate:
+        from tftrain import lr_finder  # pylint: disable=g-import-not-at-top
+        try:
+          found = lr_finder.find(exp, os.path.join(exp.workdir, 'lr_finder'),
+                                 should_stop=lambda: guard.signum is not None)
+        except lr_finder.Interrupted as e:
+          return _interrupted_in_finder(exp, result, history, started, e)
+        learning_rate = found.suggestion
+        result['lr_finder'] = found.summary()
+    else:
+      learning_rate = float(config.learning_rate)
+    state['learning_rate'].assign(learning_rate)
+    set_learning_rate(exp, learning_rate)
+    result['learning_rate'] = learning_rate
+
+    if not resumed and config.trace_graph and exp.is_chief:
+      example = next(iter(exp.datasets['train'].batch(2)))[0]
+      summaries.trace_model_graph(exp.writers[summaries.TRAIN], trainer.model,
+                                  example)
+
+    eval_ds = {k: strategy.experimental_distribute_dataset(
+        data.eval_batches(d, config.eval_batch_size))
+               for k, d in exp.datasets.items() if k != 'train'}
     epoch = int(state['epoch'].numpy())
     while epoch < config.epochs:
       skip = int(state['step_in_epoch'].numpy())
@@ -449,12 +725,10 @@ def run(exp: Experiment, hooks: Sequence[Hook] = ()) -> Dict[str, Any]:
                                    config.seed, epoch).skip(skip)
       iterator = iter(strategy.experimental_distribute_dataset(batches))
       sums = state['epoch_sums'].numpy().copy()
-      progbar = (tf.keras.utils.Progbar(
-          exp.steps_per_epoch, stateful_metrics=['loss', 'accuracy', 'ex/s'],
-          verbose=1 if config.progress else 0, unit_name='step'))
-      progbar.update(skip)
+      progress.start_epoch(epoch, skip)
       step_in_epoch = skip
       epoch_start = time.time()
+      epoch_train_seconds, epoch_examples = 0.0, 0.0
       while step_in_epoch < exp.steps_per_epoch:
         n = min(config.steps_per_loop, exp.steps_per_epoch - step_in_epoch)
         t0 = time.perf_counter()
@@ -470,10 +744,10 @@ def run(exp: Experiment, hooks: Sequence[Hook] = ()) -> Dict[str, Any]:
         step_in_epoch += n
         sums += [out['loss_sum'], out['correct'], out['count']]
         speed = out['count'] / max(dt, 1e-9)
-        progbar.update(step_in_epoch, [('loss', sums[0] / sums[2]),
-                                       ('accuracy', sums[1] / sums[2]),
-                                       ('ex/s', speed)])
+        epoch_train_seconds += dt
+        epoch_examples += out['count']
         step = int(trainer.optimizer.iterations.numpy())
+        progress.update(step_in_epoch, n, dt, sums, speed, step)
         summaries.write_scalars(exp.writers[summaries.TRAIN], step,
                                 {'examples_per_second': speed}, flush=False)
         if first_loop:
@@ -487,7 +761,7 @@ def run(exp: Experiment, hooks: Sequence[Hook] = ()) -> Dict[str, Any]:
       if guard.signum is not None and step_in_epoch < exp.steps_per_epoch:
         state['step_in_epoch'].assign(step_in_epoch)
         state['epoch_sums'].assign(sums)
-        manager.save(checkpoint_number=trainer.optimizer.iterations)
+        _save(manager, trainer.optimizer.iterations, exp.workdir)
         status = 'interrupted'
         result['interrupted_step'] = int(trainer.optimizer.iterations.numpy())
         break
@@ -512,9 +786,13 @@ def run(exp: Experiment, hooks: Sequence[Hook] = ()) -> Dict[str, Any]:
             'epoch_loss': record['val_loss'],
             'epoch_accuracy': record['val_accuracy']})
       history.append(record)
-      logging.info('epoch %d/%d %s', epoch + 1, config.epochs,
+      logging.info('epoch %d/%d step %d %s examples/s=%.0f eta %s',
+                   epoch + 1, config.epochs, step,
                    ' '.join(f'{k}={v:.4f}' for k, v in record.items()
-                            if k != 'epoch'))
+                            if k != 'epoch'),
+                   epoch_examples / max(epoch_train_seconds, 1e-9),
+                   progress.eta(exp.steps_per_epoch))
+      progress.end_epoch()
       stop = False
       if has_val:
         value = monitor_sign * record[config.monitor]
@@ -522,7 +800,7 @@ def run(exp: Experiment, hooks: Sequence[Hook] = ()) -> Dict[str, Any]:
           state['best'].assign(value)
           state['best_epoch'].assign(epoch + 1)
           state['wait'].assign(0)
-          best_manager.save(checkpoint_number=epoch + 1)
+          _save(best_manager, epoch + 1, exp.workdir, 'the best weights')
         else:
           state['wait'].assign_add(1)
           stop = config.patience and int(state['wait'].numpy()) >= config.patience
@@ -530,14 +808,14 @@ def run(exp: Experiment, hooks: Sequence[Hook] = ()) -> Dict[str, Any]:
       state['epoch'].assign(epoch)
       state['step_in_epoch'].assign(0)
       state['epoch_sums'].assign(np.zeros(3))
-      manager.save(checkpoint_number=step)
       _write_json(_history_path(exp.workdir), history)
+      _save(manager, step, exp.workdir)
       for hook in hooks:
         hook(exp, 'epoch', record)
       if stop:
         status = 'early_stopped'
         state['epoch'].assign(config.epochs)
-        manager.save(checkpoint_number=step + 1)
+        _save(manager, step + 1, exp.workdir)
         break
       if guard.signum is not None:
         status = 'interrupted'

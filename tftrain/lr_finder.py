@@ -9,6 +9,11 @@ minimum. Model weights, optimizer slots and step counter, the LR schedule and
 the random-number state are restored afterwards whatever happens, so training
 starts from exactly the state it had before the sweep.
 
+A first SIGINT/SIGTERM stops the sweep between two of its calls: the state is
+restored, nothing is written and `Interrupted` is raised (a second signal
+exits at once). The outputs are written to a temporary folder renamed to
+`outdir` at the end, so `outdir` is either complete or absent.
+
 Outputs (in `outdir`): `lr_finder.png` (loss vs LR, log-x), `lr_finder.csv`
 (step, lr, loss, smoothed_loss), `lr_finder.json` (suggestions and settings)
 and TensorBoard events: scalars `lr_finder/lr`, `lr_finder/loss`,
@@ -18,12 +23,14 @@ and TensorBoard events: scalars `lr_finder/lr`, `lr_finder/loss`,
 import contextlib
 import csv
 import dataclasses
+import glob
 import json
 import math
 import os
 import random
+import shutil
 import time
-from typing import Any, Dict, List, Optional
+from typing import Any, Callable, Dict, List, Optional
 
 from absl import logging
 import numpy as np
@@ -41,6 +48,20 @@ TAG_LR = 'lr_finder/lr'
 TAG_LOSS = 'lr_finder/loss'
 TAG_SMOOTHED = 'lr_finder/smoothed_loss'
 TAG_PLOT = 'lr_finder/plot'
+
+
+class Interrupted(RuntimeError):
+  """A signal stopped the sweep; the model is restored, nothing was written."""
+
+  def __init__(self, steps_done: int, planned_steps: int,
+               outdir: Optional[str] = None):
+    self.steps_done = steps_done
+    self.planned_steps = planned_steps
+    self.outdir = outdir
+    where = f'; nothing was written to {outdir}' if outdir else ''
+    super().__init__(
+        f'interrupted during the LR finder (sweep step {steps_done} of '
+        f'{planned_steps}){where}; rerun the same command to run it again.')
 
 
 @dataclasses.dataclass
@@ -270,11 +291,21 @@ def _sweep_length(config, steps_per_epoch: int) -> int:
   return max(steps, 1)
 
 
-def sweep(exp, num_steps: Optional[int] = None):
+def sweep(exp, num_steps: Optional[int] = None,
+          should_stop: Optional[Callable[[], bool]] = None):
   """Runs the LR sweep on `exp.trainer` (state is NOT restored here).
+
+  Args:
+    exp: the Experiment.
+    num_steps: sweep length (default: `_sweep_length`).
+    should_stop: checked before every call of the compiled loop; True stops
+      the sweep with `Interrupted`.
 
   Returns:
     (lrs, losses, smoothed, stop_reason, settings) as numpy arrays / str / dict.
+
+  Raises:
+    Interrupted: `should_stop()` returned True.
   """
   config, trainer = exp.config, exp.trainer
   num_steps = num_steps or _sweep_length(config, exp.steps_per_epoch)
@@ -300,7 +331,11 @@ def sweep(exp, num_steps: Optional[int] = None):
   stop_reason = 'max_steps' if config.lr_find_max_steps and (
       num_steps == config.lr_find_max_steps) else 'end_lr'
   done = 0
+  logging.info('LR finder: sweeping up to %d steps from lr=%.3g (x%.5g per '
+               'step)', num_steps, float(schedule(offset)), schedule.factor)
   while done < num_steps:
+    if should_stop is not None and should_stop():
+      raise Interrupted(len(losses), num_steps)
     # Near the blow-up, run one step per call so the stop lands on its step
     # and a non-finite loss loses no recorded steps.
     near = best < math.inf and avg_corrected > 0.5 * stop_factor * best
@@ -423,15 +458,48 @@ def write_summaries(result: Result, logdir: str, png_path: str) -> None:
   writer.close()
 
 
-def find(exp, outdir: str, num_steps: Optional[int] = None) -> Result:
+def _write_outputs(result: Result, outdir: str) -> None:
+  """PNG, CSV, JSON and events into a temporary folder, then renamed to `outdir`."""
+  outdir = os.path.abspath(outdir)
+  os.makedirs(os.path.dirname(outdir), exist_ok=True)
+  # Left by a process that was killed while writing (the workdir lock makes
+  # sure no other finder is writing here now).
+  for stale in glob.glob(glob.escape(outdir) + '.tmp-*') + glob.glob(
+      glob.escape(outdir) + '.old-*'):
+    shutil.rmtree(stale, ignore_errors=True)
+  tmp = f'{outdir}.tmp-{os.getpid()}'
+  os.makedirs(tmp)
+  try:
+    plot(result, os.path.join(tmp, PNG))
+    write_csv(result, os.path.join(tmp, CSV))
+    write_summaries(result, tmp, os.path.join(tmp, PNG))
+    with open(os.path.join(tmp, JSON), 'w') as f:
+      json.dump(result.summary(), f, indent=2, sort_keys=True)
+    if os.path.exists(outdir):   # a finder run before an unfinished start
+      old = f'{outdir}.old-{os.getpid()}'
+      os.rename(outdir, old)
+      os.rename(tmp, outdir)
+      shutil.rmtree(old, ignore_errors=True)
+    else:
+      os.rename(tmp, outdir)
+  except BaseException:
+    shutil.rmtree(tmp, ignore_errors=True)
+    raise
+
+
+def find(exp, outdir: str, num_steps: Optional[int] = None,
+         should_stop: Optional[Callable[[], bool]] = None) -> Result:
   """Runs the LR finder on an Experiment and restores its state afterwards.
 
   Args:
     exp: a `loop.Experiment` (trainer, cached train split, config with the
       lr_find_* fields and lr_suggestion, strategy, steps_per_epoch).
-    outdir: folder for the PNG, CSV, JSON and TensorBoard events (chief only).
+    outdir: folder for the PNG, CSV, JSON and TensorBoard events (chief only),
+      written whole at the end (complete or absent).
     num_steps: sweep length; default one epoch, capped by
       `config.lr_find_max_steps` (and by lr_find_end when a factor is given).
+    should_stop: checked between the sweep's calls; True stops it. Default:
+      the first SIGINT/SIGTERM received during the sweep (a second one exits).
 
   Returns:
     A `Result`; `.suggestion` is the LR of the rule `config.lr_suggestion`,
@@ -440,34 +508,45 @@ def find(exp, outdir: str, num_steps: Optional[int] = None) -> Result:
 
   Raises:
     ValueError: the sweep recorded too few steps for any suggestion.
+    Interrupted: stopped by `should_stop` (or a signal); state restored,
+      nothing written.
   """
+  from tftrain import loop  # pylint: disable=g-import-not-at-top
   config = exp.config
   started = time.time()
-  with _preserved_state(exp):
-    lrs, losses, smoothed, reason, settings = sweep(exp, num_steps)
-  finite = np.isfinite(smoothed)
-  if not finite.any():
-    raise ValueError(f'LR finder: the first loss was already non-finite at '
-                     f'lr={config.lr_find_start}; lower --lr_find_start.')
-  i_min = int(np.nanargmin(np.where(finite, smoothed, np.nan)))
-  result = Result(lrs=lrs, losses=losses, smoothed=smoothed,
-                  suggestions=suggestions_for(lrs, smoothed, reason),
-                  default=config.lr_suggestion, stop_reason=reason,
-                  min_lr=float(lrs[i_min]), min_loss=float(smoothed[i_min]),
-                  seconds=time.time() - started, settings=settings,
-                  schedule=config.schedule)
-  logging.info('LR finder: %d steps (%s) in %.1f s; suggestions %s',
-               len(lrs), reason, result.seconds,
-               {k: v and round(v, 5) for k, v in result.suggestions.items()})
-  if getattr(exp, 'is_chief', True):
-    os.makedirs(outdir, exist_ok=True)
-    result.paths = {'png': os.path.join(outdir, PNG),
-                    'csv': os.path.join(outdir, CSV),
-                    'json': os.path.join(outdir, JSON),
-                    'tensorboard': outdir}
-    plot(result, result.paths['png'])
-    write_csv(result, result.paths['csv'])
-    write_summaries(result, outdir, result.paths['png'])
-    with open(result.paths['json'], 'w') as f:
-      json.dump(result.summary(), f, indent=2, sort_keys=True)
+  # The guard is shared with an enclosing one (training's), if any.
+  with loop._SignalGuard() as guard:  # pylint: disable=protected-access
+    if should_stop is None:
+      should_stop = lambda: guard.signum is not None
+    try:
+      with _preserved_state(exp):
+        lrs, losses, smoothed, reason, settings = sweep(exp, num_steps,
+                                                        should_stop)
+    except Interrupted as e:
+      logging.warning('LR finder interrupted after %d of %d steps; model '
+                      'restored, nothing written.', e.steps_done,
+                      e.planned_steps)
+      raise Interrupted(e.steps_done, e.planned_steps, outdir) from None
+    finite = np.isfinite(smoothed)
+    if not finite.any():
+      raise ValueError(f'LR finder: the first loss was already non-finite at '
+                       f'lr={config.lr_find_start}; lower --lr_find_start.')
+    i_min = int(np.nanargmin(np.where(finite, smoothed, np.nan)))
+    result = Result(lrs=lrs, losses=losses, smoothed=smoothed,
+                    suggestions=suggestions_for(lrs, smoothed, reason),
+                    default=config.lr_suggestion, stop_reason=reason,
+                    min_lr=float(lrs[i_min]), min_loss=float(smoothed[i_min]),
+                    seconds=time.time() - started, settings=settings,
+                    schedule=config.schedule)
+    logging.info('LR finder: %d steps (%s) in %.1f s; suggestions %s',
+                 len(lrs), reason, result.seconds,
+                 {k: v and round(v, 5) for k, v in result.suggestions.items()})
+    if getattr(exp, 'is_chief', True):
+      result.paths = {'png': os.path.join(outdir, PNG),
+                      'csv': os.path.join(outdir, CSV),
+                      'json': os.path.join(outdir, JSON),
+                      'tensorboard': outdir}
+      # A signal from here on is noted (the guard) but does not cut the
+      # writes short; an enclosing training loop then stops at its first check.
+      _write_outputs(result, outdir)
   return result

@@ -1,5 +1,6 @@
-"""The run directory: writability check and a lock a dead process cannot hold."""
+"""The run directory: writability check, a lock a dead process cannot hold, a full disk."""
 
+import errno
 import json
 import os
 import socket
@@ -7,6 +8,26 @@ import socket
 
 class WorkdirError(RuntimeError):
   """The workdir cannot be used; the message says why and what to do."""
+
+
+class DiskFullError(WorkdirError):
+  """A write in the workdir failed for lack of space; the run stopped."""
+
+
+_NO_SPACE_ERRNOS = (errno.ENOSPC, errno.EDQUOT)
+_NO_SPACE_TEXT = ('no space left', 'disk quota exceeded', 'quota exceeded')
+
+
+def is_disk_full(error: BaseException) -> bool:
+  """True when `error` says the filesystem is full (or over quota).
+
+  Python raises OSError(ENOSPC/EDQUOT); TensorFlow's file system maps both to
+  RESOURCE_EXHAUSTED and keeps the OS message.
+  """
+  if isinstance(error, OSError) and error.errno in _NO_SPACE_ERRNOS:
+    return True
+  text = str(error).lower()
+  return any(t in text for t in _NO_SPACE_TEXT)
 
 
 def ensure_writable(workdir: str) -> None:
