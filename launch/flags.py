@@ -39,6 +39,18 @@ def define_flags(**defaults):
   f.DEFINE_integer('eval_batch_size', d['eval_batch_size'], 'Eval batch size.')
   f.DEFINE_enum('model', d['model'], config_lib.MODELS, 'Model builder.')
   f.DEFINE_list('hidden', [str(h) for h in d['hidden']], 'mlp hidden widths.')
+  f.DEFINE_list('filters', [str(h) for h in d['filters']],
+                'cnn channels per stage.')
+  f.DEFINE_float('dropout', d['dropout'], 'Dropout rate (0: none).')
+  f.DEFINE_enum('dropout_kind', d['dropout_kind'], config_lib.DROPOUT_KINDS,
+                'auto: AlphaDropout for SELU, Dropout otherwise.')
+  f.DEFINE_enum('dropout_placement', d['dropout_placement'],
+                config_lib.DROPOUT_PLACEMENTS,
+                'output: before the output layer; every: after every hidden '
+                'layer.')
+  f.DEFINE_integer('mc_dropout_samples', d['mc_dropout_samples'],
+                   'MC dropout: also evaluate as the mean of N stochastic '
+                   'passes (0: off).')
   f.DEFINE_integer('depth', d['depth'], 'deep_mlp: number of hidden layers.')
   f.DEFINE_integer('width', d['width'], 'deep_mlp: units per hidden layer.')
   f.DEFINE_string('activation', d['activation'],
@@ -56,6 +68,8 @@ def define_flags(**defaults):
   f.DEFINE_float('beta_2', d['beta_2'], 'Adam-family beta_2.')
   f.DEFINE_float('weight_decay', d['weight_decay'], 'adamw weight decay.')
   f.DEFINE_enum('schedule', d['schedule'], config_lib.SCHEDULES, 'LR schedule.')
+  f.DEFINE_bool('cycle_momentum', d['cycle_momentum'],
+                'onecycle with momentum/nesterov: momentum 0.95->0.85->0.95.')
   f.DEFINE_float('decay_rate', d['decay_rate'], 'exponential: factor per decay_epochs.')
   f.DEFINE_float('decay_epochs', d['decay_epochs'], 'exponential: epochs per decay_rate.')
   f.DEFINE_integer('epochs', d['epochs'], 'Maximum epochs.')
@@ -116,11 +130,11 @@ def _parse_learning_rate(value: str):
                                  "must be a positive number or 'auto'.") from None
 
 
-def _parse_hidden(values):
+def _parse_hidden(values, name='hidden'):
   try:
     return tuple(int(v) for v in values)
   except ValueError:
-    raise config_lib.ConfigError('hidden', ','.join(values),
+    raise config_lib.ConfigError(name, ','.join(values),
                                  'must be a comma list of positive integers.') from None
 
 
@@ -136,6 +150,11 @@ def config_from_flags(**overrides) -> config_lib.Config:
       standardize=standardize, batch_size=FLAGS.batch_size,
       eval_batch_size=FLAGS.eval_batch_size, model=FLAGS.model,
       hidden=_parse_hidden(FLAGS.hidden), depth=FLAGS.depth, width=FLAGS.width,
+      filters=_parse_hidden(FLAGS.filters, 'filters'), dropout=FLAGS.dropout,
+      dropout_kind=FLAGS.dropout_kind,
+      dropout_placement=FLAGS.dropout_placement,
+      mc_dropout_samples=FLAGS.mc_dropout_samples,
+      cycle_momentum=FLAGS.cycle_momentum,
       activation=FLAGS.activation, kernel_initializer=FLAGS.kernel_initializer,
       batch_norm=FLAGS.batch_norm, optimizer=FLAGS.optimizer,
       learning_rate=_parse_learning_rate(FLAGS.learning_rate),

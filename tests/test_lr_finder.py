@@ -37,7 +37,7 @@ def scalar_events(logdir):
         kind = value.metadata.plugin_data.plugin_name
         if kind == 'images':
           images.add(value.tag)
-        else:
+        elif kind != 'text':         # the health report
           scalars.setdefault(value.tag, []).append(
               (event.step, float(tf.make_ndarray(value.tensor))))
   return scalars, images

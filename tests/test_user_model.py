@@ -30,7 +30,8 @@ def test_readme_user_model_example_runs(tiny_mnist_data_dir, tmp_path,
   # The tiny data stand in for the real dataset: same TFDS name and format.
   monkeypatch.setattr(tftrain, 'Config', lambda **kw: real(**{
       **kw, 'dataset': 'mnist', 'data_dir': tiny_mnist_data_dir,
-      'validation_size': 100, 'progress': False}), raising=False)
+      'validation_size': 100, 'progress': False, 'log_every_steps': 5}),
+      raising=False)
   namespace = {}
   exec(readme_example('user-model'), namespace)  # pylint: disable=exec-used
   result = namespace['result']

@@ -355,3 +355,35 @@ def train_batches(cached: tf.data.Dataset, batch_size: int, seed: int,
 def eval_batches(cached: tf.data.Dataset, batch_size: int) -> tf.data.Dataset:
   return (cached.batch(batch_size).prefetch(AUTOTUNE)
           .with_options(_options()))
+
+
+def user_splits(datasets: Dict[str, tf.data.Dataset], num_classes: int):
+  """(splits, DataInfo) from the user's unbatched (image, label) datasets.
+
+  Images are cast to float32 (scaled as given), labels to int32.
+
+  Raises:
+    ConfigError: no 'train' split, an unknown split name, or num_classes
+      missing.
+  """
+  from tftrain import config as config_lib  # pylint: disable=g-import-not-at-top
+  unknown = set(datasets) - {'train', 'validation', 'test'}
+  if 'train' not in datasets or unknown:
+    raise config_lib.ConfigError(
+        'datasets', ','.join(sorted(datasets)),
+        "give 'train' and optionally 'validation' and 'test' datasets.")
+  if not num_classes or num_classes < 2:
+    raise config_lib.ConfigError('num_classes', num_classes,
+                                 'give the number of classes (>= 2).')
+  splits = {k: d.map(lambda x, y: (tf.cast(x, tf.float32),
+                                   tf.cast(y, tf.int32)))
+            for k, d in datasets.items()}
+  shape = tuple(splits['train'].element_spec[0].shape)
+
+  def count(split):
+    n = int(splits[split].cardinality().numpy()) if split in splits else -1
+    return n if n >= 0 else None
+  return splits, DataInfo(num_classes=int(num_classes), image_shape=shape,
+                          num_train=count('train'),
+                          num_validation=count('validation'),
+                          num_test=count('test'))

@@ -52,8 +52,13 @@ def export(model: tf.keras.Model, data_info, workdir: str,
                      data_info.std)
   tf.saved_model.save(serving, os.path.join(tmp, 'saved_model'),
                       signatures={'serving_default': serving.serve})
-  model.save(os.path.join(tmp, 'model.keras'))
+  keras_error = None
+  try:
+    model.save(os.path.join(tmp, 'model.keras'))
+  except Exception as e:  # pylint: disable=broad-except
+    keras_error = f'{type(e).__name__}: {e}'.splitlines()[0]  # e.g. subclassed
   meta = {'dataset': dataset, 'image_shape': list(data_info.image_shape),
+          'keras_file_error': keras_error,
           'num_classes': int(data_info.num_classes),
           'input': 'uint8 images, scaled to [0, 1] inside the SavedModel',
           'mean': list(data_info.mean) if data_info.mean else None,

@@ -53,6 +53,7 @@ class Experiment:
   is_chief: bool
   workdir: str
   logger: summaries.StepLogger     # which steps are observed; the writes
+  user_data: bool = False          # datasets given by the caller, not TFDS
 
 
 def _count(dataset, known: Optional[int]) -> int:
@@ -64,7 +65,8 @@ def _count(dataset, known: Optional[int]) -> int:
   return n
 
 
-def check_config(config: config_lib.Config, strategy=None) -> None:
+def check_config(config: config_lib.Config, strategy=None,
+                 user_data: bool = False) -> None:
   """Every check that needs TensorFlow or the data; run before the workdir exists.
 
   Creates the strategy (multi-worker must be the process's first TensorFlow
@@ -83,13 +85,15 @@ def check_config(config: config_lib.Config, strategy=None) -> None:
   """
   if strategy is None:
     strategy = distribute.create_strategy(config.strategy)
-  data_dir = data.prepare(config.dataset, config.data_dir, config.raw_data_dir)
   replicas = strategy.num_replicas_in_sync
   if config.batch_size % replicas:
     raise config_lib.ConfigError(
         'batch_size', config.batch_size,
         f'must be divisible by the {replicas} replicas of '
         f'--strategy={config.strategy}.')
+  if user_data:
+    return       # the caller's datasets: build_experiment checks the sizes
+  data_dir = data.prepare(config.dataset, config.data_dir, config.raw_data_dir)
   sizes = data.split_sizes(config.dataset, data_dir)
   if not sizes or 'train' not in sizes:
     return   # sizes unknown here; build_experiment checks the batch size
@@ -107,8 +111,16 @@ def check_config(config: config_lib.Config, strategy=None) -> None:
 
 
 def build_experiment(config: config_lib.Config, workdir: str,
-                     strategy=None) -> Experiment:
-  """Strategy (unless given), data, model, optimizer and Trainer for `config`."""
+                     strategy=None, model=None, datasets=None,
+                     num_classes: Optional[int] = None) -> Experiment:
+  """Strategy (unless given), data, model, optimizer and Trainer for `config`.
+
+  `model`: None (the Config's built-in model), a Keras model, or a function
+  `(image_shape, num_classes) -> Keras model` (called under the strategy's
+  scope, which distribution needs). `datasets`: None (the Config's TFDS
+  dataset) or {'train', 'validation'?, 'test'?} unbatched (image, label)
+  `tf.data` datasets, with `num_classes`.
+  """
   if config.deterministic:
     tf.config.experimental.enable_op_determinism()
   if strategy is None:
@@ -118,10 +130,14 @@ def build_experiment(config: config_lib.Config, workdir: str,
     tf.keras.mixed_precision.set_global_policy(config.mixed_precision)
   else:
     tf.keras.mixed_precision.set_global_policy('float32')
-  data_dir = data.prepare(config.dataset, config.data_dir, config.raw_data_dir)
-  splits, info = data.load_splits(config.dataset, data_dir,
-                                  config.validation_size,
-                                  config.standardize_inputs)
+  if datasets is None:
+    data_dir = data.prepare(config.dataset, config.data_dir,
+                            config.raw_data_dir)
+    splits, info = data.load_splits(config.dataset, data_dir,
+                                    config.validation_size,
+                                    config.standardize_inputs)
+  else:
+    splits, info = data.user_splits(datasets, num_classes)
   cached = {k: d.cache() for k, d in splits.items()}
   num_train = _count(cached['train'], info.num_train)
   if config.batch_size > num_train:
@@ -142,7 +158,12 @@ def build_experiment(config: config_lib.Config, workdir: str,
   writers = summaries.create_writers(workdir, is_chief, temp_dir)
   tf.keras.utils.set_random_seed(config.seed)
   with strategy.scope():
-    model = models.build_model(config, info.image_shape, info.num_classes)
+    if model is None:
+      model = models.build_model(config, info.image_shape, info.num_classes)
+    elif not isinstance(model, tf.keras.Model):
+      model = model(info.image_shape, info.num_classes)
+    if not model.weights:       # e.g. subclassed: create its variables
+      model(tf.zeros([1, *info.image_shape]), training=False)
     lr = config.learning_rate if config.learning_rate != 'auto' else 1e-3
     optimizer = optimizers.build_optimizer(
         config.optimizer, schedules.build_schedule(config, lr, steps_per_epoch),
@@ -157,7 +178,7 @@ def build_experiment(config: config_lib.Config, workdir: str,
       config.histogram_every_steps, config.grad_norms,
       records_path=os.path.join(run_dir, OBSERVATIONS))
   return Experiment(config, strategy, trainer, cached, info, steps_per_epoch,
-                    writers, is_chief, run_dir, logger)
+                    writers, is_chief, run_dir, logger, datasets is not None)
 
 
 OBSERVATIONS = 'observations.jsonl'      # per observed step (StepLogger)
@@ -171,30 +192,24 @@ def activation_probe(exp: Experiment, every_steps: int,
 
   Returns None for models without named activation layers.
   """
-  if not any(l.name.startswith('act_') for l in exp.trainer.model.layers):
+  acts = [l for l in exp.trainer.model.layers if l.name.startswith('act_')]
+  if not acts:
     return None
+  # The layers' own activation (e.g. ReLU in the cnn), else the Config's.
+  activation = getattr(getattr(acts[0], 'activation', None), '__name__',
+                       exp.config.activation)
   source = exp.datasets.get('validation', exp.datasets['train'])
   images, labels = next(iter(source.batch(size).take(1)))
   return summaries.DepthProbe(
-      images, labels, every_steps, exp.config.activation,
+      images, labels, every_steps, activation,
       write_images=write_images,
       records_path=os.path.join(exp.workdir, ACTIVATIONS))
 
 
 def read_activation_records(workdir: str):
   """[(step, {layer: {stat: value}})] from activations.jsonl (last per step)."""
-  path = os.path.join(workdir, ACTIVATIONS)
-  if not os.path.exists(path):
-    return []
-  by_step = {}
-  with open(path) as f:
-    for line in f:
-      try:
-        record = json.loads(line)
-      except ValueError:
-        continue
-      by_step[record['step']] = record['stats']
-  return sorted(by_step.items())
+  return [(r['step'], r['stats']) for r in summaries.read_records(
+      os.path.join(workdir, ACTIVATIONS))]
 
 
 def health_run_record(exp: Experiment, result: Dict[str, Any]) -> Dict:
@@ -448,7 +463,8 @@ def _write_json(path: str, obj) -> None:
 
 
 def train_and_evaluate(config: config_lib.Config, workdir: str,
-                       hooks: Sequence[Hook] = ()) -> Dict[str, Any]:
+                       hooks: Sequence[Hook] = (), model=None, datasets=None,
+                       num_classes: Optional[int] = None) -> Dict[str, Any]:
   """Trains `config` in `workdir` (resuming if it holds a checkpoint).
 
   Args:
@@ -457,6 +473,11 @@ def train_and_evaluate(config: config_lib.Config, workdir: str,
     hooks: plain callables `hook(exp, event, outputs)` called with event
       'train' after every in-graph loop (outputs: the Trainer's dict plus
       'step', 'epoch') and 'epoch' after each epoch (outputs: the epoch record).
+    model: your own model instead of the Config's: a Keras model or a
+      function (image_shape, num_classes) -> Keras model.
+    datasets: your own data instead of the Config's TFDS dataset:
+      {'train', 'validation' (optional), 'test' (optional)} unbatched
+      (image, label) datasets; give `num_classes` too.
 
   Returns:
     Final metrics (also written to `workdir/metrics.json`): test_loss,
@@ -471,14 +492,16 @@ def train_and_evaluate(config: config_lib.Config, workdir: str,
     message.
   """
   strategy = distribute.create_strategy(config.strategy)
-  check_config(config, strategy)   # before the workdir is created or touched
+  # Before the workdir is created or touched.
+  check_config(config, strategy, user_data=datasets is not None)
   workdir_lib.ensure_writable(workdir)
   chief = config.strategy != 'multi_worker' or distribute.is_chief_from_env()
   lock = (workdir_lib.WorkdirLock(workdir) if chief
           else contextlib.nullcontext())
   with lock:
     try:
-      exp = build_experiment(config, workdir, strategy)
+      exp = build_experiment(config, workdir, strategy, model, datasets,
+                             num_classes)
     except Exception as e:  # pylint: disable=broad-except
       mapped = _user_error(config, workdir, e)
       if mapped is None:
@@ -622,6 +645,26 @@ def run(exp: Experiment, hooks: Sequence[Hook] = ()) -> Dict[str, Any]:
     raise mapped from e
 
 
+def _final_metrics(exp: Experiment, eval_ds) -> Dict[str, float]:
+  """Validation and test metrics, plus MC dropout with --mc_dropout_samples."""
+  out = {}
+  samples = exp.config.mc_dropout_samples
+  mc = samples and models.has_dropout(exp.trainer.model)
+  for split, prefix in (('validation', 'val'), ('test', 'test')):
+    if split not in eval_ds:
+      continue
+    metrics = exp.trainer.evaluate(eval_ds[split])
+    out.update({f'{prefix}_loss': metrics['loss'],
+                f'{prefix}_accuracy': metrics['accuracy']})
+    if mc:
+      metrics = exp.trainer.evaluate(eval_ds[split], mc_samples=samples)
+      out.update({f'mc_{prefix}_loss': metrics['loss'],
+                  f'mc_{prefix}_accuracy': metrics['accuracy']})
+  if mc:
+    out['mc_dropout_samples'] = samples
+  return out
+
+
 def _resume_dir(exp: Experiment) -> str:
   """The run directory every worker resumes from: the chief's when visible."""
   if exp.is_chief:
@@ -730,7 +773,15 @@ def _run(exp: Experiment, hooks: Sequence[Hook]) -> Dict[str, Any]:
       epoch_start = time.time()
       epoch_train_seconds, epoch_examples = 0.0, 0.0
       while step_in_epoch < exp.steps_per_epoch:
-        n = min(config.steps_per_loop, exp.steps_per_epoch - step_in_epoch)
+        # Calls end on multiples of --steps_per_loop (global steps), where
+        # the hooks run; the first call trains only (compiling the observed
+        # step too would delay the first numbers by a second trace).
+        global_step = int(trainer.optimizer.iterations.numpy())
+        n = min(config.steps_per_loop - global_step % config.steps_per_loop,
+                exp.steps_per_epoch - step_in_epoch)
+        if first_loop:
+          k = exp.logger.steps_to_observation(global_step)
+          n = min(n, k - 1) if k and k > 1 else n
         t0 = time.perf_counter()
         try:
           out = train_steps(trainer, iterator, n, exp.logger)
@@ -833,11 +884,12 @@ def _run(exp: Experiment, hooks: Sequence[Hook]) -> Dict[str, Any]:
       result['best_epoch'] = int(state['best_epoch'].numpy())
       result['best_' + config.monitor] = monitor_sign * float(
           state['best'].numpy())
-    if has_val:
-      val = trainer.evaluate(eval_ds['validation'])
-      result.update(val_loss=val['loss'], val_accuracy=val['accuracy'])
-    test = trainer.evaluate(eval_ds['test'])
-    result.update(test_loss=test['loss'], test_accuracy=test['accuracy'])
+    result.update(_final_metrics(exp, eval_ds))
+    if exp.is_chief:
+      from tftrain import export  # pylint: disable=g-import-not-at-top
+      result['export'] = export.export(
+          trainer.model, exp.data_info, exp.workdir,
+          None if exp.user_data else config.dataset)['dir']
   if status != 'interrupted':
     write_health(exp, result)
   for writer in exp.writers.values():
