@@ -1,0 +1,28 @@
+"""benchmarks.gpu_check in its tiny CPU mode: the table and the mirrored check."""
+
+import os
+import subprocess
+import sys
+
+import pytest
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+@pytest.mark.slow
+def test_gpu_check_tiny_mode_on_cpu():
+  env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL='3', PYTHONPATH=ROOT)
+  proc = subprocess.run(
+      [sys.executable, '-m', 'benchmarks.gpu_check', '--tiny', '--repeats=1'],
+      cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
+  assert proc.returncode == 0, proc.stderr[-3000:]
+  out = proc.stdout
+  assert 'gpu_check on CPU' in out
+  rows = [l for l in out.splitlines() if l.startswith('| MLP') or
+          l.startswith('| 3 x Dense')]
+  assert len(rows) == 2
+  for row in rows:   # three positive throughputs per model
+    cells = [c.strip() for c in row.strip('|').split('|')]
+    assert all(float(c.replace(',', '')) > 0 for c in cells[2:5]), row
+  assert 'mirrored over 2 logical CPUs vs one device' in out
+  assert out.rstrip().endswith('SAME')
