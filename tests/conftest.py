@@ -89,3 +89,15 @@ def tiny_cifar_data_dir(tmp_path_factory):
   data_dir = str(tmp_path_factory.mktemp('tfds_cifar'))
   data.prepare('cifar10', data_dir, raw)
   return data_dir
+
+
+def free_ports(n):
+  """n free TCP ports on 127.0.0.1 (for local multi-worker clusters)."""
+  import socket  # pylint: disable=g-import-not-at-top
+  socks = [socket.socket() for _ in range(n)]
+  for s in socks:
+    s.bind(('127.0.0.1', 0))
+  ports = [s.getsockname()[1] for s in socks]
+  for s in socks:
+    s.close()
+  return ports

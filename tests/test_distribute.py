@@ -6,7 +6,6 @@ strategy tests run in fresh subprocesses.
 
 import json
 import os
-import socket
 import subprocess
 import sys
 import time
@@ -14,6 +13,8 @@ import time
 import numpy as np
 import pytest
 import tensorflow as tf
+
+from tests import conftest
 
 from tftrain import config as config_lib
 from tftrain import loop
@@ -63,19 +64,9 @@ def test_mirrored_follows_single_device_trajectory(tiny_cifar_data_dir, tmp_path
   assert single[-1] < single[0]
 
 
-def _free_ports(n):
-  socks = [socket.socket() for _ in range(n)]
-  for s in socks:
-    s.bind(('127.0.0.1', 0))
-  ports = [s.getsockname()[1] for s in socks]
-  for s in socks:
-    s.close()
-  return ports
-
-
 @pytest.mark.slow
 def test_multi_worker_two_processes_agree(tiny_cifar_data_dir, tmp_path):
-  ports = _free_ports(2)
+  ports = conftest.free_ports(2)
   cluster = {'worker': [f'127.0.0.1:{p}' for p in ports]}
   workdir = str(tmp_path / 'run')
   procs = []

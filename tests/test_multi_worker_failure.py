@@ -8,7 +8,6 @@ checkpoint, and the rerun of both workers must resume and complete.
 import json
 import os
 import signal
-import socket
 import subprocess
 import time
 
@@ -17,16 +16,6 @@ import pytest
 from tests import conftest
 
 EPOCHS = 12
-
-
-def _free_ports(n):
-  socks = [socket.socket() for _ in range(n)]
-  for s in socks:
-    s.bind(('127.0.0.1', 0))
-  ports = [s.getsockname()[1] for s in socks]
-  for s in socks:
-    s.close()
-  return ports
 
 
 def _start_workers(cluster, args, **env_overrides):
@@ -54,7 +43,7 @@ def _finish(procs, timeout):
 @pytest.mark.slow
 def test_killed_worker_stops_the_survivor_with_one_line_and_rerun_resumes(
     tiny_mnist_data_dir, tmp_path):
-  ports = _free_ports(2)
+  ports = conftest.free_ports(2)
   cluster = {'worker': [f'127.0.0.1:{p}' for p in ports]}
   workdir = str(tmp_path / 'run')
   args = (f'--data_dir={tiny_mnist_data_dir}', f'--workdir={workdir}',
