@@ -25,7 +25,9 @@ def define_flags(**defaults):
   d = dict(config_lib.Config().__dict__)
   d.update(defaults)
   f = flags
-  f.DEFINE_enum('dataset', d['dataset'], config_lib.DATASETS, 'TFDS dataset.')
+  f.DEFINE_string('dataset', d['dataset'],
+                  'TFDS image-classification dataset (image + label features; '
+                  f'offline mirror: {", ".join(config_lib.DATASETS)}).')
   f.DEFINE_string('data_dir', d['data_dir'],
                   'TFDS data dir (default: $TFDS_DATA_DIR or ~/tensorflow_datasets).')
   f.DEFINE_string('raw_data_dir', d['raw_data_dir'],

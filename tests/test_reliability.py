@@ -121,7 +121,9 @@ CORRUPT = ['--raw_data_dir={raw_corrupt}', '--data_dir={fresh}']
 # (launcher, flags, text the one error line must contain). Flags that fail in
 # config_from_flags never import TensorFlow in launch.mnist.
 BAD_FLAGS = [
-    ('launch.mnist', ['--dataset=svhn'], '--dataset=svhn'),
+    ('launch.mnist', ['--dataset=svhn'], '--dataset=svhn: TFDS has no dataset'),
+    ('launch.mnist', ['--dataset=imdb_reviews'],
+     '--dataset=imdb_reviews: tftrain trains image classifiers'),
     ('launch.mnist', ['--optimizer=adamax'], '--optimizer=adamax'),
     ('launch.mnist', ['--strategy=tpu'], '--strategy=tpu'),
     ('launch.mnist', ['--schedule=cosine'], '--schedule=cosine'),

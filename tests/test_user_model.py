@@ -1,5 +1,6 @@
 """Bring your own model: the README example runs as written; user datasets."""
 
+import json
 import os
 import re
 
@@ -83,3 +84,81 @@ def test_user_datasets_and_subclassed_model(tmp_path):
   for layer in ('block/a', 'block/b', 'head'):
     assert f'grad_norm/{layer}' in tags, layer
   assert not any('frozen' in t for t in tags)
+
+
+def _toy_datasets():
+  rng = np.random.default_rng(1)
+  labels = rng.integers(0, 3, 200).astype(np.int32)
+  images = rng.normal(size=(200, 4, 4, 1)).astype(np.float32)
+  images[:, 0, 0, 0] += 3.0 * labels
+  ds = lambda a, b: tf.data.Dataset.from_tensor_slices((images[a:b],
+                                                        labels[a:b]))
+  return {'train': ds(0, 160), 'test': ds(160, 200)}
+
+
+def _toy_model(shape, num_classes, batch_norm=True):
+  return tf.keras.Sequential([
+      tf.keras.Input(shape), tf.keras.layers.Flatten(),
+      tf.keras.layers.Dense(16, activation='relu', name='hidden')] + (
+          [tf.keras.layers.BatchNormalization(name='bn')] if batch_norm
+          else []) + [
+              tf.keras.layers.Dense(num_classes, dtype='float32', name='out')])
+
+
+@pytest.mark.parametrize('options', [dict(jit_compile=True),
+                                     dict(mixed_precision='mixed_float16')])
+def test_user_model_with_xla_or_mixed_precision(tmp_path, options):
+  config = config_lib.Config(optimizer='adam', learning_rate=1e-2, epochs=2,
+                             batch_size=20, log_every_steps=4,
+                             histogram_every_steps=8, progress=False,
+                             trace_graph=False, **options)
+  try:
+    result = loop.train_and_evaluate(config, str(tmp_path / 'run'),
+                                     model=_toy_model, datasets=_toy_datasets(),
+                                     num_classes=3)
+  finally:
+    tf.keras.mixed_precision.set_global_policy('float32')
+  assert result['history'][-1]['loss'] < result['history'][0]['loss']
+  assert 'val_accuracy' not in result and 0 <= result['test_accuracy'] <= 1
+  records = [json.loads(l) for l in open(tmp_path / 'run' / loop.OBSERVATIONS)]
+  assert [r['step'] for r in records] == [4, 8, 12, 16]
+  assert all(np.isfinite(r['grad_norms']).all() and len(r['grad_norms']) == 3
+             for r in records)
+
+
+MIRRORED_USER_SCRIPT = r'''
+import json, sys
+from tftrain import distribute
+distribute.configure_cpu_replicas(2)
+import numpy as np, tensorflow as tf
+from tests import test_user_model as t
+from tftrain import config as config_lib, loop
+out = {}
+for strategy in ('default', 'mirrored'):
+  config = config_lib.Config(optimizer='sgd', learning_rate=0.05, epochs=2,
+                             batch_size=20, log_every_steps=4, progress=False,
+                             trace_graph=False, strategy=strategy, seed=3)
+  r = loop.train_and_evaluate(config, sys.argv[1] + '/' + strategy,
+                              # No batch norm: per-replica batch statistics
+                              # differ from one device's by design.
+                              model=lambda s, n: t._toy_model(s, n, False),
+                              datasets=t._toy_datasets(),
+                              num_classes=3)
+  out[strategy] = [r['history'][-1]['loss'], r['test_loss']]
+print('RESULT' + json.dumps(out))
+'''
+
+
+@pytest.mark.slow
+def test_user_model_mirrored_matches_single_device(tmp_path):
+  import subprocess  # pylint: disable=g-import-not-at-top
+  import sys  # pylint: disable=g-import-not-at-top
+  root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+  proc = subprocess.run(
+      [sys.executable, '-c', MIRRORED_USER_SCRIPT, str(tmp_path)], cwd=root,
+      env=dict(os.environ, TF_CPP_MIN_LOG_LEVEL='3', PYTHONPATH=root),
+      capture_output=True, text=True, timeout=240)
+  assert proc.returncode == 0, proc.stderr[-3000:]
+  line = [l for l in proc.stdout.splitlines() if l.startswith('RESULT')][0]
+  out = json.loads(line[len('RESULT'):])
+  np.testing.assert_allclose(out['mirrored'], out['default'], rtol=1e-3)

@@ -8,6 +8,7 @@ import dataclasses
 import math
 from typing import Optional, Tuple, Union
 
+# Tested, and in the offline mirror; any TFDS image-classification dataset works.
 DATASETS = ('mnist', 'fashion_mnist', 'cifar10')
 MODELS = ('mlp', 'deep_mlp', 'cnn')
 ACTIVATIONS = ('sigmoid', 'tanh', 'relu', 'leaky_relu', 'elu', 'selu', 'gelu',
@@ -119,7 +120,11 @@ class Config:
   mixed_precision: str = 'none'
 
   def __post_init__(self):
-    _choice('dataset', self.dataset, DATASETS)
+    if not (isinstance(self.dataset, str) and self.dataset
+            and all(c.isalnum() or c in '_./:-' for c in self.dataset)):
+      raise ConfigError('dataset', self.dataset,
+                        'give a TFDS dataset name, e.g. '
+                        f'{", ".join(DATASETS)}.')
     _choice('model', self.model, MODELS)
     _choice('activation', self.activation, ACTIVATIONS)
     if self.kernel_initializer is not None:

@@ -64,7 +64,12 @@ def _builder(name: str, data_dir: Optional[str]):
     raise DataError(f'--data_dir={data_dir}: is a file, not a folder; '
                     'choose a folder for the TFDS data.')
   try:
-    return tfds.builder(name, data_dir=data_dir)
+    builder = tfds.builder(name, data_dir=data_dir)
+  except tfds.core.registered.DatasetNotFoundError:
+    raise DataError(
+        f'--dataset={name}: TFDS has no dataset of that name; give a TFDS '
+        'image-classification dataset (e.g. mnist, fashion_mnist, cifar10, '
+        'kmnist, emnist, svhn_cropped).') from None
   except Exception as e:  # pylint: disable=broad-except
     where = data_dir or os.environ.get(DATA_DIR_ENV) or '~/tensorflow_datasets'
     first = str(e).splitlines()[0] if str(e) else ''
@@ -72,6 +77,24 @@ def _builder(name: str, data_dir: Optional[str]):
         f'--data_dir={where}: the prepared {name} there cannot be read '
         f'({type(e).__name__}: {first[:300]}); delete {os.path.join(where, name)} '
         'and rerun to prepare it again.') from e
+  check_features(name, builder.info.features)
+  return builder
+
+
+def check_features(name: str, features) -> None:
+  """tftrain trains image classifiers: an `image` and a class `label`."""
+  keys = list(features.keys()) if hasattr(features, 'keys') else []
+  image = features['image'] if 'image' in keys else None
+  label = features['label'] if 'label' in keys else None
+  if (image is None or label is None
+      or not isinstance(label, tfds.features.ClassLabel)
+      or len(getattr(image, 'shape', ()) or ()) != 3):
+    raise DataError(
+        f'--dataset={name}: tftrain trains image classifiers and needs TFDS '
+        f'features image (H, W, C) and label (a class label); {name} has '
+        f'{", ".join(keys) or "no named features"}; pick an image '
+        'classification dataset or pass your own datasets to '
+        'train_and_evaluate(..., datasets=...).')
 
 
 _TFRECORD_OVERHEAD = 16   # bytes per record: length, its CRC, the data CRC
