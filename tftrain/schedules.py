@@ -114,8 +114,7 @@ class OneCycle(_Base):
     up = max(self.warmup_fraction * self.total_steps, 1.0)
     down = 2.0 * up
     last = max(float(self.total_steps - 1), down + 1.0)
-    warm = lo + (hi - lo) * step / up
-    cool = hi - (hi - lo) * (step - up) / (down - up)
+    warm, cool = _one_cycle_ramp(step, lo, hi, up)
     anneal = lo - (lo - end) * tf.minimum((step - down) / (last - down), 1.0)
     return tf.where(step < up, warm, tf.where(step < down, cool, anneal))
 
@@ -123,6 +122,13 @@ class OneCycle(_Base):
     return {'max_lr': self.max_lr, 'total_steps': self.total_steps,
             'div': self.div, 'final_div': self.final_div,
             'warmup_fraction': self.warmup_fraction}
+
+
+def _one_cycle_ramp(step, start, peak, up):
+  """The two linear 1cycle ramps: start -> peak over [0, up], back by 2*up."""
+  warm = start + (peak - start) * step / up
+  cool = peak - (peak - start) * (step - up) / up
+  return warm, cool
 
 
 class OneCycleMomentum(_Base):
@@ -142,8 +148,7 @@ class OneCycleMomentum(_Base):
     hi, lo = self.max_momentum, self.min_momentum
     up = max(self.warmup_fraction * self.total_steps, 1.0)
     down = 2.0 * up
-    warm = hi - (hi - lo) * step / up
-    cool = lo + (hi - lo) * (step - up) / (down - up)
+    warm, cool = _one_cycle_ramp(step, hi, lo, up)
     return tf.where(step < up, warm, tf.where(step < down, cool, hi))
 
   def get_config(self):
