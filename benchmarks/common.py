@@ -125,8 +125,7 @@ class TftrainRunner:
     model = build_model(kind)
     self.trainer = trainer_lib.Trainer(
         model, build_optimizer(kind), tf.distribute.get_strategy(), batch,
-        jit_compile=config.jit_compile,
-        histograms=config.histogram_every_steps > 0)
+        jit_compile=config.jit_compile)
     writer = (summaries.create_writers(logdir)[summaries.TRAIN]
               if logdir else None)
     self.logger = summaries.StepLogger(

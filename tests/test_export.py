@@ -84,7 +84,7 @@ def test_mc_dropout_evaluation():
   model = models.build_dense_stack(SHAPE, [64], seed=3, dropout=0.5)
   x = next(iter(ds))[0]
   det = tf.nn.softmax(model(x, training=False))
-  mc = export.mc_dropout_forward(model, x, 20)
+  mc = models.mc_dropout_probabilities(model, x, 20)
   np.testing.assert_allclose(mc.numpy().sum(-1), 1.0, rtol=1e-5)
   assert np.abs(mc.numpy() - det.numpy()).max() > 1e-3    # dropout was on
   dropped = trainer_lib.Trainer(model, tf.keras.optimizers.SGD(0.1), strategy,
@@ -92,3 +92,39 @@ def test_mc_dropout_evaluation():
   out = dropped.evaluate(ds, mc_samples=5)
   assert 0.0 <= out['accuracy'] <= 1.0 and np.isfinite(out['loss'])
   assert out['loss'] != pytest.approx(dropped.evaluate(ds)['loss'], rel=1e-6)
+
+
+@pytest.mark.slow
+def test_launchers_cnn_with_dropout_then_evaluate_from_the_export(
+    tiny_cifar_data_dir, run_launcher, tmp_path):
+  """launch.cifar10 --model=cnn --dropout --mc_dropout_samples, then
+  launch.evaluate reproduces the run's test metrics from export/ alone."""
+  workdir = str(tmp_path / 'cnn')
+  proc = run_launcher(
+      'launch.cifar10', '--model=cnn', '--filters=4,8', '--dropout=0.3',
+      '--mc_dropout_samples=3', '--epochs=2', '--batch_size=20',
+      '--validation_size=40', '--noprogress', f'--data_dir={tiny_cifar_data_dir}',
+      f'--workdir={workdir}', timeout=240)
+  assert proc.returncode == 0, proc.stderr[-2000:]
+  with open(os.path.join(workdir, 'metrics.json')) as f:
+    metrics = json.load(f)
+  assert metrics['mc_dropout_samples'] == 3
+  for key in ('mc_test_accuracy', 'mc_val_accuracy', 'test_accuracy'):
+    assert 0.0 <= metrics[key] <= 1.0, key
+  with open(os.path.join(workdir, 'export', 'export.json')) as f:
+    meta = json.load(f)
+  assert meta['dropout'] and meta['dataset'] == 'cifar10'
+  proc = run_launcher('launch.evaluate', f'--workdir={workdir}',
+                      f'--data_dir={tiny_cifar_data_dir}',
+                      '--mc_dropout_samples=3', timeout=120)
+  assert proc.returncode == 0, proc.stderr[-2000:]
+  lines = proc.stdout.strip().splitlines()
+  assert lines[-2].startswith(
+      f'test accuracy: {metrics["test_accuracy"]:.4f}  test loss: '
+      f'{metrics["test_loss"]:.4f}')
+  assert lines[-1].startswith('MC dropout (3 samples): test accuracy ')
+  proc = run_launcher('launch.evaluate', f'--workdir={tmp_path}/none',
+                      timeout=60)
+  assert proc.returncode == 1
+  assert proc.stderr.strip().splitlines()[-1].startswith(
+      f'error: --workdir={tmp_path}/none: no export/ in it')

@@ -119,7 +119,7 @@ def test_observed_and_plain_steps_train_identically():
 
 def test_no_summary_op_inside_the_compiled_steps():
   images, labels = make_data(3 * BATCH)
-  trainer = make_trainer('relu', histograms=True)
+  trainer = make_trainer('relu')
   iterator = distributed_iterator(trainer, images, labels)
   trainer.train_steps(iterator, 1)
   trainer.observed_step(iterator)
@@ -142,7 +142,7 @@ def test_step_summaries_tags_and_values(tmp_path, jit_compile):
   from tftrain import loop  # pylint: disable=g-import-not-at-top
   writer = tf.summary.create_file_writer(str(tmp_path))
   images, labels = make_data(4 * BATCH)
-  trainer = make_trainer('relu', histograms=True, jit_compile=jit_compile)
+  trainer = make_trainer('relu', jit_compile=jit_compile)
   logger = summaries.StepLogger(writer, trainer.layer_names, log_every_steps=2,
                                 histogram_every_steps=3,
                                 records_path=str(tmp_path / 'obs.jsonl'))

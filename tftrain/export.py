@@ -72,18 +72,6 @@ def export(model: tf.keras.Model, data_info, workdir: str,
           'keras': os.path.join(final, 'model.keras')}
 
 
-def mc_dropout_forward(model: tf.keras.Model, x, samples: int):
-  """Mean softmax of `samples` passes with only the dropout layers on."""
-  dropout = (tf.keras.layers.Dropout, tf.keras.layers.AlphaDropout)
-  probs = 0.0
-  for _ in range(samples):
-    h = x
-    for layer in model.layers:
-      h = layer(h, training=isinstance(layer, dropout))
-    probs += tf.nn.softmax(tf.cast(h, tf.float32))
-  return probs / samples
-
-
 def _metrics(probs, labels):
   picked = tf.gather(probs, labels, batch_dims=1)
   loss = -tf.reduce_sum(tf.math.log(tf.maximum(picked, 1e-12)))
@@ -131,7 +119,8 @@ def evaluate(workdir: str, data_dir=None, raw_data_dir=None,
     if keras_model is not None:
       x = (tf.cast(images, tf.float32) / 255.0 - mean) / std
       loss, correct = _metrics(
-          mc_dropout_forward(keras_model, x, mc_dropout_samples), labels)
+          models.mc_dropout_probabilities(keras_model, x, mc_dropout_samples),
+          labels)
       sums['mc_loss'] += loss
       sums['mc_correct'] += correct
     count += int(labels.shape[0])

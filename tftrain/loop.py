@@ -170,8 +170,7 @@ def build_experiment(config: config_lib.Config, workdir: str,
         config)
     trainer = trainer_lib.Trainer(
         model, optimizer, strategy, config.batch_size,
-        jit_compile=config.jit_compile,
-        histograms=config.histogram_every_steps > 0)
+        jit_compile=config.jit_compile)
   run_dir = workdir if is_chief else temp_dir
   logger = summaries.StepLogger(
       writers[summaries.TRAIN], trainer.layer_names, config.log_every_steps,
@@ -277,7 +276,8 @@ def train_steps(trainer: trainer_lib.Trainer, iterator, num_steps: int,
 
   Returns:
     'loss_sum', 'correct', 'count' (sums), 'losses' (per step), 'steps_run',
-    and 'observation' (the last observed step's measurements) if any.
+    'step' (the global step after them) and 'observation' (the last observed
+    step's measurements) if any.
 
   Raises:
     trainer.NonFiniteError: at the first non-finite loss or gradient.
@@ -305,6 +305,7 @@ def train_steps(trainer: trainer_lib.Trainer, iterator, num_steps: int,
         total['observation'] = out['observation']
       step += out['steps_run']
   total['losses'] = np.concatenate(losses) if losses else np.zeros([0])
+  total['step'] = step
   return total
 
 
@@ -772,11 +773,11 @@ def _run(exp: Experiment, hooks: Sequence[Hook]) -> Dict[str, Any]:
       step_in_epoch = skip
       epoch_start = time.time()
       epoch_train_seconds, epoch_examples = 0.0, 0.0
+      global_step = int(trainer.optimizer.iterations.numpy())
       while step_in_epoch < exp.steps_per_epoch:
         # Calls end on multiples of --steps_per_loop (global steps), where
         # the hooks run; the first call trains only (compiling the observed
         # step too would delay the first numbers by a second trace).
-        global_step = int(trainer.optimizer.iterations.numpy())
         n = min(config.steps_per_loop - global_step % config.steps_per_loop,
                 exp.steps_per_epoch - step_in_epoch)
         if first_loop:
@@ -797,7 +798,7 @@ def _run(exp: Experiment, hooks: Sequence[Hook]) -> Dict[str, Any]:
         speed = out['count'] / max(dt, 1e-9)
         epoch_train_seconds += dt
         epoch_examples += out['count']
-        step = int(trainer.optimizer.iterations.numpy())
+        global_step = step = out['step']
         progress.update(step_in_epoch, n, dt, sums, speed, step)
         summaries.write_scalars(exp.writers[summaries.TRAIN], step,
                                 {'examples_per_second': speed}, flush=False)

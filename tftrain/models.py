@@ -90,10 +90,24 @@ def dropout_layer(rate: float, kind: str, activation: str, name: str,
   return cls(rate, seed=seed, name=name)
 
 
+DROPOUT_LAYERS = (tf.keras.layers.Dropout, tf.keras.layers.AlphaDropout)
+
+
 def has_dropout(model: tf.keras.Model) -> bool:
-  return any(isinstance(l, (tf.keras.layers.Dropout,
-                            tf.keras.layers.AlphaDropout))
-             for l in model.layers)
+  return any(isinstance(l, DROPOUT_LAYERS) for l in model.layers)
+
+
+def mc_dropout_probabilities(model: tf.keras.Model, x, samples: int):
+  """MC dropout: the mean softmax of `samples` passes with only the dropout
+  layers in training mode (batch norm keeps its moving statistics); the
+  model must be a layer stack (Sequential)."""
+  probs = 0.0
+  for _ in range(samples):
+    h = x
+    for layer in model.layers:
+      h = layer(h, training=isinstance(layer, DROPOUT_LAYERS))
+    probs += tf.nn.softmax(tf.cast(h, tf.float32))
+  return probs / samples
 
 
 def mlp(input_shape=(28, 28, 1), hidden=(300, 100), num_classes=10,

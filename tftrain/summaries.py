@@ -425,9 +425,8 @@ class DepthProbe:
         loss = tf.reduce_mean(tf.nn.sparse_softmax_cross_entropy_with_logits(
             labels, tf.cast(x, tf.float32)))
       grads = tape.gradient(loss, groups)
-      norms = tf.stack([
-          tf.sqrt(tf.add_n([tf.reduce_sum(tf.square(tf.cast(g, tf.float32)))
-                            for g in layer])) for layer in grads])
+      norms = tf.stack([tf.linalg.global_norm(
+          [tf.cast(g, tf.float32) for g in layer]) for layer in grads])
       stats = {name: activation_statistics(activation, outputs[name])
                for name in act_names}
       return norms, stats

@@ -42,9 +42,6 @@ def _norm(tensors) -> tf.Tensor:
                            for t in tensors]))
 
 
-_DROPOUT_LAYERS = (tf.keras.layers.Dropout, tf.keras.layers.AlphaDropout)
-
-
 class _LazyLayers:
   """Per-layer flat arrays built from per-variable arrays on first access."""
 
@@ -70,17 +67,15 @@ class Trainer:
     strategy: a tf.distribute strategy (the default strategy is fine).
     global_batch_size: examples per step over all replicas.
     jit_compile: XLA-compile the step (plain and observed).
-    histograms: observed steps also return per-layer gradients and weights.
   """
 
   def __init__(self, model, optimizer, strategy, global_batch_size: int,
-               jit_compile: bool = False, histograms: bool = False):
+               jit_compile: bool = False):
     self.model = model
     self.optimizer = optimizer
     self.strategy = strategy
     self.global_batch_size = global_batch_size
     self.jit_compile = jit_compile
-    self.histograms = histograms
     self.layers = models.weighted_layers(model)
     self.layer_names = [l.name for l in self.layers]
     with strategy.scope():
@@ -249,13 +244,13 @@ class Trainer:
       the `train_steps` dict for one step, plus 'observation': 'loss',
       'learning_rate', 'global_grad_norm', per layer 'grad_norms',
       'weight_norms', 'update_ratios' (numpy, in `layer_names` order) and,
-      with `histograms` (and the Trainer's `histograms`), 'grads' and
-      'weights' (flat per layer). Each variant compiles once.
+      with `histograms`, 'grads' and 'weights' (flat per layer). Each
+      variant compiles once.
 
     Raises:
       NonFiniteError: if the loss or any gradient is non-finite.
     """
-    histograms = bool(histograms and self.histograms)
+    histograms = bool(histograms)
     if histograms not in self._observed_fns:
       self._observed_fns[histograms] = self._make_observed_step(histograms)
     out = tf.nest.map_structure(lambda t: t.numpy(),
@@ -309,19 +304,9 @@ class Trainer:
         tf.cast(tf.shape(labels)[0], tf.float32)])
 
   def _replica_mc_eval(self, batch, samples: int):
-    """MC dropout: the mean softmax of `samples` passes with dropout on.
-
-    Only the dropout layers run in training mode (batch norm keeps its
-    moving statistics); the model must be a layer stack (Sequential).
-    """
+    """MC dropout (`models.mc_dropout_probabilities`) loss sum and correct."""
     images, labels = batch
-    probs = 0.0
-    for _ in range(samples):
-      x = images
-      for layer in self.model.layers:
-        x = layer(x, training=isinstance(layer, _DROPOUT_LAYERS))
-      probs += tf.nn.softmax(tf.cast(x, tf.float32))
-    probs /= samples
+    probs = models.mc_dropout_probabilities(self.model, images, samples)
     picked = tf.gather(probs, labels, batch_dims=1)
     predictions = tf.argmax(probs, axis=-1, output_type=tf.int32)
     return tf.stack([
