@@ -1,6 +1,7 @@
 """LR finder: state restored exactly, suggestion rules, outputs, launchers."""
 
 import csv
+import dataclasses
 import glob
 import json
 import os
@@ -117,8 +118,13 @@ def test_sweep_is_exponential_within_one_epoch_and_stops(swept):
   np.testing.assert_allclose(
       result.smoothed, lr_finder.smooth(result.losses, 0.98))
   assert set(result.suggestions) == set(lr_finder.SUGGESTIONS)
-  assert result.suggestion == result.suggestions['divergence']
-  assert result.suggestion == pytest.approx(lrs[-1] / 10)
+  assert result.suggestions['divergence'] == pytest.approx(lrs[-1] / 10)
+  # --schedule=auto with --learning_rate=auto trains 1cycle: the suggestion
+  # is its peak, the LR at the smoothed-loss minimum.
+  assert result.schedule == 'onecycle'
+  assert result.suggestion == result.lrs[np.argmin(result.smoothed)]
+  constant = dataclasses.replace(result, schedule='constant')
+  assert constant.suggestion == result.suggestions['divergence']
 
 
 def test_writes_png_csv_json_and_summaries(swept):

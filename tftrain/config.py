@@ -6,7 +6,7 @@ Every field has the same name as the launcher flag that sets it, so a
 
 import dataclasses
 import math
-from typing import Optional, Tuple, Union
+from typing import Optional, Sequence, Tuple, Union
 
 # Tested, and in the offline mirror; any TFDS image-classification dataset works.
 DATASETS = ('mnist', 'fashion_mnist', 'cifar10')
@@ -20,7 +20,7 @@ DROPOUT_KINDS = ('auto', 'standard', 'alpha')
 DROPOUT_PLACEMENTS = ('output', 'every')
 OPTIMIZERS = ('sgd', 'momentum', 'nesterov', 'adagrad', 'rmsprop', 'adam',
               'adamw', 'nadam')
-SCHEDULES = ('constant', 'exponential', 'piecewise', 'onecycle')
+SCHEDULES = ('auto', 'constant', 'exponential', 'piecewise', 'onecycle')
 STRATEGIES = ('default', 'one_device', 'mirrored', 'multi_worker')
 MIXED_PRECISION = ('none', 'mixed_float16', 'mixed_bfloat16')
 MONITORS = ('val_accuracy', 'val_loss')
@@ -51,73 +51,135 @@ def _choice(field, value, choices):
     raise ConfigError(field, value, f'choose one of {", ".join(choices)}.')
 
 
+def _field(default, help: str, choices: Optional[Sequence[str]] = None):  # pylint: disable=redefined-builtin
+  """A Config field; its flag (same name, same default) is generated from it.
+
+  `help` is the flag's help text; `choices` (validated in __post_init__ with
+  a one-line ConfigError) are listed in the help.
+  """
+  return dataclasses.field(default=default,
+                           metadata={'help': help, 'choices': choices})
+
+
 @dataclasses.dataclass(frozen=True)
 class Config:
-  """Everything a run needs. Defaults follow the seed's MNIST MLP recipe."""
+  """Everything a run needs. Defaults follow the seed's MNIST MLP recipe.
+
+  Each field is also a launcher flag of the same name (launch/flags.py builds
+  the flags from these fields: type, default, help and choices).
+  """
   # Data.
-  dataset: str = 'mnist'
-  data_dir: Optional[str] = None          # TFDS data dir (None: TFDS default)
-  raw_data_dir: Optional[str] = None      # folder of original download files
-  validation_size: int = 5000
-  standardize: Optional[bool] = None      # None: on for SELU, off otherwise
-  batch_size: int = 32                    # global batch
-  eval_batch_size: int = 1000
+  dataset: str = _field(
+      'mnist', 'TFDS image-classification dataset (image + label features; '
+      f'offline mirror: {", ".join(DATASETS)}).')
+  data_dir: Optional[str] = _field(
+      None, 'TFDS data dir (default: $TFDS_DATA_DIR or ~/tensorflow_datasets).')
+  raw_data_dir: Optional[str] = _field(
+      None, 'Folder of original download files, <dataset>/<file>, for '
+      'air-gapped machines (default: $TFTRAIN_RAW_DATA_DIR).')
+  validation_size: int = _field(
+      5000, 'Last N training examples used for validation.')
+  standardize: Optional[bool] = _field(
+      None, 'Standardize inputs by the train mean/std (auto: on for SELU).')
+  batch_size: int = _field(32, 'Global batch size.')
+  eval_batch_size: int = _field(1000, 'Evaluation batch size.')
   # Model.
-  model: str = 'mlp'
-  hidden: Tuple[int, ...] = (300, 100)
-  depth: int = 100
-  width: int = 100
-  filters: Tuple[int, ...] = (16, 32, 64)    # cnn: channels per stage
-  activation: str = 'relu'
-  kernel_initializer: Optional[str] = None  # None: per-activation default
-  batch_norm: str = 'none'
-  dropout: float = 0.0                    # rate; 0 = no dropout layers
-  dropout_kind: str = 'auto'              # auto: alpha for SELU, else standard
-  dropout_placement: str = 'output'       # output: before the output layer;
-                                          # every: after every hidden layer
+  model: str = _field('mlp', 'Model builder.', MODELS)
+  hidden: Tuple[int, ...] = _field((300, 100), 'mlp: hidden layer widths.')
+  depth: int = _field(100, 'deep_mlp: number of hidden layers.')
+  width: int = _field(100, 'deep_mlp: units per hidden layer.')
+  filters: Tuple[int, ...] = _field((16, 32, 64), 'cnn: channels per stage.')
+  activation: str = _field('relu', 'Hidden-layer activation.', ACTIVATIONS)
+  kernel_initializer: Optional[str] = _field(
+      None, 'Keras initializer (default: per activation: Glorot for '
+      'sigmoid/tanh, He for the ReLU/ELU family, LeCun normal for SELU).',
+      INITIALIZERS)
+  batch_norm: str = _field(
+      'none', 'Batch norm before or after the activation.', BATCH_NORM)
+  dropout: float = _field(0.0, 'Dropout rate (0: no dropout layers).')
+  dropout_kind: str = _field(
+      'auto', 'auto: AlphaDropout for SELU, Dropout otherwise.', DROPOUT_KINDS)
+  dropout_placement: str = _field(
+      'output', 'output: before the output layer; every: after every hidden '
+      'layer.', DROPOUT_PLACEMENTS)
   # Optimization.
-  optimizer: str = 'sgd'
-  learning_rate: Union[float, str] = 0.3    # or 'auto' (LR finder)
-  momentum: float = 0.9
-  beta_1: float = 0.9
-  beta_2: float = 0.999
-  weight_decay: float = 0.004
-  schedule: str = 'constant'
-  cycle_momentum: bool = True             # onecycle + momentum/nesterov:
-                                          # momentum 0.95 -> 0.85 -> 0.95
-  decay_rate: float = 0.1                 # exponential: lr * rate**(step/decay_steps)
-  decay_epochs: float = 10.0
-  boundaries_epochs: Tuple[float, ...] = (5.0, 15.0)   # piecewise
-  piecewise_factors: Tuple[float, ...] = (1.0, 0.1, 0.01)
+  optimizer: str = _field('sgd', 'Optimizer.', OPTIMIZERS)
+  learning_rate: Union[float, str] = _field(
+      0.3, "Peak learning rate, or 'auto': the LR finder picks it (and, with "
+      '--schedule=auto, trains a 1cycle schedule peaking there).')
+  momentum: float = _field(0.9, 'momentum/nesterov: momentum.')
+  beta_1: float = _field(0.9, 'Adam family: beta_1.')
+  beta_2: float = _field(0.999, 'Adam family: beta_2.')
+  weight_decay: float = _field(0.004, 'adamw: weight decay.')
+  schedule: str = _field(
+      'auto', 'LR schedule; auto: onecycle with --learning_rate=auto, '
+      'constant otherwise.', SCHEDULES)
+  cycle_momentum: bool = _field(
+      True, 'onecycle with momentum/nesterov: momentum 0.95 -> 0.85 -> 0.95.')
+  decay_rate: float = _field(
+      0.1, 'exponential: lr * decay_rate ** (epoch / decay_epochs).')
+  decay_epochs: float = _field(10.0, 'exponential: epochs per decay_rate.')
+  boundaries_epochs: Tuple[float, ...] = _field(
+      (5.0, 15.0), 'piecewise: epochs where the LR factor changes.')
+  piecewise_factors: Tuple[float, ...] = _field(
+      (1.0, 0.1, 0.01), 'piecewise: LR factors, one more than '
+      '--boundaries_epochs.')
   # Training.
-  epochs: int = 20
-  patience: int = 5                       # early stopping, in epochs; 0 = off
-  monitor: str = 'val_accuracy'
-  seed: int = 42
-  deterministic: bool = False             # tf op determinism (exact resumes)
-  steps_per_loop: int = 100               # train steps per tf.function call
-  jit_compile: bool = False
-  max_steps_per_epoch: Optional[int] = None  # cap, for smoke tests
-  eval_test_every_epoch: bool = False    # test metrics per epoch (studies)
-  mc_dropout_samples: int = 0             # MC dropout passes at evaluation
+  epochs: int = _field(20, 'Maximum epochs.')
+  patience: int = _field(
+      5, 'Early stopping patience in epochs (0: off; not applied to 1cycle, '
+      'whose length is the schedule); the best weights are restored at the '
+      'end either way.')
+  monitor: str = _field(
+      'val_accuracy', 'Validation metric for early stopping and best weights.',
+      MONITORS)
+  seed: int = _field(42, 'Seed for weights and data order.')
+  deterministic: bool = _field(
+      False, 'Deterministic TF ops: a resumed run then ends with the same '
+      'metrics as an uninterrupted one (may be slower on GPU).')
+  steps_per_loop: int = _field(
+      100, 'Train steps per tf.function call (in-graph loop).')
+  jit_compile: bool = _field(False, 'XLA-compile the train step.')
+  max_steps_per_epoch: Optional[int] = _field(
+      None, 'Cap on steps per epoch (smoke tests).')
+  eval_test_every_epoch: bool = _field(
+      False, 'Also evaluate the test split after every epoch (studies; '
+      'history.json then holds test_accuracy per epoch).')
+  mc_dropout_samples: int = _field(
+      0, 'MC dropout: also evaluate as the mean of N stochastic passes '
+      '(0: off).')
   # Observability.
-  log_every_steps: int = 100
-  histogram_every_steps: int = 0          # 0 = no histograms
-  grad_norms: bool = True                 # per-layer gradient norms
-  activation_stats: bool = True           # activation stats on a probe batch
-  trace_graph: bool = True
-  progress: bool = True
+  log_every_steps: int = _field(
+      100, 'Interval of per-step scalars (loss, LR, gradient norms).')
+  histogram_every_steps: int = _field(
+      0, 'Interval of gradient/weight histograms (0: off).')
+  grad_norms: bool = _field(True, 'Log per-layer gradient norms.')
+  activation_stats: bool = _field(
+      True, 'Log activation statistics (saturated/dead units) on a probe '
+      'batch.')
+  trace_graph: bool = _field(True, "Write the model's graph for TensorBoard.")
+  progress: bool = _field(
+      True, 'Progress bar on a terminal (one line per epoch otherwise).')
   # LR finder.
-  lr_find_start: float = 1e-5
-  lr_find_end: float = 10.0
-  lr_find_factor: Optional[float] = None   # seed: 1.005 per batch
-  lr_find_max_steps: Optional[int] = None  # default: one epoch
-  lr_find_stop_factor: float = 4.0
-  lr_find_beta: float = 0.98
-  lr_suggestion: str = 'divergence'     # 10x below the blow-up (lr_finder.py)
+  lr_find_start: float = _field(1e-5, 'LR finder: first LR.')
+  lr_find_end: float = _field(10.0, 'LR finder: last LR.')
+  lr_find_factor: Optional[float] = _field(
+      None, 'LR finder: growth per batch instead of start..end (seed: 1.005).')
+  lr_find_max_steps: Optional[int] = _field(
+      None, 'LR finder: most sweep steps (default: one epoch).')
+  lr_find_stop_factor: float = _field(
+      4.0, 'LR finder: stop when the smoothed loss exceeds this x its minimum.')
+  lr_find_beta: float = _field(
+      0.98, 'LR finder: loss smoothing (exponential moving average).')
+  lr_suggestion: str = _field(
+      'divergence', 'The LR finder rule --learning_rate=auto uses with a '
+      'schedule other than onecycle.', LR_SUGGESTIONS)
   # Distribution and precision.
-  strategy: str = 'default'
-  mixed_precision: str = 'none'
+  strategy: str = _field(
+      'default', 'tf.distribute strategy (multi_worker reads TF_CONFIG).',
+      STRATEGIES)
+  mixed_precision: str = _field(
+      'none', 'Keras mixed-precision policy.', MIXED_PRECISION)
 
   def __post_init__(self):
     if not (isinstance(self.dataset, str) and self.dataset
@@ -173,6 +235,12 @@ class Config:
                         'must be a non-negative finite number.')
     _positive('decay_rate', self.decay_rate)
     _positive('decay_epochs', self.decay_epochs)
+    if any(not isinstance(b, (int, float)) or b <= 0
+           for b in self.boundaries_epochs) or list(
+               self.boundaries_epochs) != sorted(set(self.boundaries_epochs)):
+      raise ConfigError(
+          'boundaries_epochs', ','.join(map(str, self.boundaries_epochs)),
+          'must be increasing positive epochs, e.g. 5,15.')
     if len(self.piecewise_factors) != len(self.boundaries_epochs) + 1:
       raise ConfigError(
           'piecewise_factors', ','.join(map(str, self.piecewise_factors)),
@@ -198,6 +266,21 @@ class Config:
     if self.standardize is None:
       return self.activation == 'selu'
     return self.standardize
+
+  @property
+  def lr_schedule(self) -> str:
+    """The schedule trained with: `schedule`, with 'auto' resolved (1cycle
+    after the LR finder, constant for a given learning rate)."""
+    if self.schedule == 'auto':
+      return 'onecycle' if self.learning_rate == 'auto' else 'constant'
+    return self.schedule
+
+  @property
+  def early_stopping_patience(self) -> int:
+    """`patience`, or 0 (off) with 1cycle: the cycle's length is part of the
+    schedule, and stopping on a plateau mid-cycle would skip its annealing,
+    where most of its accuracy is gained. The best epoch is restored anyway."""
+    return 0 if self.lr_schedule == 'onecycle' else self.patience
 
   def replace(self, **changes) -> 'Config':
     return dataclasses.replace(self, **changes)

@@ -855,7 +855,8 @@ def _run(exp: Experiment, hooks: Sequence[Hook]) -> Dict[str, Any]:
           _save(best_manager, epoch + 1, exp.workdir, 'the best weights')
         else:
           state['wait'].assign_add(1)
-          stop = config.patience and int(state['wait'].numpy()) >= config.patience
+          stop = (config.early_stopping_patience and int(state['wait'].numpy())
+                  >= config.early_stopping_patience)
       epoch += 1
       state['epoch'].assign(epoch)
       state['step_in_epoch'].assign(0)

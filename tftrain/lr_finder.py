@@ -537,7 +537,7 @@ def find(exp, outdir: str, num_steps: Optional[int] = None,
                     default=config.lr_suggestion, stop_reason=reason,
                     min_lr=float(lrs[i_min]), min_loss=float(smoothed[i_min]),
                     seconds=time.time() - started, settings=settings,
-                    schedule=config.schedule)
+                    schedule=config.lr_schedule)
     logging.info('LR finder: %d steps (%s) in %.1f s; suggestions %s',
                  len(lrs), reason, result.seconds,
                  {k: v and round(v, 5) for k, v in result.suggestions.items()})

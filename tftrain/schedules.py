@@ -160,15 +160,15 @@ class OneCycleMomentum(_Base):
 def build_schedule(config, learning_rate: float, steps_per_epoch: int) -> _Base:
   """The training schedule a `Config` asks for, peaking at `learning_rate`."""
   total = steps_per_epoch * config.epochs
-  if config.schedule == 'constant':
+  if config.lr_schedule == 'constant':
     return Constant(learning_rate)
-  if config.schedule == 'exponential':
+  if config.lr_schedule == 'exponential':
     return ExponentialDecay(learning_rate, config.decay_epochs * steps_per_epoch,
                             config.decay_rate)
-  if config.schedule == 'piecewise':
+  if config.lr_schedule == 'piecewise':
     return PiecewiseConstant(
         [round(b * steps_per_epoch) for b in config.boundaries_epochs],
         [learning_rate * f for f in config.piecewise_factors])
-  if config.schedule == 'onecycle':
+  if config.lr_schedule == 'onecycle':
     return OneCycle(learning_rate, total)
-  raise ValueError(f'unknown schedule {config.schedule!r}')
+  raise ValueError(f'unknown schedule {config.lr_schedule!r}')
