@@ -358,7 +358,7 @@ def test_second_signal_exits_at_once():
   code = (
       'import os, signal, time\n'
       'from tftrain import loop\n'
-      'with loop._SignalGuard() as guard:\n'
+      'with loop.SignalGuard() as guard:\n'
       '  os.kill(os.getpid(), signal.SIGTERM)\n'
       '  print("first", guard.signum, flush=True)\n'
       '  os.kill(os.getpid(), signal.SIGINT)\n'

@@ -187,45 +187,40 @@ class Config:
       raise ConfigError('dataset', self.dataset,
                         'give a TFDS dataset name, e.g. '
                         f'{", ".join(DATASETS)}.')
-    _choice('model', self.model, MODELS)
-    _choice('activation', self.activation, ACTIVATIONS)
-    if self.kernel_initializer is not None:
-      _choice('kernel_initializer', self.kernel_initializer, INITIALIZERS)
-    _choice('batch_norm', self.batch_norm, BATCH_NORM)
-    _choice('dropout_kind', self.dropout_kind, DROPOUT_KINDS)
-    _choice('dropout_placement', self.dropout_placement, DROPOUT_PLACEMENTS)
-    if not (isinstance(self.dropout, (int, float)) and 0.0 <= self.dropout < 1.0):
-      raise ConfigError('dropout', self.dropout,
-                        'must be a rate in [0, 1) (e.g. 0.1; 0 = off).')
-    _choice('optimizer', self.optimizer, OPTIMIZERS)
-    _choice('schedule', self.schedule, SCHEDULES)
-    _choice('strategy', self.strategy, STRATEGIES)
-    _choice('mixed_precision', self.mixed_precision, MIXED_PRECISION)
-    _choice('monitor', self.monitor, MONITORS)
-    _choice('lr_suggestion', self.lr_suggestion, LR_SUGGESTIONS)
-    if self.learning_rate != 'auto':
-      if isinstance(self.learning_rate, str):
-        raise ConfigError('learning_rate', self.learning_rate,
-                          "must be a positive number or 'auto'.")
-      _positive('learning_rate', self.learning_rate)
+    for field in dataclasses.fields(self):
+      value = getattr(self, field.name)
+      if field.metadata.get('choices') and value is not None:
+        _choice(field.name, value, field.metadata['choices'])
+    self._check_sizes()
+    self._check_optimization()
+    self._check_lr_finder()
+
+  def _check_sizes(self):
     for name in ('batch_size', 'eval_batch_size', 'epochs', 'depth', 'width',
                  'steps_per_loop', 'log_every_steps'):
       _positive(name, getattr(self, name), integer=True)
     if self.max_steps_per_epoch is not None:
       _positive('max_steps_per_epoch', self.max_steps_per_epoch, integer=True)
-    if not self.filters or any(
-        not isinstance(h, int) or h <= 0 for h in self.filters):
-      raise ConfigError('filters', ','.join(map(str, self.filters)),
-                        'must be a comma list of positive integers.')
-    if not self.hidden or any(
-        not isinstance(h, int) or h <= 0 for h in self.hidden):
-      raise ConfigError('hidden', ','.join(map(str, self.hidden)),
-                        'must be a comma list of positive integers.')
+    for name in ('filters', 'hidden'):
+      values = getattr(self, name)
+      if not values or any(not isinstance(h, int) or h <= 0 for h in values):
+        raise ConfigError(name, ','.join(map(str, values)),
+                          'must be a comma list of positive integers.')
     for name in ('validation_size', 'patience', 'histogram_every_steps',
                  'mc_dropout_samples'):
       value = getattr(self, name)
       if not isinstance(value, int) or value < 0:
         raise ConfigError(name, value, 'must be a non-negative integer.')
+    if not (isinstance(self.dropout, (int, float)) and 0.0 <= self.dropout < 1.0):
+      raise ConfigError('dropout', self.dropout,
+                        'must be a rate in [0, 1) (e.g. 0.1; 0 = off).')
+
+  def _check_optimization(self):
+    if self.learning_rate != 'auto':
+      if isinstance(self.learning_rate, str):
+        raise ConfigError('learning_rate', self.learning_rate,
+                          "must be a positive number or 'auto'.")
+      _positive('learning_rate', self.learning_rate)
     for name in ('momentum', 'beta_1', 'beta_2', 'lr_find_beta'):
       value = getattr(self, name)
       if not 0.0 <= value < 1.0:
@@ -245,6 +240,8 @@ class Config:
       raise ConfigError(
           'piecewise_factors', ','.join(map(str, self.piecewise_factors)),
           'needs exactly one more value than --boundaries_epochs.')
+
+  def _check_lr_finder(self):
     _positive('lr_find_start', self.lr_find_start)
     _positive('lr_find_end', self.lr_find_end)
     if self.lr_find_end <= self.lr_find_start:

@@ -9,7 +9,9 @@ from typing import Optional
 from absl import logging
 import tensorflow as tf
 
-STRATEGIES = ('default', 'one_device', 'mirrored', 'multi_worker')
+from tftrain import config as config_lib
+
+STRATEGIES = config_lib.STRATEGIES
 
 # Errors a collective raises when another worker is gone (killed, crashed,
 # unreachable): the survivor's next all-reduce fails with one of these.
@@ -38,10 +40,11 @@ def configure_cpu_replicas(num_replicas: int) -> None:
   except RuntimeError as e:
     existing = len(tf.config.list_logical_devices('CPU'))
     if existing != num_replicas:
-      raise ValueError(
-          f'--cpu_replicas={num_replicas}: TensorFlow devices are already '
-          f'initialized with {existing} CPU device(s); set it before any '
-          'TensorFlow work (first thing in the process).') from e
+      raise config_lib.ConfigError(
+          'cpu_replicas', num_replicas,
+          f'TensorFlow devices are already initialized with {existing} CPU '
+          'device(s); set it before any TensorFlow work (first thing in the '
+          'process).') from e
 
 
 def create_strategy(name: str) -> tf.distribute.Strategy:
@@ -64,7 +67,8 @@ def create_strategy(name: str) -> tf.distribute.Strategy:
     if _MULTI_WORKER is None:
       _MULTI_WORKER = tf.distribute.MultiWorkerMirroredStrategy()
     return _MULTI_WORKER
-  raise ValueError(f'--strategy={name}: choose one of {", ".join(STRATEGIES)}.')
+  raise config_lib.ConfigError('strategy', name,
+                               f'choose one of {", ".join(STRATEGIES)}.')
 
 
 _MULTI_WORKER = None
@@ -87,8 +91,10 @@ def task_from_tf_config():
   try:
     tf_config = json.loads(os.environ.get('TF_CONFIG') or '{}')
   except ValueError as e:
-    raise ValueError(f'TF_CONFIG is not valid JSON ({e}); see the README\'s '
-                     'multi-worker example.') from None
+    raise config_lib.ConfigError(
+        'strategy', 'multi_worker',
+        f'$TF_CONFIG is not valid JSON ({e}); see the README\'s multi-worker '
+        'example.') from None
   task = tf_config.get('task') or {}
   return task.get('type'), int(task.get('index', 0)), tf_config.get('cluster') or {}
 
@@ -99,7 +105,6 @@ def check_tf_config() -> None:
   Run before the multi-worker strategy is created (TensorFlow's own errors
   for these cases are tracebacks).
   """
-  from tftrain import config as config_lib  # pylint: disable=g-import-not-at-top
 
   def bad(fix):
     return config_lib.ConfigError('strategy', 'multi_worker', fix)

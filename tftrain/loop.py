@@ -16,7 +16,7 @@ import signal
 import sys
 import threading
 import time
-from typing import Any, Callable, Dict, Optional, Sequence
+from typing import Any, Callable, Dict, List, Optional, Sequence
 
 from absl import logging
 import numpy as np
@@ -110,6 +110,29 @@ def check_config(config: config_lib.Config, strategy=None,
         f'({config.dataset} train minus --validation_size).')
 
 
+def _load_data(config: config_lib.Config, strategy, datasets, num_classes):
+  """The cached splits, their DatasetInfo and the number of train examples."""
+  if datasets is None:
+    data_dir = data.prepare(config.dataset, config.data_dir,
+                            config.raw_data_dir)
+    splits, info = data.load_splits(config.dataset, data_dir,
+                                    config.validation_size,
+                                    config.standardize_inputs)
+  else:
+    splits, info = data.user_splits(datasets, num_classes)
+  cached = {k: d.cache() for k, d in splits.items()}
+  num_train = _count(cached['train'], info.num_train)
+  if config.batch_size > num_train:
+    raise config_lib.ConfigError(
+        'batch_size', config.batch_size,
+        f'must not exceed the {num_train} training examples.')
+  if config.batch_size % strategy.num_replicas_in_sync:
+    raise config_lib.ConfigError(
+        'batch_size', config.batch_size,
+        f'must be divisible by the {strategy.num_replicas_in_sync} replicas.')
+  return cached, info, num_train
+
+
 def build_experiment(config: config_lib.Config, workdir: str,
                      strategy=None, model=None, datasets=None,
                      num_classes: Optional[int] = None) -> Experiment:
@@ -130,24 +153,8 @@ def build_experiment(config: config_lib.Config, workdir: str,
     tf.keras.mixed_precision.set_global_policy(config.mixed_precision)
   else:
     tf.keras.mixed_precision.set_global_policy('float32')
-  if datasets is None:
-    data_dir = data.prepare(config.dataset, config.data_dir,
-                            config.raw_data_dir)
-    splits, info = data.load_splits(config.dataset, data_dir,
-                                    config.validation_size,
-                                    config.standardize_inputs)
-  else:
-    splits, info = data.user_splits(datasets, num_classes)
-  cached = {k: d.cache() for k, d in splits.items()}
-  num_train = _count(cached['train'], info.num_train)
-  if config.batch_size > num_train:
-    raise config_lib.ConfigError(
-        'batch_size', config.batch_size,
-        f'must not exceed the {num_train} training examples.')
-  if config.batch_size % strategy.num_replicas_in_sync:
-    raise config_lib.ConfigError(
-        'batch_size', config.batch_size,
-        f'must be divisible by the {strategy.num_replicas_in_sync} replicas.')
+  cached, info, num_train = _load_data(config, strategy, datasets,
+                                       num_classes)
   steps_per_epoch = num_train // config.batch_size
   if config.max_steps_per_epoch:
     steps_per_epoch = min(steps_per_epoch, config.max_steps_per_epoch)
@@ -315,7 +322,7 @@ def set_learning_rate(exp: Experiment, learning_rate: float) -> None:
       exp.config, learning_rate, exp.steps_per_epoch))
 
 
-class _SignalGuard:
+class SignalGuard:
   """First SIGINT/SIGTERM asks the loop to checkpoint and stop; a second exits.
 
   Guards nest: an inner guard (e.g. the LR finder's, inside `run`) shares the
@@ -335,12 +342,12 @@ class _SignalGuard:
     return self._outer.signum if self._outer is not None else self._signum
 
   def __enter__(self):
-    if _SignalGuard._active is not None:
-      self._outer = _SignalGuard._active
+    if SignalGuard._active is not None:
+      self._outer = SignalGuard._active
     elif threading.current_thread() is threading.main_thread():
       for sig in (signal.SIGINT, signal.SIGTERM):
         self._previous[sig] = signal.signal(sig, self._handle)
-      _SignalGuard._active = self
+      SignalGuard._active = self
     return self
 
   def _handle(self, signum, frame):
@@ -356,8 +363,8 @@ class _SignalGuard:
     for sig, handler in self._previous.items():
       signal.signal(sig, handler)
     self._previous = {}
-    if _SignalGuard._active is self:
-      _SignalGuard._active = None
+    if SignalGuard._active is self:
+      SignalGuard._active = None
 
 
 PROGRESS_LOG_SECONDS = 60.0   # without a terminal: one progress line at most this often
@@ -695,206 +702,288 @@ def _interrupted_in_finder(exp: Experiment, result: Dict[str, Any],
   return result
 
 
-def _run(exp: Experiment, hooks: Sequence[Hook]) -> Dict[str, Any]:
-  config, trainer, strategy = exp.config, exp.trainer, exp.strategy
-  if config.activation_stats and not any(
+def _with_activation_probe(exp: Experiment, hooks: Sequence[Hook]) -> List:
+  """`hooks` plus the automatic activation probe (unless one is given)."""
+  hooks = list(hooks)
+  if exp.config.activation_stats and not any(
       isinstance(h, summaries.DepthProbe) for h in hooks):
-    probe = activation_probe(exp, config.histogram_every_steps
-                             or 10 * config.log_every_steps)
-    hooks = list(hooks) + ([probe] if probe is not None else [])
-  ckpt, manager, best_manager, state = _make_checkpoint(exp)
-  # Every worker resumes from the chief's checkpoint when it can see the
-  # chief's workdir (a shared filesystem, as the README asks): a non-chief's
-  # own copies are scratch (its saves are its part of the collective save)
-  # and may be a step behind, or half-written when it was killed.
-  source_dir, restore_from = _resume_dir(exp), manager
-  if source_dir != exp.workdir:
-    chief_dir = source_dir
-    shutil.rmtree(manager.directory, ignore_errors=True)
-    manager = tf.train.CheckpointManager(ckpt, manager.directory,
-                                         max_to_keep=3)
-    restore_from = tf.train.CheckpointManager(
-        ckpt, os.path.join(chief_dir, 'checkpoints'), max_to_keep=None)
-  resumed = _restore(ckpt, restore_from)
-  history = []
-  if resumed and os.path.exists(_history_path(source_dir)):
-    try:
-      with open(_history_path(source_dir)) as f:
-        # history.json is written just before each epoch checkpoint: a run
-        # that stopped between the two has one record more than its checkpoint.
-        history = json.load(f)[:int(state['epoch'].numpy())]
-    except (OSError, ValueError, TypeError) as e:
-      raise CheckpointError(
-          f'{_history_path(source_dir)} cannot be read ({type(e).__name__}); '
-          'nothing was changed: restore it, or start fresh with a new '
-          '--workdir.') from e
-  monitor_sign = 1.0 if config.monitor == 'val_accuracy' else -1.0
-  has_val = 'validation' in exp.datasets
-  started = time.time()
-  result: Dict[str, Any] = {'workdir': exp.workdir, 'resumed': resumed}
-  status = 'completed'
-  first_loop = True
-  progress = _Progress(config, exp.steps_per_epoch)
-  with _SignalGuard() as guard:
-    # Learning rate: fixed, or found once by the LR finder (kept for resumes).
+    probe = activation_probe(exp, exp.config.histogram_every_steps
+                             or 10 * exp.config.log_every_steps)
+    hooks += [probe] if probe is not None else []
+  return hooks
+
+
+def _run(exp: Experiment, hooks: Sequence[Hook]) -> Dict[str, Any]:
+  """`run`'s phases: resume, learning rate, epochs, finish."""
+  phases = _Run(exp, _with_activation_probe(exp, hooks))
+  phases.resume()
+  with SignalGuard() as guard:
+    phases.guard = guard
+    if not phases.choose_learning_rate():
+      return phases.result
+    phases.trace_graph()
+    status = phases.train()
+  return phases.finish(status)
+
+
+class _Run:
+  """The state `run`'s phases share, and the phases.
+
+  `resume` (checkpoint and history), `choose_learning_rate` (the given one,
+  or the LR finder's, found once and kept for resumes), `train` (epochs:
+  `train_epoch` runs the compiled loop in calls with the hooks between them,
+  `end_epoch` validates, writes, keeps the best weights, stops early and
+  checkpoints) and `finish` (best weights restored, final metrics, export,
+  health report, metrics.json).
+  """
+
+  def __init__(self, exp: Experiment, hooks: Sequence[Hook]):
+    self.exp, self.config, self.trainer = exp, exp.config, exp.trainer
+    self.hooks = hooks
+    (self.ckpt, self.manager, self.best_manager,
+     self.state) = _make_checkpoint(exp)
+    self.history: List[Dict[str, Any]] = []
+    self.result: Dict[str, Any] = {'workdir': exp.workdir}
+    self.started = time.time()
+    self.has_val = 'validation' in exp.datasets
+    self.monitor_sign = 1.0 if self.config.monitor == 'val_accuracy' else -1.0
+    self.progress = _Progress(self.config, exp.steps_per_epoch)
+    self.first_loop = True
+    self.guard: Optional[SignalGuard] = None
+    self.eval_ds = {k: exp.strategy.experimental_distribute_dataset(
+        data.eval_batches(d, self.config.eval_batch_size))
+                    for k, d in exp.datasets.items() if k != 'train'}
+
+  def resume(self) -> None:
+    """Restores the latest checkpoint and history, if any.
+
+    Every worker resumes from the chief's checkpoint when it can see the
+    chief's workdir (a shared filesystem, as the README asks): a non-chief's
+    own copies are scratch (its saves are its part of the collective save)
+    and may be a step behind, or half-written when it was killed.
+    """
+    exp, source_dir, restore_from = self.exp, _resume_dir(self.exp), self.manager
+    if source_dir != exp.workdir:
+      shutil.rmtree(self.manager.directory, ignore_errors=True)
+      self.manager = tf.train.CheckpointManager(
+          self.ckpt, self.manager.directory, max_to_keep=3)
+      restore_from = tf.train.CheckpointManager(
+          self.ckpt, os.path.join(source_dir, 'checkpoints'), max_to_keep=None)
+    resumed = _restore(self.ckpt, restore_from)
+    self.result['resumed'] = resumed
+    if resumed and os.path.exists(_history_path(source_dir)):
+      try:
+        with open(_history_path(source_dir)) as f:
+          # history.json is written just before each epoch checkpoint: a run
+          # that stopped between the two has one record more than its
+          # checkpoint.
+          self.history = json.load(f)[:int(self.state['epoch'].numpy())]
+      except (OSError, ValueError, TypeError) as e:
+        raise CheckpointError(
+            f'{_history_path(source_dir)} cannot be read ({type(e).__name__});'
+            ' nothing was changed: restore it, or start fresh with a new '
+            '--workdir.') from e
+
+  def choose_learning_rate(self) -> bool:
+    """Sets the learning rate; False when a signal stopped the LR finder."""
+    config, state = self.config, self.state
     if config.learning_rate == 'auto':
       learning_rate = float(state['learning_rate'].numpy())
       if not learning_rate:
         from tftrain import lr_finder  # pylint: disable=g-import-not-at-top
         try:
-          found = lr_finder.find(exp, os.path.join(exp.workdir, 'lr_finder'),
-                                 should_stop=lambda: guard.signum is not None)
+          found = lr_finder.find(
+              self.exp, os.path.join(self.exp.workdir, 'lr_finder'),
+              should_stop=lambda: self.guard.signum is not None)
         except lr_finder.Interrupted as e:
-          return _interrupted_in_finder(exp, result, history, started, e)
+          self.result = _interrupted_in_finder(
+              self.exp, self.result, self.history, self.started, e)
+          return False
         learning_rate = found.suggestion
-        result['lr_finder'] = found.summary()
+        self.result['lr_finder'] = found.summary()
     else:
       learning_rate = float(config.learning_rate)
     state['learning_rate'].assign(learning_rate)
-    set_learning_rate(exp, learning_rate)
-    result['learning_rate'] = learning_rate
+    set_learning_rate(self.exp, learning_rate)
+    self.result['learning_rate'] = learning_rate
+    return True
 
-    if not resumed and config.trace_graph and exp.is_chief:
+  def trace_graph(self) -> None:
+    exp = self.exp
+    if not self.result['resumed'] and self.config.trace_graph and exp.is_chief:
       example = next(iter(exp.datasets['train'].batch(2)))[0]
-      summaries.trace_model_graph(exp.writers[summaries.TRAIN], trainer.model,
-                                  example)
+      summaries.trace_model_graph(exp.writers[summaries.TRAIN],
+                                  self.trainer.model, example)
 
-    eval_ds = {k: strategy.experimental_distribute_dataset(
-        data.eval_batches(d, config.eval_batch_size))
-               for k, d in exp.datasets.items() if k != 'train'}
-    epoch = int(state['epoch'].numpy())
-    while epoch < config.epochs:
-      skip = int(state['step_in_epoch'].numpy())
-      batches = data.train_batches(exp.datasets['train'], config.batch_size,
-                                   config.seed, epoch).skip(skip)
-      iterator = iter(strategy.experimental_distribute_dataset(batches))
-      sums = state['epoch_sums'].numpy().copy()
-      progress.start_epoch(epoch, skip)
-      step_in_epoch = skip
-      epoch_start = time.time()
-      epoch_train_seconds, epoch_examples = 0.0, 0.0
-      global_step = int(trainer.optimizer.iterations.numpy())
-      while step_in_epoch < exp.steps_per_epoch:
-        # Calls end on multiples of --steps_per_loop (global steps), where
-        # the hooks run; the first call trains only (compiling the observed
-        # step too would delay the first numbers by a second trace).
-        n = min(config.steps_per_loop - global_step % config.steps_per_loop,
-                exp.steps_per_epoch - step_in_epoch)
-        if first_loop:
-          k = exp.logger.steps_to_observation(global_step)
-          n = min(n, k - 1) if k and k > 1 else n
-        t0 = time.perf_counter()
-        try:
-          out = train_steps(trainer, iterator, n, exp.logger)
-        except trainer_lib.NonFiniteError as e:
-          result.update(status='diverged', diverged_step=e.step,
-                        diverged_loss=e.loss, history=history)
-          write_health(exp, result)
-          _write_json(os.path.join(exp.workdir, 'metrics.json'), result)
-          raise
-        dt = time.perf_counter() - t0
-        step_in_epoch += n
-        sums += [out['loss_sum'], out['correct'], out['count']]
-        speed = out['count'] / max(dt, 1e-9)
-        epoch_train_seconds += dt
-        epoch_examples += out['count']
-        global_step = step = out['step']
-        progress.update(step_in_epoch, n, dt, sums, speed, step)
-        summaries.write_scalars(exp.writers[summaries.TRAIN], step,
-                                {'examples_per_second': speed}, flush=False)
-        if first_loop:
-          first_loop = False
-          logging.info('first training loop done: %d steps, %.1f s after '
-                       'launch', n, seconds_since_launch())
-        for hook in hooks:
-          hook(exp, 'train', dict(out, step=step, epoch=epoch))
-        if guard.signum is not None:
-          break
-      if guard.signum is not None and step_in_epoch < exp.steps_per_epoch:
-        state['step_in_epoch'].assign(step_in_epoch)
-        state['epoch_sums'].assign(sums)
-        _save(manager, trainer.optimizer.iterations, exp.workdir)
-        status = 'interrupted'
-        result['interrupted_step'] = int(trainer.optimizer.iterations.numpy())
-        break
-
-      # End of epoch: validation, summaries, early stopping, checkpoint.
-      epoch_time = time.time() - epoch_start
-      record = {'epoch': epoch + 1, 'loss': sums[0] / sums[2],
-                'accuracy': sums[1] / sums[2], 'seconds': epoch_time}
-      if has_val:
-        val = trainer.evaluate(eval_ds['validation'])
-        record.update(val_loss=val['loss'], val_accuracy=val['accuracy'])
-      if config.eval_test_every_epoch:   # e.g. epochs to a test accuracy
-        test = trainer.evaluate(eval_ds['test'])
-        record.update(test_loss=test['loss'], test_accuracy=test['accuracy'])
-      step = int(trainer.optimizer.iterations.numpy())
-      summaries.write_scalars(exp.writers[summaries.TRAIN], epoch + 1, {
-          'epoch_loss': record['loss'], 'epoch_accuracy': record['accuracy'],
-          'epoch_learning_rate': float(
-              trainer.optimizer.learning_rate.numpy())})
-      if has_val:
-        summaries.write_scalars(exp.writers[summaries.VALIDATION], epoch + 1, {
-            'epoch_loss': record['val_loss'],
-            'epoch_accuracy': record['val_accuracy']})
-      history.append(record)
-      logging.info('epoch %d/%d step %d %s examples/s=%.0f eta %s',
-                   epoch + 1, config.epochs, step,
-                   ' '.join(f'{k}={v:.4f}' for k, v in record.items()
-                            if k != 'epoch'),
-                   epoch_examples / max(epoch_train_seconds, 1e-9),
-                   progress.eta(exp.steps_per_epoch))
-      progress.end_epoch()
-      stop = False
-      if has_val:
-        value = monitor_sign * record[config.monitor]
-        if value > float(state['best'].numpy()):
-          state['best'].assign(value)
-          state['best_epoch'].assign(epoch + 1)
-          state['wait'].assign(0)
-          _save(best_manager, epoch + 1, exp.workdir, 'the best weights')
-        else:
-          state['wait'].assign_add(1)
-          stop = (config.early_stopping_patience and int(state['wait'].numpy())
-                  >= config.early_stopping_patience)
+  def train(self) -> str:
+    """The epochs; returns the status (completed, early_stopped, interrupted)."""
+    epoch = int(self.state['epoch'].numpy())
+    while epoch < self.config.epochs:
+      stats = self.train_epoch(epoch)
+      if stats is None:
+        return 'interrupted'
+      stop = self.end_epoch(epoch, stats)
       epoch += 1
-      state['epoch'].assign(epoch)
-      state['step_in_epoch'].assign(0)
-      state['epoch_sums'].assign(np.zeros(3))
-      _write_json(_history_path(exp.workdir), history)
-      _save(manager, step, exp.workdir)
-      for hook in hooks:
-        hook(exp, 'epoch', record)
       if stop:
-        status = 'early_stopped'
-        state['epoch'].assign(config.epochs)
-        _save(manager, step + 1, exp.workdir)
-        break
-      if guard.signum is not None:
-        status = 'interrupted'
-        result['interrupted_step'] = step
-        break
+        return 'early_stopped'
+      if self.guard.signum is not None:
+        self.result['interrupted_step'] = int(
+            self.trainer.optimizer.iterations.numpy())
+        return 'interrupted'
+    return 'completed'
 
-  result.update(status=status, history=history,
-                wall_seconds=time.time() - started,
-                epochs_run=len(history))
-  if status != 'interrupted':
-    if has_val and best_manager.latest_checkpoint:
-      # Restore-best-weights: the model evaluated on test is the best one.
-      tf.train.Checkpoint(model=trainer.model).restore(
-          best_manager.latest_checkpoint).expect_partial()
-      result['best_epoch'] = int(state['best_epoch'].numpy())
-      result['best_' + config.monitor] = monitor_sign * float(
-          state['best'].numpy())
-    result.update(_final_metrics(exp, eval_ds))
-    if exp.is_chief:
-      from tftrain import export  # pylint: disable=g-import-not-at-top
-      result['export'] = export.export(
-          trainer.model, exp.data_info, exp.workdir,
-          None if exp.user_data else config.dataset)['dir']
-  if status != 'interrupted':
-    write_health(exp, result)
-  for writer in exp.writers.values():
-    writer.flush()
-  _write_json(os.path.join(exp.workdir, 'metrics.json'), result)
-  return result
+  def _call_length(self, global_step: int, step_in_epoch: int) -> int:
+    """Steps of the next compiled call.
+
+    Calls end on multiples of --steps_per_loop (global steps), where the
+    hooks run; the first call trains only (compiling the observed step too
+    would delay the first numbers by a second trace).
+    """
+    n = min(self.config.steps_per_loop
+            - global_step % self.config.steps_per_loop,
+            self.exp.steps_per_epoch - step_in_epoch)
+    if self.first_loop:
+      k = self.exp.logger.steps_to_observation(global_step)
+      n = min(n, k - 1) if k and k > 1 else n
+    return n
+
+  def _train_call(self, iterator, n: int) -> Dict[str, Any]:
+    try:
+      return train_steps(self.trainer, iterator, n, self.exp.logger)
+    except trainer_lib.NonFiniteError as e:
+      self.result.update(status='diverged', diverged_step=e.step,
+                         diverged_loss=e.loss, history=self.history)
+      write_health(self.exp, self.result)
+      _write_json(os.path.join(self.exp.workdir, 'metrics.json'), self.result)
+      raise
+
+  def train_epoch(self, epoch: int) -> Optional[Dict[str, Any]]:
+    """The rest of `epoch`'s steps; None when a signal stopped it midway
+    (then its position is checkpointed)."""
+    exp, config, state = self.exp, self.config, self.state
+    step_in_epoch = int(state['step_in_epoch'].numpy())
+    batches = data.train_batches(exp.datasets['train'], config.batch_size,
+                                 config.seed, epoch).skip(step_in_epoch)
+    iterator = iter(exp.strategy.experimental_distribute_dataset(batches))
+    stats = {'sums': state['epoch_sums'].numpy().copy(), 'start': time.time(),
+             'train_seconds': 0.0, 'examples': 0.0}
+    self.progress.start_epoch(epoch, step_in_epoch)
+    global_step = int(self.trainer.optimizer.iterations.numpy())
+    while step_in_epoch < exp.steps_per_epoch:
+      n = self._call_length(global_step, step_in_epoch)
+      t0 = time.perf_counter()
+      out = self._train_call(iterator, n)
+      dt = time.perf_counter() - t0
+      step_in_epoch += n
+      stats['sums'] += [out['loss_sum'], out['correct'], out['count']]
+      stats['train_seconds'] += dt
+      stats['examples'] += out['count']
+      speed = out['count'] / max(dt, 1e-9)
+      global_step = out['step']
+      self.progress.update(step_in_epoch, n, dt, stats['sums'], speed,
+                           global_step)
+      summaries.write_scalars(exp.writers[summaries.TRAIN], global_step,
+                              {'examples_per_second': speed}, flush=False)
+      if self.first_loop:
+        self.first_loop = False
+        logging.info('first training loop done: %d steps, %.1f s after '
+                     'launch', n, seconds_since_launch())
+      for hook in self.hooks:
+        hook(exp, 'train', dict(out, step=global_step, epoch=epoch))
+      if self.guard.signum is not None:
+        break
+    if self.guard.signum is not None and step_in_epoch < exp.steps_per_epoch:
+      state['step_in_epoch'].assign(step_in_epoch)
+      state['epoch_sums'].assign(stats['sums'])
+      _save(self.manager, self.trainer.optimizer.iterations, exp.workdir)
+      self.result['interrupted_step'] = int(
+          self.trainer.optimizer.iterations.numpy())
+      return None
+    return stats
+
+  def _epoch_record(self, epoch: int, stats) -> Dict[str, Any]:
+    """Train, validation (and test) metrics of an epoch, also as summaries."""
+    sums, trainer, writers = stats['sums'], self.trainer, self.exp.writers
+    record = {'epoch': epoch + 1, 'loss': sums[0] / sums[2],
+              'accuracy': sums[1] / sums[2],
+              'seconds': time.time() - stats['start']}
+    if self.has_val:
+      val = trainer.evaluate(self.eval_ds['validation'])
+      record.update(val_loss=val['loss'], val_accuracy=val['accuracy'])
+    if self.config.eval_test_every_epoch:   # e.g. epochs to a test accuracy
+      test = trainer.evaluate(self.eval_ds['test'])
+      record.update(test_loss=test['loss'], test_accuracy=test['accuracy'])
+    summaries.write_scalars(writers[summaries.TRAIN], epoch + 1, {
+        'epoch_loss': record['loss'], 'epoch_accuracy': record['accuracy'],
+        'epoch_learning_rate': float(trainer.optimizer.learning_rate.numpy())})
+    if self.has_val:
+      summaries.write_scalars(writers[summaries.VALIDATION], epoch + 1, {
+          'epoch_loss': record['val_loss'],
+          'epoch_accuracy': record['val_accuracy']})
+    return record
+
+  def _improved(self, epoch: int, record) -> bool:
+    """Keeps the best weights; True when early stopping should stop now."""
+    state, config = self.state, self.config
+    value = self.monitor_sign * record[config.monitor]
+    if value > float(state['best'].numpy()):
+      state['best'].assign(value)
+      state['best_epoch'].assign(epoch + 1)
+      state['wait'].assign(0)
+      _save(self.best_manager, epoch + 1, self.exp.workdir, 'the best weights')
+      return False
+    state['wait'].assign_add(1)
+    patience = config.early_stopping_patience
+    return bool(patience and int(state['wait'].numpy()) >= patience)
+
+  def end_epoch(self, epoch: int, stats) -> bool:
+    """Validation, summaries, best weights, checkpoint; True to stop early."""
+    exp, state, config = self.exp, self.state, self.config
+    record = self._epoch_record(epoch, stats)
+    step = int(self.trainer.optimizer.iterations.numpy())
+    self.history.append(record)
+    logging.info('epoch %d/%d step %d %s examples/s=%.0f eta %s',
+                 epoch + 1, config.epochs, step,
+                 ' '.join(f'{k}={v:.4f}' for k, v in record.items()
+                          if k != 'epoch'),
+                 stats['examples'] / max(stats['train_seconds'], 1e-9),
+                 self.progress.eta(exp.steps_per_epoch))
+    self.progress.end_epoch()
+    stop = self.has_val and self._improved(epoch, record)
+    state['epoch'].assign(epoch + 1)
+    state['step_in_epoch'].assign(0)
+    state['epoch_sums'].assign(np.zeros(3))
+    _write_json(_history_path(exp.workdir), self.history)
+    _save(self.manager, step, exp.workdir)
+    for hook in self.hooks:
+      hook(exp, 'epoch', record)
+    if stop:
+      state['epoch'].assign(config.epochs)
+      _save(self.manager, step + 1, exp.workdir)
+    return stop
+
+  def finish(self, status: str) -> Dict[str, Any]:
+    """Best weights, final metrics, export, health report, metrics.json."""
+    exp, result, trainer = self.exp, self.result, self.trainer
+    result.update(status=status, history=self.history,
+                  wall_seconds=time.time() - self.started,
+                  epochs_run=len(self.history))
+    if status != 'interrupted':
+      if self.has_val and self.best_manager.latest_checkpoint:
+        # Restore-best-weights: the model evaluated on test is the best one.
+        tf.train.Checkpoint(model=trainer.model).restore(
+            self.best_manager.latest_checkpoint).expect_partial()
+        result['best_epoch'] = int(self.state['best_epoch'].numpy())
+        result['best_' + self.config.monitor] = self.monitor_sign * float(
+            self.state['best'].numpy())
+      result.update(_final_metrics(exp, self.eval_ds))
+      if exp.is_chief:
+        from tftrain import export  # pylint: disable=g-import-not-at-top
+        result['export'] = export.export(
+            trainer.model, exp.data_info, exp.workdir,
+            None if exp.user_data else self.config.dataset)['dir']
+      write_health(exp, result)
+    for writer in exp.writers.values():
+      writer.flush()
+    _write_json(os.path.join(exp.workdir, 'metrics.json'), result)
+    return result

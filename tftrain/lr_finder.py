@@ -36,11 +36,12 @@ from absl import logging
 import numpy as np
 import tensorflow as tf
 
+from tftrain import config as config_lib
 from tftrain import data
 from tftrain import schedules
 from tftrain import trainer as trainer_lib
 
-SUGGESTIONS = ('divergence', 'minimum', 'steepest', 'valley')
+SUGGESTIONS = config_lib.LR_SUGGESTIONS
 PNG = 'lr_finder.png'
 CSV = 'lr_finder.csv'
 JSON = 'lr_finder.json'
@@ -117,9 +118,10 @@ class Result:
       for name in SUGGESTIONS:
         if self.suggestions.get(name) is not None:
           return float(self.suggestions[name])
-      raise ValueError(
-          f'LR finder: no suggestion from {len(self.lrs)} recorded steps; '
-          'raise --lr_find_max_steps or lower --lr_find_start.')
+      raise config_lib.ConfigError(
+          'lr_find_start', self.settings.get('start_lr'),
+          f'the LR finder recorded {len(self.lrs)} steps, too few for any '
+          'suggestion; lower --lr_find_start or raise --lr_find_max_steps.')
     return float(value)
 
   def summary(self) -> Dict[str, Any]:
@@ -291,6 +293,27 @@ def _sweep_length(config, steps_per_epoch: int) -> int:
   return max(steps, 1)
 
 
+class _Smoothed:
+  """The sweep's bias-corrected moving average of the loss and its minimum."""
+
+  def __init__(self, beta: float, stop_factor: float):
+    self.beta, self.stop_factor = beta, stop_factor
+    self.avg, self.corrected, self.best, self.count = 0.0, 0.0, math.inf, 0
+
+  def add(self, loss: float) -> bool:
+    """Adds one step's loss; True when the sweep has diverged."""
+    self.count += 1
+    self.avg = self.beta * self.avg + (1.0 - self.beta) * loss
+    self.corrected = self.avg / (1.0 - self.beta ** self.count)
+    self.best = min(self.best, self.corrected)
+    return self.count > 1 and self.corrected > self.stop_factor * self.best
+
+  @property
+  def near_divergence(self) -> bool:
+    return (self.best < math.inf
+            and self.corrected > 0.5 * self.stop_factor * self.best)
+
+
 def sweep(exp, num_steps: Optional[int] = None,
           should_stop: Optional[Callable[[], bool]] = None):
   """Runs the LR sweep on `exp.trainer` (state is NOT restored here).
@@ -317,61 +340,56 @@ def sweep(exp, num_steps: Optional[int] = None,
     schedule = schedules.ExponentialGrowth.from_range(
         config.lr_find_start, config.lr_find_end, num_steps, offset)
   trainer.set_learning_rate(schedule)   # plain steps: no step summaries
+  logging.info('LR finder: sweeping up to %d steps from lr=%.3g (x%.5g per '
+               'step)', num_steps, float(schedule(offset)), schedule.factor)
+  losses, stop_reason = _sweep_losses(exp, schedule, num_steps, should_stop)
+  lrs = np.array([float(schedule(offset + i)) for i in range(len(losses))])
+  losses_arr = np.array(losses, np.float64)
+  settings = {'start_lr': config.lr_find_start, 'end_lr': config.lr_find_end,
+              'factor': schedule.factor, 'planned_steps': num_steps,
+              'beta': config.lr_find_beta,
+              'stop_factor': config.lr_find_stop_factor,
+              'batch_size': config.batch_size, 'optimizer': config.optimizer,
+              'steps_per_epoch': exp.steps_per_epoch}
+  return (lrs, losses_arr, smooth(losses_arr, config.lr_find_beta),
+          stop_reason, settings)
 
+
+def _sweep_losses(exp, schedule, num_steps: int, should_stop):
+  """The sweep's per-step losses and why it stopped."""
+  config, trainer = exp.config, exp.trainer
+  offset = int(trainer.optimizer.iterations.numpy())
   batches = data.train_batches(exp.datasets['train'], config.batch_size,
                                config.seed, epoch=0)
   iterator = iter(exp.strategy.experimental_distribute_dataset(batches))
-  beta, stop_factor = config.lr_find_beta, config.lr_find_stop_factor
   # Calls of at most 25 steps and at most 2x LR growth: the stop check runs
   # between calls, and a non-finite loss loses the failing call's losses.
   chunk = max(1, min(config.steps_per_loop, 25,
                      int(math.log(2.0) / math.log(schedule.factor))))
+  smoothed = _Smoothed(config.lr_find_beta, config.lr_find_stop_factor)
   losses: List[float] = []
-  avg, avg_corrected, best = 0.0, 0.0, math.inf
   stop_reason = 'max_steps' if config.lr_find_max_steps and (
       num_steps == config.lr_find_max_steps) else 'end_lr'
-  done = 0
-  logging.info('LR finder: sweeping up to %d steps from lr=%.3g (x%.5g per '
-               'step)', num_steps, float(schedule(offset)), schedule.factor)
-  while done < num_steps:
+  while len(losses) < num_steps:
     if should_stop is not None and should_stop():
       raise Interrupted(len(losses), num_steps)
     # Near the blow-up, run one step per call so the stop lands on its step
     # and a non-finite loss loses no recorded steps.
-    near = best < math.inf and avg_corrected > 0.5 * stop_factor * best
-    n = min(1 if near else chunk, num_steps - done)
+    n = min(1 if smoothed.near_divergence else chunk, num_steps - len(losses))
     try:
-      out = trainer.train_steps(iterator, n)
-      new = [float(x) for x in out['losses']]
+      new = [float(x) for x in trainer.train_steps(iterator, n)['losses']]
     except trainer_lib.NonFiniteError as e:
       # The normal end of a sweep. The failing call's losses are lost, so the
       # bad step is recorded only when it directly follows the recorded ones
       # (always so in the one-step calls near the blow-up).
       if e.step - offset - 1 == len(losses):
         losses.append(math.inf)
-      stop_reason = 'non_finite'
-      break
-    stopped = False
+      return losses, 'non_finite'
     for loss in new:
       losses.append(loss)
-      i = len(losses)
-      avg = beta * avg + (1.0 - beta) * loss
-      avg_corrected = avg / (1.0 - beta ** i)
-      best = min(best, avg_corrected)
-      if i > 1 and avg_corrected > stop_factor * best:
-        stop_reason, stopped = 'diverged', True
-        break
-    done += n
-    if stopped:
-      break
-  lrs = np.array([float(schedule(offset + i)) for i in range(len(losses))])
-  losses_arr = np.array(losses, np.float64)
-  settings = {'start_lr': config.lr_find_start, 'end_lr': config.lr_find_end,
-              'factor': schedule.factor, 'planned_steps': num_steps,
-              'beta': beta, 'stop_factor': stop_factor,
-              'batch_size': config.batch_size, 'optimizer': config.optimizer,
-              'steps_per_epoch': exp.steps_per_epoch}
-  return lrs, losses_arr, smooth(losses_arr, beta), stop_reason, settings
+      if smoothed.add(loss):
+        return losses, 'diverged'
+  return losses, stop_reason
 
 
 # ------------------------------------------------------------ outputs ------
@@ -487,6 +505,22 @@ def _write_outputs(result: Result, outdir: str) -> None:
     raise
 
 
+def _result(config, lrs, losses, smoothed, reason, settings,
+            seconds) -> Result:
+  finite = np.isfinite(smoothed)
+  if not finite.any():
+    raise config_lib.ConfigError(
+        'lr_find_start', config.lr_find_start,
+        'the LR finder\'s first loss was already non-finite; lower it.')
+  i_min = int(np.nanargmin(np.where(finite, smoothed, np.nan)))
+  return Result(lrs=lrs, losses=losses, smoothed=smoothed,
+                suggestions=suggestions_for(lrs, smoothed, reason),
+                default=config.lr_suggestion, stop_reason=reason,
+                min_lr=float(lrs[i_min]), min_loss=float(smoothed[i_min]),
+                seconds=seconds, settings=settings,
+                schedule=config.lr_schedule)
+
+
 def find(exp, outdir: str, num_steps: Optional[int] = None,
          should_stop: Optional[Callable[[], bool]] = None) -> Result:
   """Runs the LR finder on an Experiment and restores its state afterwards.
@@ -503,11 +537,11 @@ def find(exp, outdir: str, num_steps: Optional[int] = None,
 
   Returns:
     A `Result`; `.suggestion` is the LR of the rule `config.lr_suggestion`,
-    or, when `config.schedule` is 'onecycle', the cycle's peak
+    or, when the schedule is 1cycle (`config.lr_schedule`), the cycle's peak
     (`.onecycle_max`, the LR at the smoothed-loss minimum).
 
   Raises:
-    ValueError: the sweep recorded too few steps for any suggestion.
+    ConfigError: the first loss was already non-finite (--lr_find_start).
     Interrupted: stopped by `should_stop` (or a signal); state restored,
       nothing written.
   """
@@ -515,7 +549,7 @@ def find(exp, outdir: str, num_steps: Optional[int] = None,
   config = exp.config
   started = time.time()
   # The guard is shared with an enclosing one (training's), if any.
-  with loop._SignalGuard() as guard:  # pylint: disable=protected-access
+  with loop.SignalGuard() as guard:
     if should_stop is None:
       should_stop = lambda: guard.signum is not None
     try:
@@ -527,17 +561,8 @@ def find(exp, outdir: str, num_steps: Optional[int] = None,
                       'restored, nothing written.', e.steps_done,
                       e.planned_steps)
       raise Interrupted(e.steps_done, e.planned_steps, outdir) from None
-    finite = np.isfinite(smoothed)
-    if not finite.any():
-      raise ValueError(f'LR finder: the first loss was already non-finite at '
-                       f'lr={config.lr_find_start}; lower --lr_find_start.')
-    i_min = int(np.nanargmin(np.where(finite, smoothed, np.nan)))
-    result = Result(lrs=lrs, losses=losses, smoothed=smoothed,
-                    suggestions=suggestions_for(lrs, smoothed, reason),
-                    default=config.lr_suggestion, stop_reason=reason,
-                    min_lr=float(lrs[i_min]), min_loss=float(smoothed[i_min]),
-                    seconds=time.time() - started, settings=settings,
-                    schedule=config.lr_schedule)
+    result = _result(config, lrs, losses, smoothed, reason, settings,
+                     time.time() - started)
     logging.info('LR finder: %d steps (%s) in %.1f s; suggestions %s',
                  len(lrs), reason, result.seconds,
                  {k: v and round(v, 5) for k, v in result.suggestions.items()})
