@@ -1,20 +1,13 @@
 """Variant grids over Config fields: expand, select, run, compare.
 
-A grid is {Config field: values}; each point of the product is a `Variant`
-(a name and Config overrides) trained by `loop.train_and_evaluate` in
-`root/<name>/`, so each variant resumes on its own. After every variant the
-comparison in `root/` is rewritten by a report function:
-
-  `write_comparison` (launch.compare): comparison.md/.csv (best validation
-    accuracy and loss, s/epoch, wall time to best, test accuracy, health...;
-    plus the batch-norm speed-ups when the grid varies batch_norm),
-    comparison.json and comparison.png (validation per epoch).
-  `compare_activations` (launch.deep): one variant per activation with a
-    depth probe; comparison.md/.csv, grad_norm_vs_depth.png, val_accuracy.png.
-
-TensorBoard HParams data: `root/` holds the hparams_config, each run its
-values and the scalars best_val_accuracy, best_val_loss and test_accuracy, so
-`tensorboard --logdir root` shows one HParams row per variant.
+A grid is {Config field: values}; each point is a `Variant` (name, Config
+overrides) trained by `loop.train_and_evaluate` in `root/<name>/` (resumable).
+After each variant a report function rewrites the comparison in `root/`:
+`write_comparison` (launch.compare: comparison.md/.csv/.json/.png) or the one
+of `compare_activations` (launch.deep: depth probe, comparison.md/.csv,
+grad_norm_vs_depth.png, val_accuracy.png). HParams: `root/` holds the
+hparams_config, each run its values and best_val_accuracy, best_val_loss,
+test_accuracy, so `tensorboard --logdir root` shows a row per variant.
 """
 
 import dataclasses
@@ -135,24 +128,14 @@ def expand(grid: Mapping[str, Sequence[Any]], base: config_lib.Config,
            learning_rates: Optional[Mapping[str, float]] = None,
            flags: Optional[Mapping[str, str]] = None,
            short_names: Mapping[str, str] = SHORT_NAMES) -> List[Variant]:
-  """The product of `grid`'s axes, each point with its learning rate.
+  """The product of `grid`'s axes (Config field -> values, typed or text).
 
-  Args:
-    grid: Config field -> values (typed, or flag text for `parse_value`);
-      the axis order sets the name order and the run order.
-    base: the Config every variant starts from.
-    learning_rates: by variant name, else by optimizer, else
-      `base.learning_rate` (unless learning_rate is an axis). None:
-      `DEFAULT_LEARNING_RATES`.
-    flags: axis -> the flag its errors name (default 'grid_<axis>'; 'grid':
-      the generic `--grid=<axis>=<values>`).
-    short_names: axis -> prefix in names ('<prefix>-<value>' joined by '_';
-      '' : the value alone).
-
-  Raises:
-    ConfigError: one line naming the flag, before anything trains: an axis
-      that is no Config field, an empty axis, a value the Config rejects, a
-      learning-rate key that is neither an optimizer nor a variant.
+  Each variant's learning rate: `learning_rates` by variant name, else by
+  optimizer (None: `DEFAULT_LEARNING_RATES`), else `base.learning_rate`,
+  unless learning_rate is an axis. Names join '<short name>-<value>' by '_'
+  ('' in `short_names`: the value alone). A bad axis, value or rate key is a
+  one-line ConfigError before anything trains, naming the flag: `flags[axis]`
+  (default 'grid_<axis>'; 'grid': the generic `--grid=<axis>=<values>`).
   """
   for axis, values in grid.items():
     if axis not in _FIELDS or not values:
@@ -211,16 +194,10 @@ def _best(history, key, sign):
 def summarize(variant: Variant, history: Sequence[Dict[str, float]],
               status: str, wall_seconds: Optional[Sequence[float]] = None,
               test_accuracy: Optional[float] = None) -> Dict[str, Any]:
-  """The comparison numbers of one variant from its per-epoch history.
+  """The comparison numbers of one variant from the loop's epoch records.
 
-  Args:
-    variant: the variant.
-    history: the loop's per-epoch records (epoch, seconds, val_loss, ...).
-    status: the run's status (completed, early_stopped, diverged, ...).
-    wall_seconds: wall-clock seconds from the run's start to the end of each
-      epoch; when missing or shorter than `history` (a resumed run), the sum
-      of the epochs' training seconds is used (`wall_time_exact` False).
-    test_accuracy: test accuracy of the restored best weights, if known.
+  `wall_seconds`: from the run's start to each epoch's end; when shorter than
+  `history` (a resumed run), the epochs' training seconds are summed instead.
   """
   best_acc, best_acc_epoch = _best(history, 'val_accuracy', 1.0)
   best_loss, best_loss_epoch = _best(history, 'val_loss', -1.0)
@@ -418,19 +395,6 @@ def write_hparams_run(run_dir: str, hparams: Mapping[str, Any],
 
 # ------------------------------------------------------------------- run --
 
-class _EpochClock:
-  """Hook: wall seconds from the start of the run to the end of each epoch."""
-
-  def __init__(self):
-    self.start = time.time()
-    self.stamps: List[float] = []
-
-  def __call__(self, exp, event, outputs):
-    del exp, outputs
-    if event == 'epoch':
-      self.stamps.append(time.time() - self.start)
-
-
 HookFactory = Callable[[loop.Experiment], Sequence[loop.Hook]]
 
 
@@ -443,7 +407,10 @@ def run_variant(base: config_lib.Config, variant: Variant, root: str,
   (status 'diverged', diverged_step, the epochs before, health).
   """
   run_dir = os.path.join(root, variant.name)
-  clock, summary_path = _EpochClock(), os.path.join(run_dir, 'variant.json')
+  summary_path = os.path.join(run_dir, 'variant.json')
+  start, stamps = time.time(), []   # wall seconds to the end of each epoch
+  clock = lambda exp, event, out: event == 'epoch' and stamps.append(
+      time.time() - start)
   previous = {}
   if os.path.exists(summary_path):
     with open(summary_path) as f:
@@ -455,8 +422,7 @@ def run_variant(base: config_lib.Config, variant: Variant, root: str,
     logging.warning('variant %s diverged: %s', variant.name, e)
     with open(os.path.join(run_dir, 'metrics.json')) as f:
       result = json.load(f)
-  history, stamps = result.get('history', []), clock.stamps
-  earlier = previous.get('wall_seconds', [])
+  history, earlier = result.get('history', []), previous.get('wall_seconds', [])
   if earlier and len(earlier) + len(stamps) == len(history):
     stamps = earlier + [earlier[-1] + s for s in stamps]
   row = summarize(variant, history, result['status'], stamps,
@@ -467,7 +433,7 @@ def run_variant(base: config_lib.Config, variant: Variant, root: str,
                                        'diverged_step') if k in result})
   with open(summary_path, 'w') as f:
     json.dump(row, f, indent=2, default=float)
-  write_hparams_run(run_dir, hparams, row, clock.start)
+  write_hparams_run(run_dir, hparams, row, start)
   return row, result
 
 
@@ -478,19 +444,10 @@ ReportFn = Callable[[config_lib.Config, Sequence[Dict[str, Any]], str],
 def run(base: config_lib.Config, variants: Sequence[Variant], root: str,
         report_fn: ReportFn = write_comparison,
         hook_factory: Optional[HookFactory] = None) -> Dict[str, Any]:
-  """Runs every variant in `root/<name>` and rewrites the comparison after each.
-
-  Args:
-    base: the Config every variant starts from.
-    variants: from `expand` or `preset` (and `select`).
-    root: the grid's directory.
-    report_fn: `report_fn(base, rows, root) -> paths` writes the comparison.
-    hook_factory: per-run hooks, `hook_factory(exp) -> hooks` (see
-      `loop.train_and_evaluate`).
-
-  Returns:
-    {'rows': one summary per variant, 'results': name -> train_and_evaluate's
-     result, 'paths': the comparison files, 'wall_seconds': the whole grid's}.
+  """Trains each variant in `root/<name>`; after each, `report_fn(base, rows,
+  root) -> paths` rewrites the comparison. `hook_factory(exp) -> hooks` adds
+  per-run hooks (`loop.train_and_evaluate`). Returns {'rows', 'results' (name
+  -> train_and_evaluate's result), 'paths', 'wall_seconds'}.
   """
   os.makedirs(root, exist_ok=True)
   hparams = write_hparams_config(root, variants)
@@ -564,18 +521,10 @@ def _depth_panels(probes) -> List[report.Panel]:
 def compare_activations(base: config_lib.Config, activations: Sequence[str],
                         root: str, probe_size: int = loop.PROBE_SIZE
                         ) -> Dict[str, Any]:
-  """A grid over `activation` with a depth probe per run (launch.deep).
-
-  Each activation trains in `root/<activation>/` with a `summaries.DepthProbe`
-  on `probe_size` validation examples, recorded at the start, every
-  `base.histogram_every_steps` and after each epoch. Written to `root`:
-  comparison.md/.csv (validation accuracy per epoch, final and test accuracy,
-  first/last hidden layer gradient norms and ratio at start and end, health),
-  grad_norm_vs_depth.png and val_accuracy.png, plus HParams.
-
-  Returns:
-    `run`'s dict plus 'table' (the comparison lines) and 'probes'
-    (activation -> [(step, per-layer grad norms)]).
+  """A grid over `activation` (runs in `root/<activation>/`), each with a
+  DepthProbe on `probe_size` validation examples recorded at the start, every
+  `histogram_every_steps` and after each epoch. Returns `run`'s dict plus
+  'table' (comparison lines) and 'probes' (activation -> [(step, norms)]).
   """
   probes, table = {}, []
 

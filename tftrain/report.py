@@ -47,17 +47,11 @@ def markdown_table(rows: Sequence[Mapping[str, Any]],
                    columns: Optional[Sequence[str]] = None,
                    formats: Optional[Mapping[str, Format]] = None,
                    float_format: Format = '.4g', missing: str = '') -> str:
-  """`rows` (dicts) as a Markdown table.
+  """`rows` (dicts) as a Markdown table (no trailing newline).
 
-  Args:
-    rows: one dict per line; missing keys and None become `missing`.
-    columns: column order; default: keys in first-seen order.
-    formats: column -> format spec (e.g. '.4f', 'd') or function, for numbers.
-    float_format: for floats of the other columns.
-    missing: text of an empty cell.
-
-  Returns:
-    The table, lines joined by newlines (no trailing newline).
+  `columns`: default: keys in first-seen order; a missing key or None is the
+  text `missing`. `formats`: column -> format spec ('.4f', 'd') or function,
+  for numbers; `float_format` for floats of the other columns.
   """
   columns = list(columns or columns_of(rows))
   formats = formats or {}
@@ -76,18 +70,8 @@ def markdown_table(rows: Sequence[Mapping[str, Any]],
 def write_table(rows: Sequence[Mapping[str, Any]], path_md: Optional[str],
                 path_csv: Optional[str], columns: Optional[Sequence[str]] = None,
                 notes: str = '', **markdown) -> List[str]:
-  """Writes `rows` as a Markdown table (+ `notes` below it) and a CSV file.
-
-  Args:
-    rows: one dict per line.
-    path_md: Markdown output path (None: skip).
-    path_csv: CSV output path (None: skip); values are written in full.
-    columns: column order; default: keys in first-seen order.
-    notes: Markdown appended after the table (footnotes, more tables).
-    **markdown: `formats`, `float_format`, `missing` of `markdown_table`.
-
-  Returns:
-    The column names used.
+  """Writes `rows` as Markdown (`markdown_table` + `notes`) and as CSV (values
+  in full); a None path is skipped. Returns the column names used.
   """
   columns = list(columns or columns_of(rows))
   if path_md:
@@ -161,15 +145,8 @@ def plot_panels(panels: Sequence[Panel], path: str, suptitle: str = '',
                 panel_size: Tuple[float, float] = (6.0, 4.2)) -> str:
   """Draws the panels side by side into the PNG `path`; returns `path`.
 
-  Args:
-    panels: the subplots.
-    path: output file.
-    suptitle: the figure's title.
-    styles: label -> (colour index, line style); default: one colour per
-      label in first-seen order, solid lines.
-    legend_columns: 0: a legend in each panel; else one legend below the
-      figure with this many columns (labels in the curves' order).
-    panel_size: inches per panel.
+  `styles`: label -> (colour index, line style); default: a colour per label,
+  solid. `legend_columns`: 0: a legend per panel; else one below the figure.
   """
   plt = pyplot()
   names = columns_of([p.curves for p in panels])
