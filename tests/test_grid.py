@@ -315,18 +315,15 @@ def test_compare_launcher_end_to_end_and_one_line_errors(
   assert '| bn-before_opt-sgd | 0.01 |' in proc.stdout
   assert '2 variant(s) in' in proc.stdout
 
-  bad = run_launcher('launch.compare', '--grid_optimizer=adamax',
-                     f'--data_dir={tiny_mnist_data_dir}',
-                     f'--workdir={tmp_path / "bad"}')
-  assert bad.returncode == 2
-  assert bad.stderr.strip().splitlines()[-1].startswith(
-      'error: --grid_optimizer=adamax: choose one of sgd, momentum')
-  bad = run_launcher('launch.compare', '--grid_activation=elu,softmax',
-                     f'--data_dir={tiny_mnist_data_dir}',
-                     f'--workdir={tmp_path / "bad"}')
-  assert bad.returncode == 2
-  assert bad.stderr.strip().splitlines()[-1].startswith(
-      'error: --grid_activation=softmax: choose one of sigmoid')
+  for flag, error in (
+      ('--grid_optimizer=adamax', '--grid_optimizer=adamax: choose one of sgd'),
+      ('--grid_activation=elu,softmax',
+       '--grid_activation=softmax: choose one of sigmoid')):
+    bad = run_launcher('launch.compare', flag,
+                       f'--data_dir={tiny_mnist_data_dir}',
+                       f'--workdir={tmp_path / "bad"}')
+    assert bad.returncode == 2
+    assert bad.stderr.strip().splitlines()[-1].startswith('error: ' + error)
   assert not os.path.exists(tmp_path / 'bad')
 
 
