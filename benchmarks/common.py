@@ -12,6 +12,7 @@ import tensorflow as tf
 
 from tftrain import data
 from tftrain import models
+from tftrain import report as report_lib
 from tftrain import summaries
 from tftrain import trainer as trainer_lib
 
@@ -25,23 +26,16 @@ def machine() -> str:
           f'Python {platform.python_version()}, load avg {os.getloadavg()[0]:.2f} at start')
 
 
-def table(rows: Sequence[Dict], columns: Sequence[str]) -> str:
-  def fmt(v):
-    if isinstance(v, float):
-      return f'{v:,.3f}' if abs(v) < 100 else f'{v:,.0f}'
-    return str(v)
-  lines = ['| ' + ' | '.join(columns) + ' |',
-           '|' + '|'.join('---' for _ in columns) + '|']
-  lines += ['| ' + ' | '.join(fmt(r.get(c, '')) for c in columns) + ' |'
-            for r in rows]
-  return '\n'.join(lines)
+def _number(v) -> str:
+  return f'{v:,.3f}' if abs(v) < 100 else f'{v:,.0f}'
 
 
 def report(name: str, title: str, rows: List[Dict], columns: Sequence[str],
            targets: List[Dict]) -> bool:
   """Prints and saves (Markdown + JSON) a table and its targets; True if all met."""
   ok = all(t['met'] for t in targets)
-  text = [f'## {title}', '', f'Machine: {machine()}', '', table(rows, columns), '']
+  text = [f'## {title}', '', f'Machine: {machine()}', '',
+          report_lib.markdown_table(rows, columns, float_format=_number), '']
   if targets:
     text += ['Targets:', '']
     text += [f'- [{"x" if t["met"] else " "}] {t["name"]}: {t["value"]} '

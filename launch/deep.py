@@ -8,7 +8,8 @@
 Each activation trains in <workdir>/<activation>/ with per-layer gradient
 norms (every --log_every_steps), gradient/weight histograms, activation
 statistics and a gradient-norm-vs-depth image (every --histogram_every_steps);
-<workdir> gets grad_norm_vs_depth.png, val_accuracy.png, comparison.md/.csv.
+<workdir> gets grad_norm_vs_depth.png, val_accuracy.png, comparison.md/.csv
+and TensorBoard HParams data (a grid over activation: tftrain.grid).
 SELU standardizes the inputs by default (--standardize=auto).
 
 Defaults: Nadam 1e-4 decayed x0.1 every 3 epochs (exponential schedule),
@@ -70,14 +71,14 @@ def main(argv):
   launch_flags.setup_devices()
 
   def body():
-    from tftrain import compare  # pylint: disable=g-import-not-at-top
+    from tftrain import grid  # pylint: disable=g-import-not-at-top
     activations = parse_activations(FLAGS.activation)
     config = launch_flags.config_from_flags(activation=activations[0])
     workdir = launch_flags.default_workdir('deep')
-    out = compare.compare_activations(config, activations, workdir)
-    for row, activation in zip(out['rows'], activations):
+    out = grid.compare_activations(config, activations, workdir)
+    for row, activation in zip(out['table'], activations):
       print(format_summary(activation, row, out['results'][activation]))
-    files = out['files']
+    files = out['paths']
     print(f'comparison: {files["table_md"]} {files["grad_png"]} '
           f'{files["val_png"]}')
     print(f'TensorBoard: tensorboard --logdir {workdir}')

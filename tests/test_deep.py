@@ -1,16 +1,13 @@
-"""launch.deep end to end on tiny MNIST; compare.py tables and plots."""
+"""launch.deep end to end on tiny MNIST: a grid over activation with a depth probe."""
 
 import csv
 import glob
 import json
 import os
 
-import numpy as np
 import pytest
-import tensorflow as tf
 
 from launch import deep
-from tftrain import compare
 from tftrain import config as config_lib
 
 
@@ -23,36 +20,6 @@ def test_parse_activations_validates_each_name():
     assert str(e.value).startswith(f'--activation={bad}:')
     assert 'sigmoid, tanh, relu, leaky_relu, elu, selu, gelu, swish' in str(
         e.value)
-
-
-def test_write_table_markdown_and_csv(tmp_path):
-  rows = [{'name': 'a', 'acc': 0.91234, 'ratio': 1e-9},
-          {'name': 'b', 'acc': None, 'extra': 3}]
-  md, csv_path = str(tmp_path / 't.md'), str(tmp_path / 't.csv')
-  columns = compare.write_table(rows, md, csv_path)
-  assert columns == ['name', 'acc', 'ratio', 'extra']
-  with open(md) as f:
-    lines = f.read().splitlines()
-  assert lines == ['| name | acc | ratio | extra |', '|---|---|---|---|',
-                   '| a | 0.9123 | 1e-09 |  |', '| b |  |  | 3 |']
-  with open(csv_path) as f:
-    read = list(csv.DictReader(f))
-  assert read[0] == {'name': 'a', 'acc': '0.91234', 'ratio': '1e-09',
-                     'extra': ''}
-  assert read[1]['extra'] == '3'
-
-
-def test_plot_panels_log_y_with_exact_zeros(tmp_path):
-  path = str(tmp_path / 'p.png')
-  depth = np.arange(5)
-  compare.plot_panels(
-      [compare.Panel({'sigmoid': (depth, [0.0, 1e-8, 1e-4, 1e-2, 0.4]),
-                      'selu': (depth, [60, 20, 8, 3, 2])}, 'start', 'depth',
-                     'norm', logy=True),
-       compare.Panel({'sigmoid': (depth, [1e-9] * 5)}, 'end', logy=True)],
-      path, suptitle='t')
-  image = tf.image.decode_png(tf.io.read_file(path))
-  assert image.shape[0] >= 300 and image.shape[1] >= 2 * image.shape[0]
 
 
 @pytest.mark.slow
@@ -84,8 +51,21 @@ def test_launcher_compares_activations(tiny_mnist_data_dir, run_launcher,
     assert float(r['final_val_acc']) == float(r['val_acc_e2'])
     assert float(r['ratio_start']) == pytest.approx(
         float(r['grad_first_start']) / float(r['grad_last_start']), rel=1e-6)
+  assert list(rows[0])[:8] == [
+      'activation', 'initializer', 'standardized', 'optimizer',
+      'learning_rate', 'status', 'val_acc_e1', 'val_acc_e2']
+  assert list(rows[0])[8:] == [
+      'final_val_acc', 'test_acc', 'grad_first_start', 'grad_last_start',
+      'ratio_start', 'grad_first_end', 'grad_last_end', 'ratio_end', 'health',
+      'wall_seconds', 'probe_seconds']
   for name in ('comparison.md', 'grad_norm_vs_depth.png', 'val_accuracy.png'):
     assert os.path.getsize(os.path.join(workdir, name)) > 100
+  # One HParams row per activation (a grid over activation).
+  from tests.test_grid import _summaries  # pylint: disable=g-import-not-at-top
+  assert [t for t, p, _ in _summaries(workdir) if p == 'hparams'] == [
+      '_hparams_/experiment']
+  assert '_hparams_/session_start_info' in [
+      t for t, _, _ in _summaries(os.path.join(workdir, 'relu'))]
   # Each activation is its own TensorBoard run with the probe's summaries.
   from tests.test_summaries import read_events  # pylint: disable=g-import-not-at-top
   tags = read_events(os.path.join(workdir, 'sigmoid', 'train'))

@@ -756,9 +756,8 @@ def depth_time_heatmap_png(layer_names: Sequence[str], steps: Sequence[int],
                            grad_norms, title: str) -> bytes:
   """PNG bytes: log10 gradient norm per layer (y, depth order) and step (x)."""
   import io  # pylint: disable=g-import-not-at-top
-  import matplotlib  # pylint: disable=g-import-not-at-top
-  matplotlib.use('Agg')
-  from matplotlib import pyplot as plt  # pylint: disable=g-import-not-at-top
+  from tftrain import report  # pylint: disable=g-import-not-at-top
+  plt = report.pyplot()
   grid = _depth_grid(layer_names, steps, grad_norms)
   positive, logv, lo, hi = _log_range(grid)
   data = np.where(positive, logv, lo - 1.0)   # zeros below vmin: 'under'

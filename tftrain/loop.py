@@ -472,7 +472,10 @@ def _write_json(path: str, obj) -> None:
 
 def train_and_evaluate(config: config_lib.Config, workdir: str,
                        hooks: Sequence[Hook] = (), model=None, datasets=None,
-                       num_classes: Optional[int] = None) -> Dict[str, Any]:
+                       num_classes: Optional[int] = None,
+                       hook_factory: Optional[
+                           Callable[[Experiment], Sequence[Hook]]] = None,
+                       ) -> Dict[str, Any]:
   """Trains `config` in `workdir` (resuming if it holds a checkpoint).
 
   Args:
@@ -486,6 +489,9 @@ def train_and_evaluate(config: config_lib.Config, workdir: str,
     datasets: your own data instead of the Config's TFDS dataset:
       {'train', 'validation' (optional), 'test' (optional)} unbatched
       (image, label) datasets; give `num_classes` too.
+    hook_factory: `hook_factory(exp) -> hooks` for hooks that need the built
+      Experiment (e.g. a `summaries.DepthProbe` on its model); called once,
+      inside the workdir lock, and its hooks run after `hooks`.
 
   Returns:
     Final metrics (also written to `workdir/metrics.json`): test_loss,
@@ -515,6 +521,8 @@ def train_and_evaluate(config: config_lib.Config, workdir: str,
       if mapped is None:
         raise
       raise mapped from e
+    if hook_factory is not None:
+      hooks = [*hooks, *hook_factory(exp)]
     result = run(exp, hooks)
   distribute.wait_for_all_workers(strategy)   # multi-worker: leave together
   return result

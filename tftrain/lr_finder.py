@@ -397,9 +397,8 @@ def _sweep_losses(exp, schedule, num_steps: int, should_stop):
 
 def plot(result: Result, path: str) -> None:
   """Writes the loss-vs-LR figure (log-x, raw and smoothed, minimum, suggestions)."""
-  import matplotlib  # pylint: disable=g-import-not-at-top
-  matplotlib.use('Agg')
-  from matplotlib import pyplot as plt  # pylint: disable=g-import-not-at-top
+  from tftrain import report  # pylint: disable=g-import-not-at-top
+  plt = report.pyplot()
 
   lrs, raw, smoothed = result.lrs, result.losses, result.smoothed
   fig, ax = plt.subplots(figsize=(9, 5.5), dpi=110)

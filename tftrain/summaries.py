@@ -340,9 +340,8 @@ def activation_statistics(activation: str, outputs) -> Dict[str, tf.Tensor]:
 def plot_grad_norms_png(layer_names: Sequence[str], norms, title: str) -> bytes:
   """PNG bytes: gradient norm vs layer depth, log y (zeros drawn at the floor)."""
   import io  # pylint: disable=g-import-not-at-top
-  import matplotlib  # pylint: disable=g-import-not-at-top
-  matplotlib.use('Agg')
-  from matplotlib import pyplot as plt  # pylint: disable=g-import-not-at-top
+  from tftrain import report  # pylint: disable=g-import-not-at-top
+  plt = report.pyplot()
   import numpy as np  # pylint: disable=g-import-not-at-top
   norms = np.asarray(norms, np.float64)
   positive = norms[norms > 0]

@@ -1,5 +1,6 @@
-"""Variant grids (tftrain.variants), HParams data (tftrain.hparams), launch.compare."""
+"""Variant grids (tftrain.grid): expand, select, run, HParams; launch.compare."""
 
+import csv
 import glob
 import json
 import os
@@ -10,14 +11,16 @@ import pytest
 import tensorflow as tf
 
 from tftrain import config as config_lib
-from tftrain import variants
+from tftrain import grid as grid_lib
 from tests.conftest import REPO_ROOT, launcher_env
 
 BASE = config_lib.Config(optimizer='nadam', learning_rate=5e-4)
+DEFAULT_GRID = {'batch_norm': ('none', 'before'),
+                'optimizer': ('sgd', 'momentum', 'nesterov', 'adam', 'nadam')}
 
 
 def test_default_grid_names_and_per_optimizer_learning_rates():
-  grid = variants.expand_grid(variants.DEFAULT_GRID, BASE)
+  grid = grid_lib.expand(DEFAULT_GRID, BASE)
   assert [v.name for v in grid] == [
       f'bn-{bn}_opt-{opt}' for bn in ('none', 'before')
       for opt in ('sgd', 'momentum', 'nesterov', 'adam', 'nadam')]
@@ -30,41 +33,86 @@ def test_default_grid_names_and_per_optimizer_learning_rates():
 
 
 def test_variant_learning_rate_beats_optimizer_rate():
-  rates = dict(variants.DEFAULT_LEARNING_RATES, adam=1e-3,
+  rates = dict(grid_lib.DEFAULT_LEARNING_RATES, adam=1e-3,
                **{'bn-none_opt-adam': 7e-5})
-  grid = variants.expand_grid({'batch_norm': ['none', 'before'],
+  grid = grid_lib.expand({'batch_norm': ['none', 'before'],
                                'optimizer': ['adam']}, BASE, rates)
   assert [v.overrides['learning_rate'] for v in grid] == [7e-5, 1e-3]
 
 
 def test_a_grid_over_learning_rate_keeps_its_values():
-  grid = variants.expand_grid({'learning_rate': [0.1, 0.01]}, BASE)
+  grid = grid_lib.expand({'learning_rate': [0.1, 0.01]}, BASE)
   assert [(v.name, v.overrides) for v in grid] == [
       ('lr-0.1', {'learning_rate': 0.1}), ('lr-0.01', {'learning_rate': 0.01})]
 
 
 @pytest.mark.parametrize('grid,rates,flag', [
-    ({'optimizer': ['adamax']}, None, '--grid_optimizer=adamax'),
+    ({'optimizer': ['adamax']}, None, '--grid_optimizer=adamax: choose one of'),
     ({'batch_norm': ['middle']}, None, '--grid_batch_norm=middle'),
-    ({'colour': ['red']}, None, '--grid=colour'),
-    ({'optimizer': []}, None, '--grid=optimizer'),
-    ({'optimizer': ['sgd']}, {'bn-none_opt-sgd': 0.1}, '--learning_rates=bn-none_opt-sgd'),
+    ({'colour': ['red']}, None, '--grid=colour: is not a Config field'),
+    ({'optimizer': []}, None, '--grid=optimizer: needs at least one value'),
+    ({'depth': ['x']}, None, '--grid=depth=x: must be a positive integer'),
+    ({'dropout': ['1.5']}, None, '--grid=dropout=1.5: must be a rate'),
+    ({'optimizer': ['sgd']}, {'bn-none_opt-sgd': 0.1},
+     '--learning_rates=bn-none_opt-sgd'),
 ])
 def test_bad_grid_fails_before_training_naming_the_flag(grid, rates, flag):
+  flags = {'depth': 'grid', 'dropout': 'grid'}   # the generic --grid flag
   with pytest.raises(config_lib.ConfigError) as info:
-    variants.expand_grid(grid, BASE, rates)
+    grid_lib.expand(grid, BASE, rates, flags)
   assert str(info.value).startswith(flag) and '\n' not in str(info.value)
 
 
+def test_any_config_field_is_an_axis_and_flag_text_is_parsed():
+  grid = grid_lib.expand({'depth': ['3', '5'], 'hidden': ['30:10'],
+                          'kernel_initializer': ['none'],
+                          'standardize': ['true'], 'learning_rate': ['auto']},
+                         BASE)
+  assert [v.name for v in grid] == [
+      'depth-3_hidden-30:10_init-None_standardize-True_lr-auto',
+      'depth-5_hidden-30:10_init-None_standardize-True_lr-auto']
+  assert grid[0].overrides == {'depth': 3, 'hidden': (30, 10),
+                               'kernel_initializer': None,
+                               'standardize': True, 'learning_rate': 'auto'}
+  assert grid_lib.parse_value('dropout', '0.25') == 0.25
+  assert grid_lib.parse_value('max_steps_per_epoch', 'None') is None
+  assert grid_lib.parse_value('batch_norm', 'before') == 'before'
+
+
+def test_activation_axis_takes_each_activations_initializer():
+  base = config_lib.Config(dataset='cifar10', model='deep_mlp', depth=20,
+                           activation='elu', optimizer='nadam',
+                           learning_rate=7e-4)
+  grid = grid_lib.expand({'batch_norm': ['none'], 'optimizer': ['nadam'],
+                          'activation': ['elu', 'selu']}, base, {})
+  assert [v.name for v in grid] == ['bn-none_opt-nadam_act-elu',
+                                    'bn-none_opt-nadam_act-selu']
+  selu = base.replace(**grid[1].overrides)
+  assert selu.learning_rate == 7e-4 and selu.standardize_inputs
+  from tftrain import models  # pylint: disable=g-import-not-at-top
+  assert models.default_initializer(selu.activation) == 'lecun_normal'
+
+
+def test_explicit_rate_for_all_but_named_variants():
+  rates = {'adam': 2e-3, 'bn-before_opt-sgd': 0.05}   # no table: explicit lr
+  grid = grid_lib.expand({'batch_norm': ['none', 'before'],
+                          'optimizer': ['sgd', 'adam', 'nadam']},
+                         BASE.replace(learning_rate=0.01), rates)
+  assert {v.name: v.overrides['learning_rate'] for v in grid} == {
+      'bn-none_opt-sgd': 0.01, 'bn-none_opt-adam': 2e-3,
+      'bn-none_opt-nadam': 0.01, 'bn-before_opt-sgd': 0.05,
+      'bn-before_opt-adam': 2e-3, 'bn-before_opt-nadam': 0.01}
+
+
 def test_select_by_pattern_and_unknown_pattern():
-  grid = variants.expand_grid(variants.DEFAULT_GRID, BASE)
-  chosen = variants.select(grid, ['bn-before_*', '*opt-sgd'])
+  grid = grid_lib.expand(DEFAULT_GRID, BASE)
+  chosen = grid_lib.select(grid, ['bn-before_*', '*opt-sgd'])
   assert [v.name for v in chosen] == [
       'bn-none_opt-sgd', 'bn-before_opt-sgd', 'bn-before_opt-momentum',
       'bn-before_opt-nesterov', 'bn-before_opt-adam', 'bn-before_opt-nadam']
-  assert variants.select(grid, []) == grid
+  assert grid_lib.select(grid, []) == grid
   with pytest.raises(config_lib.ConfigError, match='--only=bn-after'):
-    variants.select(grid, ['bn-after*'])
+    grid_lib.select(grid, ['bn-after*'])
 
 
 def _history(val_losses, val_accs, seconds=10.0):
@@ -72,18 +120,18 @@ def _history(val_losses, val_accs, seconds=10.0):
           for i, (l, a) in enumerate(zip(val_losses, val_accs), 1)]
 
 
-def test_summary_numbers_and_batch_norm_speedup_table():
-  plain = variants.Variant('bn-none_opt-adam', {'batch_norm': 'none',
+def test_summary_numbers_and_batch_norm_speedup_table(tmp_path):
+  plain = grid_lib.Variant('bn-none_opt-adam', {'batch_norm': 'none',
                                                 'optimizer': 'adam',
                                                 'learning_rate': 1e-3})
-  bn = variants.Variant('bn-before_opt-adam', {'batch_norm': 'before',
+  bn = grid_lib.Variant('bn-before_opt-adam', {'batch_norm': 'before',
                                                'optimizer': 'adam',
                                                'learning_rate': 1e-3})
   rows = [
-      variants.summarize(plain, _history([2.0, 1.6, 1.5, 1.7],
+      grid_lib.summarize(plain, _history([2.0, 1.6, 1.5, 1.7],
                                          [0.3, 0.40, 0.45, 0.44]),
                          'completed', wall_seconds=[12, 24, 36, 48]),
-      variants.summarize(bn, _history([1.8, 1.55, 1.45, 1.3],
+      grid_lib.summarize(bn, _history([1.8, 1.55, 1.45, 1.3],
                                       [0.35, 0.42, 0.5, 0.55], seconds=15.0),
                          'completed'),
   ]
@@ -93,19 +141,37 @@ def test_summary_numbers_and_batch_norm_speedup_table():
   assert rows[0]['wall_seconds_to_best'] == 36 and rows[0]['wall_time_exact']
   assert rows[1]['wall_seconds_to_best'] == 60 and not rows[1]['wall_time_exact']
   assert rows[1]['seconds_per_epoch'] == 15.0
-  assert variants.epoch_reaching(rows[1]['val_loss'], 1.5) == 3
-  assert variants.epoch_reaching([2.0, None], 1.0) is None
-  speed = variants.batch_norm_speedups(rows)
+  assert grid_lib.epoch_reaching(rows[1]['val_loss'], 1.5) == 3
+  assert grid_lib.epoch_reaching([2.0, None], 1.0) is None
+  speed = grid_lib.batch_norm_speedups(rows)
   assert speed == [{
       'plain': 'bn-none_opt-adam', 'batch_norm': 'bn-before_opt-adam',
       'plain_best_val_loss': 1.5, 'plain_best_epoch': 3, 'bn_epoch_reaching': 3,
       'bn_best_val_loss': 1.3, 'bn_seconds_per_epoch': 15.0,
       'plain_seconds_per_epoch': 10.0}]
-  table = variants.markdown_table(rows)
+  for row in rows:
+    row['health'] = ''
+  paths = grid_lib.write_comparison(BASE, rows, str(tmp_path))
+  with open(paths['md']) as f:
+    table = f.read()
+  assert table.startswith(
+      '| variant | learning rate | best val accuracy | epoch of best | '
+      'best val loss (epoch) | s/epoch | wall s to best | test accuracy | '
+      'MC dropout test accuracy | epochs run | status | health |\n')
+  assert ('| no-BN variant | its best val loss (epoch) | BN variant | '
+          'BN epoch reaching it | BN best val loss | s/epoch BN / no-BN |'
+          ) in table
   assert ('| bn-none_opt-adam | 0.001 | 0.4500 | 3 | 1.5000 (3) | 10.0 | 36 | '
           '– | – | 4 | completed |  |') in table
   assert '| bn-before_opt-adam | 0.001 | 0.5500 | 4 | 1.3000 (4) | 15.0 | 60* |' in table
   assert '| bn-none_opt-adam | 1.5000 (3) | bn-before_opt-adam | 3 | 1.3000 | 1.50 |' in table
+  assert 'no wall-clock stamp for every epoch' in table   # the '*' footnote
+  with open(paths['csv']) as f:
+    saved = list(csv.DictReader(f))
+  assert [r['variant'] for r in saved] == ['bn-none_opt-adam',
+                                           'bn-before_opt-adam']
+  assert float(saved[0]['best val accuracy']) == 0.45
+  assert saved[0]['test accuracy'] == '' and saved[1]['wall s to best'] == '60*'
 
 
 def _summaries(path):
@@ -126,11 +192,11 @@ def test_grid_on_tiny_data_writes_runs_table_png_and_hparams(
       model='deep_mlp', depth=3, width=16, activation='elu', batch_size=50,
       eval_batch_size=100, epochs=2, patience=0, steps_per_loop=5,
       progress=False, trace_graph=False, monitor='val_loss', seed=1)
-  grid = variants.expand_grid(
+  grid = grid_lib.expand(
       {'batch_norm': ['none', 'before'], 'optimizer': ['sgd', 'adam']}, base,
       {'sgd': 0.05, 'adam': 3e-3})
   root = str(tmp_path / 'grid')
-  out = variants.run_grid(base, grid, root)
+  out = grid_lib.run(base, grid, root)
 
   names = ['bn-none_opt-sgd', 'bn-none_opt-adam', 'bn-before_opt-sgd',
            'bn-before_opt-adam']
@@ -186,8 +252,26 @@ def test_grid_on_tiny_data_writes_runs_table_png_and_hparams(
   assert len(saved['batch_norm_speedups']) == 2
 
   # Rerunning resumes every finished variant instead of training again.
-  again = variants.run_grid(base, grid[:1], root)
+  again = grid_lib.run(base, grid[:1], root)
   assert again['rows'][0]['val_loss'] == out['rows'][0]['val_loss']
+
+
+def test_a_diverged_variant_is_recorded_and_the_grid_goes_on(
+    tiny_mnist_data_dir, tmp_path):
+  base = config_lib.Config(
+      dataset='mnist', data_dir=tiny_mnist_data_dir, validation_size=100,
+      model='deep_mlp', depth=3, width=16, batch_size=50, eval_batch_size=100,
+      epochs=1, patience=0, steps_per_loop=2, progress=False,
+      trace_graph=False)
+  grid = grid_lib.expand({'learning_rate': [1e12, 0.01]}, base)
+  out = grid_lib.run(base, grid, str(tmp_path))
+  diverged, fine = out['rows']
+  assert diverged['status'] == 'diverged' and diverged['diverged_step'] >= 1
+  assert diverged['epochs_run'] == 0 and diverged['best_val_loss'] is None
+  assert out['results']['lr-1e+12']['status'] == 'diverged'
+  assert diverged['health'] and fine['status'] == 'completed'
+  with open(out['paths']['md']) as f:
+    assert '| lr-1e+12 | 1e+12 | – |' in f.read()
 
 
 def test_cifar10_launcher_defaults_are_the_seed():
@@ -217,23 +301,30 @@ def test_compare_launcher_end_to_end_and_one_line_errors(
   proc = run_launcher(
       'launch.compare', '--dataset=mnist', f'--data_dir={tiny_mnist_data_dir}',
       '--validation_size=100', '--depth=2', '--width=8', '--batch_size=50',
-      '--epochs=1', '--grid_optimizer=adam,sgd', "--only=bn-before_*adam",
-      '--learning_rates=adam=2e-3', '--noprogress', f'--workdir={workdir}',
+      '--epochs=1', '--grid_optimizer=adam,sgd', '--only=bn-before_*',
+      '--learning_rate=0.01', '--learning_rates=adam=2e-3', '--noprogress',
+      f'--workdir={workdir}',
       timeout=180)
   assert proc.returncode == 0, proc.stderr[-3000:]
   assert sorted(os.listdir(workdir)) == sorted([
-      'bn-before_opt-adam', 'comparison.json',
-      'comparison.md', 'comparison.png'] + [
+      'bn-before_opt-adam', 'bn-before_opt-sgd', 'comparison.csv',
+      'comparison.json', 'comparison.md', 'comparison.png'] + [
           n for n in os.listdir(workdir) if n.startswith('events.out')])
+  # --learning_rate applies to every variant --learning_rates does not name.
   assert '| bn-before_opt-adam | 0.002 |' in proc.stdout
-  assert '1 variant(s) in' in proc.stdout
+  assert '| bn-before_opt-sgd | 0.01 |' in proc.stdout
+  assert '2 variant(s) in' in proc.stdout
 
-  bad = run_launcher('launch.compare', '--grid_optimizer=adamax',
-                     f'--data_dir={tiny_mnist_data_dir}',
-                     f'--workdir={tmp_path / "bad"}')
-  assert bad.returncode == 2
-  assert bad.stderr.strip().splitlines()[-1].startswith(
-      'error: --grid_optimizer=adamax: choose one of sgd, momentum')
+  for flag, error in (
+      ('--grid_optimizer=adamax', '--grid_optimizer=adamax: choose one of sgd'),
+      ('--grid_activation=elu,softmax',
+       '--grid_activation=softmax: choose one of sigmoid')):
+    bad = run_launcher('launch.compare', flag,
+                       f'--data_dir={tiny_mnist_data_dir}',
+                       f'--workdir={tmp_path / "bad"}')
+    assert bad.returncode == 2
+    assert bad.stderr.strip().splitlines()[-1].startswith('error: ' + error)
+  assert not os.path.exists(tmp_path / 'bad')
 
 
 def test_chapter11_preset_variants_are_valid_configs():
@@ -241,7 +332,7 @@ def test_chapter11_preset_variants_are_valid_configs():
   base = config_lib.Config(dataset='cifar10', model='deep_mlp', depth=20,
                            width=100, activation='elu', batch_norm='before',
                            optimizer='nadam', learning_rate=5e-4)
-  chosen = variants.preset('chapter11', base)
+  chosen = grid_lib.preset('chapter11', base)
   assert [v.name for v in chosen] == [
       'no-bn_nadam-5e-5', 'bn_nadam-5e-4', 'selu_nadam-7e-4',
       'selu_alpha-dropout-0.1', 'selu_alpha-dropout_1cycle']
@@ -252,5 +343,5 @@ def test_chapter11_preset_variants_are_valid_configs():
   assert (configs[4].schedule, configs[4].optimizer, configs[4].batch_size,
           configs[4].epochs) == ('onecycle', 'momentum', 128, 15)
   with pytest.raises(config_lib.ConfigError) as e:
-    variants.preset('chapter12', base)
+    grid_lib.preset('chapter12', base)
   assert str(e.value).startswith('--preset=chapter12: choose one of')
