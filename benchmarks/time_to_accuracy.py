@@ -1,13 +1,16 @@
-"""Benchmark 4: wall-clock time to 98% MNIST test accuracy.
+"""Benchmark 4: wall-clock time to 98% MNIST test accuracy, over seeds.
 
 The seed's recipe (MLP 300-100, SGD 0.3, batch 32, constant LR) vs tftrain's
-best recipe (LR finder + 1cycle at a larger batch, in-graph multi-step loop).
-Test accuracy is checked after every epoch; the clock runs from the start of
-training (LR finder included) to the end of the first epoch at >= 98%.
+automatic recipe (`learning_rate='auto'`: the LR finder, then 1cycle peaking
+at the LR of its smoothed-loss minimum; batch 256, 8 epochs), each with
+--seeds. Test accuracy is checked after every epoch; the clock runs from the
+start of training (LR finder included) to the end of the first epoch at
+>= 98%. Data preparation and caching are outside the clock.
 
-  python -m benchmarks.time_to_accuracy
+  python -m benchmarks.time_to_accuracy              # seeds 0,1,2
 
-Target: the best recipe is >= 3x faster than the seed's.
+Targets: the automatic recipe reaches the target in <= 10 s in at least 2 of
+the 3 seeds, and its median time is >= 3x faster than the seed recipe's.
 """
 
 import sys
@@ -24,14 +27,17 @@ from tftrain import loop
 FLAGS = flags.FLAGS
 common.add_common_flags(flags)
 flags.DEFINE_float('target_accuracy', 0.98, 'Test accuracy to reach.')
+flags.DEFINE_list('seeds', ['0', '1', '2'], 'Seeds of each recipe.')
+flags.DEFINE_float('target_seconds', 10.0,
+                   'Time the automatic recipe must reach the accuracy in.')
 
+SEED_RECIPE = 'seed: SGD 0.3, batch 32, constant, up to 30 epochs'
+AUTO_RECIPE = 'auto: LR finder + 1cycle, SGD, batch 256, 8 epochs'
 RECIPES = {
-    'seed: SGD 0.3, batch 32, constant, up to 30 epochs': dict(
-        optimizer='sgd', learning_rate=0.3, batch_size=32, schedule='constant',
-        epochs=30),
-    'tftrain: LR finder + 1cycle, SGD, batch 256, 8 epochs': dict(
-        optimizer='sgd', learning_rate='auto', batch_size=256,
-        schedule='onecycle', epochs=8),
+    SEED_RECIPE: dict(optimizer='sgd', learning_rate=0.3, batch_size=32,
+                      epochs=30),
+    AUTO_RECIPE: dict(optimizer='sgd', learning_rate='auto', batch_size=256,
+                      epochs=8),
 }
 
 
@@ -39,11 +45,12 @@ class _Reached(Exception):
   pass
 
 
-def time_to_accuracy(overrides, target):
+def time_to_accuracy(overrides, target, seed):
+  """Seconds (LR finder included) to the first epoch at `target` test accuracy."""
   config = config_lib.Config(
       dataset='mnist', data_dir=FLAGS.data_dir, raw_data_dir=FLAGS.raw_data_dir,
-      patience=0, progress=False, eval_test_every_epoch=True, seed=0,
-      **overrides)
+      patience=0, progress=False, eval_test_every_epoch=True, seed=seed,
+      trace_graph=False, **overrides)
   exp = loop.build_experiment(config, tempfile.mkdtemp(prefix='bench-tta-'))
   for d in exp.datasets.values():      # caches filled outside the clock
     for _ in d.batch(10000):
@@ -59,34 +66,42 @@ def time_to_accuracy(overrides, target):
 
   start = time.perf_counter()
   try:
-    result = loop.run(exp, [stop_at_target])
-    lr = result.get('learning_rate')
+    loop.run(exp, [stop_at_target])
   except _Reached:
-    lr = None
+    pass
   best = max(h['test_accuracy'] for h in history)
-  reached = best >= target
-  return {'epochs': len(history), 'seconds': history[-1]['elapsed'],
-          'best test accuracy': best, 'reached': reached,
-          'learning rate': lr if lr is not None else float(
-              exp.trainer.optimizer.learning_rate.numpy())}
+  schedule = exp.trainer.learning_rate_schedule   # 1cycle: its peak
+  return {'seed': seed, 'epochs': len(history),
+          'seconds': history[-1]['elapsed'], 'best test accuracy': best,
+          'reached': best >= target,
+          'learning rate': getattr(schedule, 'max_lr', None)
+                           or exp.trainer.learning_rate_at(0)}
 
 
 def main(argv):
   del argv
+  seeds = [int(s) for s in FLAGS.seeds]
   rows = []
-  for name, overrides in RECIPES.items():
-    row = time_to_accuracy(overrides, FLAGS.target_accuracy)
-    rows.append(dict(row, recipe=name))
-  seed, best = rows[0], rows[1]
-  speedup = seed['seconds'] / best['seconds'] if best['reached'] else 0.0
+  for seed in seeds:                    # interleaved: recipe A, B per seed
+    for name, overrides in RECIPES.items():
+      rows.append(dict(time_to_accuracy(overrides, FLAGS.target_accuracy, seed),
+                       recipe=name))
+  times = {name: [r['seconds'] if r['reached'] else float('inf')
+                  for r in rows if r['recipe'] == name] for name in RECIPES}
+  fast = sum(t <= FLAGS.target_seconds for t in times[AUTO_RECIPE])
+  need = (2 * len(seeds) + 2) // 3
+  speedup = common.median(times[SEED_RECIPE]) / common.median(times[AUTO_RECIPE])
   targets = [
-      common.target('seed recipe reaches target', float(seed['reached']), '>=', 1.0, '{:.0f}'),
-      common.target('best recipe reaches target', float(best['reached']), '>=', 1.0, '{:.0f}'),
-      common.target('speed-up of best recipe vs seed', speedup, '>=', 3.0)]
-  ok = common.report('time_to_accuracy', f'Time to {FLAGS.target_accuracy:.0%} '
-                     'MNIST test accuracy', rows,
-                     ['recipe', 'epochs', 'seconds', 'best test accuracy',
-                      'reached'], targets)
+      common.target(f'auto recipe at {FLAGS.target_accuracy:.0%} within '
+                    f'{FLAGS.target_seconds:g} s (seeds of {len(seeds)})',
+                    fast, '>=', need, '{:.0f}'),
+      common.target('speed-up of the median auto time vs the seed recipe',
+                    speedup, '>=', 3.0)]
+  ok = common.report(
+      'time_to_accuracy', f'Time to {FLAGS.target_accuracy:.0%} MNIST test '
+      f'accuracy (seeds {",".join(map(str, seeds))})', rows,
+      ['recipe', 'seed', 'learning rate', 'epochs', 'seconds',
+       'best test accuracy', 'reached'], targets)
   sys.exit(0 if ok else 1)
 
 

@@ -241,10 +241,19 @@ def report(result) -> int:
   lines = [f'status: {result["status"]} after {result["epochs_run"]} epochs '
            f'({result["wall_seconds"]:.1f} s)']
   if 'learning_rate' in result:
-    lines.append(f'learning rate: {result["learning_rate"]:.4g}')
+    found = result.get('lr_finder')
+    how = '' if not found else (
+        f' (LR finder: {found["steps"]} sweep steps in {found["seconds"]:.1f} '
+        f's; {"1cycle peak at the smoothed-loss minimum" if found["schedule"] == "onecycle" else found["default"] + " rule"})')
+    lines.append(f'learning rate: {result["learning_rate"]:.4g}{how}')
   if 'best_epoch' in result:
-    lines.append(f'best epoch: {result["best_epoch"]}  val_accuracy: '
-                 f'{result.get("val_accuracy", float("nan")):.4f}')
+    if result.get('restored_best_weights', True):
+      lines.append(f'best epoch: {result["best_epoch"]}  val_accuracy: '
+                   f'{result.get("val_accuracy", float("nan")):.4f}')
+    else:
+      lines.append(f'last epoch (1cycle keeps its annealed weights)  '
+                   f'val_accuracy: {result.get("val_accuracy", float("nan")):.4f}'
+                   f'  (best epoch by --monitor: {result["best_epoch"]})')
   lines.append(f'test accuracy: {result["test_accuracy"]:.4f}  '
                f'test loss: {result["test_loss"]:.4f}')
   if 'health' in result:

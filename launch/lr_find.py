@@ -4,10 +4,11 @@
   python -m launch.lr_find --dataset=cifar10 --model=deep_mlp --activation=elu
   python -m launch.lr_find --lr_find_factor=1.005 --lr_find_start=1e-3  # seed
 
-Prints the suggestions (divergence, minimum, steepest, valley; --lr_suggestion
-picks the default that `--learning_rate=auto` uses; with --schedule=onecycle
-auto uses the 1cycle peak, the LR at the smoothed-loss minimum) and the paths of the plot, CSV,
-JSON and TensorBoard events. The model is left untouched by the sweep.
+Prints the suggestions (divergence, minimum, steepest, valley) and the 1cycle
+peak (the LR at the smoothed-loss minimum), and the paths of the plot, CSV,
+JSON and TensorBoard events. `--learning_rate=auto` trains 1cycle at that peak
+(--schedule=auto); with another --schedule it uses the --lr_suggestion rule.
+The model is left untouched by the sweep.
 """
 
 import os
@@ -47,12 +48,12 @@ def main(argv):
       mark = '  <- default (--lr_suggestion)' if name == result.default else ''
       value = 'n/a' if lr is None else f'{lr:.4g}'
       lines.append(f'  {name:10s} {value}{mark}')
-    lines.append(f'  1cycle peak (--schedule=onecycle) '
+    lines.append(f'  1cycle peak (--schedule=auto|onecycle) '
                  f'{summary["onecycle_max"]:.4g}')
     for name, path in result.paths.items():
       lines.append(f'{name}: {path}')
     lines.append(f'train with it: --learning_rate={result.suggestion:.3g} '
-                 f'(--schedule={config.schedule}), or --learning_rate=auto')
+                 f'--schedule={config.lr_schedule}, or --learning_rate=auto')
     print('\n'.join(lines))
     return 0
   launch_flags.run_main(body)

@@ -115,6 +115,39 @@ def test_early_stopping_restores_best_weights(tiny_cifar_data_dir, tmp_path):
   assert result['val_loss'] == pytest.approx(history[0]['val_loss'], rel=1e-5)
 
 
+def test_onecycle_runs_its_whole_cycle_and_keeps_its_last_weights(
+    tiny_cifar_data_dir, tmp_path):
+  rng = np.random.default_rng(0)
+
+  def sabotage(exp, event, outputs):   # as above: later epochs validate worse
+    if event == 'epoch' and outputs['epoch'] >= 1:
+      for v in exp.trainer.model.trainable_variables:
+        v.assign(v.numpy() + rng.normal(0, 3.0, v.shape).astype(np.float32))
+
+  config = small_config(tiny_cifar_data_dir, epochs=4, patience=2,
+                        monitor='val_loss', learning_rate=1e-5,
+                        schedule='onecycle')
+  assert config.early_stopping_patience == 0
+  assert not config.restore_best_weights
+  result = loop.train_and_evaluate(config, str(tmp_path / 'run'),
+                                   hooks=[sabotage])
+  history = result['history']
+  assert result['status'] == 'completed' and len(history) == 4
+  assert result['best_epoch'] == 1 and not result['restored_best_weights']
+  # The evaluated model is the last epoch's (sabotaged after epoch 4, so
+  # worse than epoch 4's own validation).
+  assert result['val_loss'] > history[0]['val_loss']
+
+
+def test_schedule_auto_is_onecycle_after_the_lr_finder_only():
+  assert config_lib.Config(learning_rate='auto').lr_schedule == 'onecycle'
+  assert config_lib.Config(learning_rate=0.1).lr_schedule == 'constant'
+  assert config_lib.Config(learning_rate='auto',
+                           schedule='constant').lr_schedule == 'constant'
+  assert config_lib.Config(learning_rate='auto').restore_best_weights is False
+  assert config_lib.Config(learning_rate=0.1).early_stopping_patience == 5
+
+
 def test_health_report_flags_vanishing_gradients(tiny_cifar_data_dir, tmp_path):
   workdir = str(tmp_path / 'run')
   config = small_config(tiny_cifar_data_dir, model='deep_mlp', depth=30,

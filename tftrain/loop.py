@@ -978,12 +978,15 @@ class _Run:
                   epochs_run=len(self.history))
     if status != 'interrupted':
       if self.has_val and self.best_manager.latest_checkpoint:
-        # Restore-best-weights: the model evaluated on test is the best one.
-        tf.train.Checkpoint(model=trainer.model).restore(
-            self.best_manager.latest_checkpoint).expect_partial()
         result['best_epoch'] = int(self.state['best_epoch'].numpy())
         result['best_' + self.config.monitor] = self.monitor_sign * float(
             self.state['best'].numpy())
+        # Restore-best-weights: the model evaluated on test is the best one
+        # (1cycle keeps its last, annealed weights).
+        result['restored_best_weights'] = self.config.restore_best_weights
+        if self.config.restore_best_weights:
+          tf.train.Checkpoint(model=trainer.model).restore(
+              self.best_manager.latest_checkpoint).expect_partial()
       result.update(_final_metrics(exp, self.eval_ds))
       if exp.is_chief:
         from tftrain import export  # pylint: disable=g-import-not-at-top
