@@ -40,9 +40,10 @@ def _kind(field) -> str:
   return {bool: 'bool', int: 'integer', float: 'float'}.get(t, 'string')
 
 
-def define_flags(**defaults):
+def define_flags(flag_values=FLAGS, **defaults):
   """Defines one flag per Config field (same name, type, default and help),
   plus the launcher-only flags; `defaults` overrides per launcher."""
+  fv = {'flag_values': flag_values}
   for field in dataclasses.fields(config_lib.Config):
     default = defaults.get(field.name, field.default)
     help_text = field.metadata.get('help', field.name)
@@ -50,22 +51,22 @@ def define_flags(**defaults):
       help_text += f' One of: {", ".join(field.metadata["choices"])}.'
     kind = _kind(field)
     if kind == 'list':
-      flags.DEFINE_list(field.name, [str(v) for v in default], help_text)
+      flags.DEFINE_list(field.name, [str(v) for v in default], help_text, **fv)
     elif kind == 'tristate':
       value = {v: k for k, v in _TRISTATE.items()}[default]
-      flags.DEFINE_enum(field.name, value, list(_TRISTATE), help_text)
+      flags.DEFINE_enum(field.name, value, list(_TRISTATE), help_text, **fv)
     elif kind == 'string':
-      flags.DEFINE_string(field.name,
-                          None if default is None else str(default), help_text)
+      flags.DEFINE_string(field.name, None if default is None else str(default),
+                          help_text, **fv)
     else:
-      getattr(flags, f'DEFINE_{kind}')(field.name, default, help_text)
+      getattr(flags, f'DEFINE_{kind}')(field.name, default, help_text, **fv)
   flags.DEFINE_integer(
       'cpu_replicas', 0,
-      'Split the CPU into N logical devices (try mirrored without GPUs).')
+      'Split the CPU into N logical devices (try mirrored without GPUs).', **fv)
   flags.DEFINE_string(
       'workdir', None, 'Run directory (default: runs/<launcher>-<time>); an '
-      'existing one is resumed.')
-  flags.DEFINE_bool('verbose', False, 'Show tracebacks on errors.')
+      'existing one is resumed.', **fv)
+  flags.DEFINE_bool('verbose', False, 'Show tracebacks on errors.', **fv)
 
 
 def _parse(field, value):
@@ -92,12 +93,12 @@ def _parse(field, value):
   return value
 
 
-def config_from_flags(**overrides) -> config_lib.Config:
+def config_from_flags(flag_values=FLAGS, **overrides) -> config_lib.Config:
   """The Config the flags describe (raises ConfigError on a bad value)."""
-  if FLAGS.cpu_replicas < 0:
-    raise config_lib.ConfigError('cpu_replicas', FLAGS.cpu_replicas,
+  if flag_values.cpu_replicas < 0:
+    raise config_lib.ConfigError('cpu_replicas', flag_values.cpu_replicas,
                                  'must be >= 0.')
-  values = {field.name: _parse(field, FLAGS[field.name].value)
+  values = {field.name: _parse(field, flag_values[field.name].value)
             for field in dataclasses.fields(config_lib.Config)
             if field.name not in overrides}
   values.update(overrides)
