@@ -4,6 +4,7 @@ import csv
 import dataclasses
 import glob
 import json
+import math
 import os
 import random
 
@@ -116,7 +117,11 @@ def test_sweep_is_exponential_within_one_epoch_and_stops(swept):
   if result.stop_reason == 'diverged':
     assert result.smoothed[-1] > 4.0 * result.min_loss
   np.testing.assert_allclose(
-      result.smoothed, lr_finder.smooth(result.losses, 0.98))
+      result.smoothed, lr_finder.smooth(result.losses, result.settings['beta']))
+  # A fast sweep (25 steps over 7 decades) smooths over ~0.22 decade, not 0.98.
+  assert result.settings['beta'] == pytest.approx(
+      lr_finder.smoothing(exp.config, ratios[0]))
+  assert result.settings['beta'] < 0.98
   assert set(result.suggestions) == set(lr_finder.SUGGESTIONS)
   assert result.suggestions['divergence'] == pytest.approx(lrs[-1] / 10)
   # --schedule=auto with --learning_rate=auto trains 1cycle: the suggestion
@@ -179,6 +184,17 @@ def test_suggestion_rules_on_a_synthetic_curve():
   assert lr_finder.suggest_divergence(lrs[:500], 'diverged') == pytest.approx(
       lrs[499] / 10)
   assert lr_finder.suggest_divergence(lrs, 'end_lr') is None
+
+
+def test_smoothing_is_098_for_slow_sweeps_and_spans_a_fifth_of_a_decade():
+  config = config_lib.Config()
+  one_epoch_mnist = math.exp(math.log(1e6) / 1717)     # 1718 steps, 6 decades
+  assert lr_finder.smoothing(config, one_epoch_mnist) == 0.98
+  fast = math.exp(math.log(1e6) / 214)                  # batch 256
+  beta = lr_finder.smoothing(config, fast)
+  window = 1 / (1 - beta)                               # steps
+  assert window * math.log10(fast) == pytest.approx(0.22)
+  assert lr_finder.smoothing(config.replace(lr_find_beta=0.9), fast) == 0.9
 
 
 def test_smoothing_is_bias_corrected():
