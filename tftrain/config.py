@@ -285,8 +285,9 @@ class Config:
   def restore_best_weights(self) -> bool:
     """Whether the run ends on its best validation epoch's weights: yes,
     except with 1cycle, which keeps the annealed weights of its last epoch
-    (measured: at least as accurate on test in every 1cycle run compared,
-    BUILD.md; --monitor=val_loss picked mid-cycle epochs on CIFAR-10)."""
+    (measured, BUILD.md: as accurate or better on MNIST test in 6 of 6
+    runs and on CIFAR-10 validation in 3 of 3, where --monitor=val_loss
+    picked mid-cycle epochs)."""
     return self.lr_schedule != 'onecycle'
 
   def replace(self, **changes) -> 'Config':
