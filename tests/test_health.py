@@ -255,6 +255,21 @@ def test_lr_too_low_is_not_reported_when_gradients_vanish():
   assert kinds(run) == ['vanishing_gradients']
 
 
+def test_lr_too_low_is_not_reported_when_units_died():
+  # SGD 0.3 on CIFAR-10 with the MNIST MLP: every ReLU dead, zero updates,
+  # flat loss. The cause is the dead units (too high a rate at the start),
+  # so "raise the learning rate" must not be advised.
+  run = with_stats(healthy_run(depth=2), 'dead', [1.0, 1.0])
+  run['update_ratios'] = np.zeros((NUM_STEPS, 3)).tolist()
+  run['loss'] = [2.30] * NUM_STEPS
+  found = kinds(run)
+  assert 'dead_units' in found and 'lr_too_low' not in found
+  run = with_stats(healthy_run(depth=2), 'dead', [0.0, 0.0])
+  run['update_ratios'] = np.zeros((NUM_STEPS, 3)).tolist()
+  run['loss'] = [2.30] * NUM_STEPS
+  assert 'lr_too_low' in kinds(run)              # no dead units: it is the LR
+
+
 def test_lr_far_from_finder_either_side():
   run = healthy_run()
   run['schedule_peak_lr'] = 1.0

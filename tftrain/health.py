@@ -427,7 +427,7 @@ def _loss_change(run, t) -> Optional[tuple]:
   return (epochs[0], epochs[-1]) if len(epochs) >= 2 else None
 
 
-def _lr_findings(run, t, vanished: bool) -> List[Finding]:
+def _lr_findings(run, t, stalled: bool) -> List[Finding]:
   names = list(run['layer_names'])
   u = _matrix(run, 'update_ratios')
   change = _loss_change(run, t)
@@ -465,7 +465,7 @@ def _lr_findings(run, t, vanished: bool) -> List[Finding]:
         f'{_fmt(change[1])} (+{rise:.0%}, first vs last quarter of the run).',
         steps=[], numbers=nums, tag='loss'))
   if (low is not None and low >= sustain and rise is not None
-      and -rise < t['lr_low_min_loss_drop'] and not vanished):
+      and -rise < t['lr_low_min_loss_drop'] and not stalled):
     out.append(_finding(
         'lr_too_low', f'Updates are tiny and the loss barely moves: the '
         f'hidden layers\' update ratio is {_fmt(med)} ({judged}) and the '
@@ -584,8 +584,8 @@ def analyze(run: Dict[str, Any], thresholds: Optional[Dict] = None
 
   Returns:
     Findings, errors first, then in `KINDS` order; [] for a healthy run.
-    lr_too_low is not reported when gradients vanish (that explains the tiny
-    updates).
+    lr_too_low is not reported when gradients vanish or units died (either
+    explains the tiny updates; raising the LR would not help).
 
   Raises:
     ValueError: an unknown threshold name or a per-layer series whose shape
@@ -598,8 +598,11 @@ def analyze(run: Dict[str, Any], thresholds: Optional[Dict] = None
   findings = _gradient_findings(run, t)
   if not any(f.kind == 'exploding_gradients' for f in findings):
     findings += _activation_growth_finding(run, t)
-  vanished = any(f.kind == 'vanishing_gradients' for f in findings)
-  findings += (_activation_findings(run, t) + _lr_findings(run, t, vanished)
+  activations = _activation_findings(run, t)
+  # Vanishing gradients or dead units explain tiny updates: no lr_too_low.
+  stalled = any(f.kind in ('vanishing_gradients', 'dead_units')
+                for f in findings + activations)
+  findings += (activations + _lr_findings(run, t, stalled)
                + _epoch_findings(run, t) + _diverged_finding(run)
                + _finder_finding(run, t))
   return sorted(findings, key=lambda f: (SEVERITIES.index(f.severity),
