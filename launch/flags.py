@@ -69,36 +69,13 @@ def define_flags(flag_values=FLAGS, **defaults):
   flags.DEFINE_bool('verbose', False, 'Show tracebacks on errors.', **fv)
 
 
-def _parse(field, value):
-  """A flag's value as the Config field's type (ConfigError if it is not)."""
-  kind = _kind(field)
-  if kind == 'tristate':
-    return _TRISTATE[value]
-  if kind == 'list':
-    item = typing.get_args(field.type)[0]
-    try:
-      return tuple(item(v) for v in value)
-    except ValueError:
-      raise config_lib.ConfigError(
-          field.name, ','.join(value),
-          'must be a comma list of '
-          f'{"positive integers" if item is int else "numbers"}.') from None
-  if field.name == 'learning_rate' and value != 'auto':
-    try:
-      return float(value)
-    except ValueError:
-      raise config_lib.ConfigError(
-          'learning_rate', value,
-          "must be a positive number or 'auto'.") from None
-  return value
-
-
 def config_from_flags(flag_values=FLAGS, **overrides) -> config_lib.Config:
   """The Config the flags describe (raises ConfigError on a bad value)."""
   if flag_values.cpu_replicas < 0:
     raise config_lib.ConfigError('cpu_replicas', flag_values.cpu_replicas,
                                  'must be >= 0.')
-  values = {field.name: _parse(field, flag_values[field.name].value)
+  values = {field.name: config_lib.parse_field(field.name,
+                                               flag_values[field.name].value)
             for field in dataclasses.fields(config_lib.Config)
             if field.name not in overrides}
   values.update(overrides)

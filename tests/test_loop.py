@@ -95,15 +95,20 @@ def test_resumed_run_equals_uninterrupted_run(tiny_cifar_data_dir, tmp_path):
       straight['history'][-1]['loss'], rel=1e-5)
 
 
-def test_early_stopping_restores_best_weights(tiny_cifar_data_dir, tmp_path):
+def sabotage_after_each_epoch():
+  """A hook scrambling the weights after every epoch: later epochs validate
+  worse than the first."""
   rng = np.random.default_rng(0)
 
   def sabotage(exp, event, outputs):
-    # After epoch 1, scramble the weights: later epochs validate worse.
     if event == 'epoch' and outputs['epoch'] >= 1:
       for v in exp.trainer.model.trainable_variables:
         v.assign(v.numpy() + rng.normal(0, 3.0, v.shape).astype(np.float32))
+  return sabotage
 
+
+def test_early_stopping_restores_best_weights(tiny_cifar_data_dir, tmp_path):
+  sabotage = sabotage_after_each_epoch()
   config = small_config(tiny_cifar_data_dir, epochs=10, patience=2, monitor='val_loss',
                         learning_rate=1e-5)
   result = loop.train_and_evaluate(config, str(tmp_path / 'run'), hooks=[sabotage])
@@ -117,13 +122,7 @@ def test_early_stopping_restores_best_weights(tiny_cifar_data_dir, tmp_path):
 
 def test_onecycle_runs_its_whole_cycle_and_keeps_its_last_weights(
     tiny_cifar_data_dir, tmp_path):
-  rng = np.random.default_rng(0)
-
-  def sabotage(exp, event, outputs):   # as above: later epochs validate worse
-    if event == 'epoch' and outputs['epoch'] >= 1:
-      for v in exp.trainer.model.trainable_variables:
-        v.assign(v.numpy() + rng.normal(0, 3.0, v.shape).astype(np.float32))
-
+  sabotage = sabotage_after_each_epoch()
   config = small_config(tiny_cifar_data_dir, epochs=4, patience=2,
                         monitor='val_loss', learning_rate=1e-5,
                         schedule='onecycle')

@@ -6,7 +6,8 @@ Every field has the same name as the launcher flag that sets it, so a
 
 import dataclasses
 import math
-from typing import Optional, Sequence, Tuple, Union
+import typing
+from typing import Any, Optional, Sequence, Tuple, Union
 
 # Tested, and in the offline mirror; any TFDS image-classification dataset works.
 DATASETS = ('mnist', 'fashion_mnist', 'cifar10')
@@ -238,6 +239,11 @@ class Config:
       raise ConfigError(
           'boundaries_epochs', ','.join(map(str, self.boundaries_epochs)),
           'must be increasing positive epochs, e.g. 5,15.')
+    if any(isinstance(f, (str, bool)) or not f > 0
+           for f in self.piecewise_factors):
+      raise ConfigError(
+          'piecewise_factors', ','.join(map(str, self.piecewise_factors)),
+          'must be positive numbers, e.g. 1,0.1,0.01.')
     if len(self.piecewise_factors) != len(self.boundaries_epochs) + 1:
       raise ConfigError(
           'piecewise_factors', ','.join(map(str, self.piecewise_factors)),
@@ -292,3 +298,43 @@ class Config:
 
   def replace(self, **changes) -> 'Config':
     return dataclasses.replace(self, **changes)
+
+
+FIELD_TYPES = {f.name: f.type for f in dataclasses.fields(Config)}
+
+
+def _parse_text(kinds, text: str):
+  for kind in kinds:
+    if kind is bool and text.lower() in ('true', 'false'):
+      return text.lower() == 'true'
+    if kind in (int, float):
+      try:
+        return kind(text)
+      except ValueError:
+        continue
+  return text
+
+
+def parse_field(name: str, value: Any) -> Any:
+  """Command-line text as the type of Config field `name`.
+
+  The one parser of flag and grid values. A tuple field takes a list of
+  items or 'a:b' text; an Optional field takes 'none' (Optional[bool] also
+  'auto') as None; values that are not text pass through. Text that does not
+  parse is returned as is, so the Config's own check reports it in one line
+  (e.g. `--hidden=300,x: must be a comma list of positive integers.`).
+  """
+  hint = FIELD_TYPES[name]
+  origin = typing.get_origin(hint)
+  if origin is tuple:
+    items = value.split(':') if isinstance(value, str) else value
+    item = typing.get_args(hint)[:1]
+    return tuple(_parse_text(item, v) if isinstance(v, str) else v
+                 for v in items)
+  if not isinstance(value, str):
+    return value
+  kinds = typing.get_args(hint) if origin is Union else (hint,)
+  if type(None) in kinds and value.lower() in (
+      ('none', 'auto') if bool in kinds else ('none',)):
+    return None
+  return _parse_text(kinds, value)

@@ -17,7 +17,6 @@ import json
 import numbers
 import os
 import time
-import typing
 from typing import Any, Callable, Dict, List, Mapping, Optional, Sequence
 
 from absl import logging
@@ -43,7 +42,7 @@ DEFAULT_LEARNING_RATES = {
 SHORT_NAMES = {'batch_norm': 'bn', 'optimizer': 'opt', 'activation': 'act',
                'learning_rate': 'lr', 'kernel_initializer': 'init',
                'batch_size': 'batch', 'schedule': 'sched'}
-_FIELDS = {f.name: f.type for f in dataclasses.fields(config_lib.Config)}
+_FIELDS = config_lib.FIELD_TYPES
 
 # Named variant lists: `chapter11` is the seed chapter's CIFAR-10 exercise
 # (Hands-On ML ch. 11, ex. 8) after batch norm (published val accuracy).
@@ -77,24 +76,8 @@ class Variant:
 
 # ---------------------------------------------------------------- expand --
 
-def parse_value(field: str, value: Any) -> Any:
-  """A flag's text as the type of Config `field` ('a:b' for tuples)."""
-  hint = _FIELDS[field]
-  kinds = (typing.get_args(hint) if typing.get_origin(hint) is typing.Union
-           else (hint,))
-  if not isinstance(value, str) or value.lower() == 'none' and type(None) in kinds:
-    return None if isinstance(value, str) else value
-  for kind in kinds:
-    try:
-      if kind is bool and value.lower() in ('true', 'false'):
-        return value.lower() == 'true'
-      if kind in (int, float):
-        return kind(value)
-      if typing.get_origin(kind) is tuple:
-        return tuple(typing.get_args(kind)[0](v) for v in value.split(':'))
-    except ValueError:
-      continue
-  return value          # a str field, or a value the Config will reject
+# Flag text as a Config field's type ('a:b' for tuples, 'none' for None).
+parse_value = config_lib.parse_field
 
 
 def _with_rates(base, named, rates, flags) -> List[Variant]:

@@ -362,20 +362,21 @@ def sweep(exp, num_steps: Optional[int] = None,
   trainer.set_learning_rate(schedule)   # plain steps: no step summaries
   logging.info('LR finder: sweeping up to %d steps from lr=%.3g (x%.5g per '
                'step)', num_steps, float(schedule(offset)), schedule.factor)
-  losses, stop_reason = _sweep_losses(exp, schedule, num_steps, should_stop)
+  beta = smoothing(config, schedule.factor)
+  losses, stop_reason = _sweep_losses(exp, schedule, num_steps, beta,
+                                      should_stop)
   lrs = np.array([float(schedule(offset + i)) for i in range(len(losses))])
   losses_arr = np.array(losses, np.float64)
   settings = {'start_lr': config.lr_find_start, 'end_lr': config.lr_find_end,
               'factor': schedule.factor, 'planned_steps': num_steps,
-              'beta': smoothing(config, schedule.factor),
+              'beta': beta,
               'stop_factor': config.lr_find_stop_factor,
               'batch_size': config.batch_size, 'optimizer': config.optimizer,
               'steps_per_epoch': exp.steps_per_epoch}
-  return (lrs, losses_arr, smooth(losses_arr, smoothing(config, schedule.factor)),
-          stop_reason, settings)
+  return lrs, losses_arr, smooth(losses_arr, beta), stop_reason, settings
 
 
-def _sweep_losses(exp, schedule, num_steps: int, should_stop):
+def _sweep_losses(exp, schedule, num_steps: int, beta: float, should_stop):
   """The sweep's per-step losses and why it stopped."""
   config, trainer = exp.config, exp.trainer
   offset = int(trainer.optimizer.iterations.numpy())
@@ -386,8 +387,7 @@ def _sweep_losses(exp, schedule, num_steps: int, should_stop):
   # between calls, and a non-finite loss loses the failing call's losses.
   chunk = max(1, min(config.steps_per_loop, 25,
                      int(math.log(2.0) / math.log(schedule.factor))))
-  smoothed = _Smoothed(smoothing(config, schedule.factor),
-                       config.lr_find_stop_factor)
+  smoothed = _Smoothed(beta, config.lr_find_stop_factor)
   losses: List[float] = []
   stop_reason = 'max_steps' if config.lr_find_max_steps and (
       num_steps == config.lr_find_max_steps) else 'end_lr'
