@@ -26,6 +26,7 @@ from absl import app
 from absl import flags
 
 from benchmarks import common
+from tftrain import probes
 from tftrain import config as config_lib
 from tftrain import summaries
 
@@ -51,11 +52,11 @@ def model_variants(cached, kind, steps):
   hooks = []
   if kind == 'deep':
     images, labels = next(iter(cached.batch(128)))   # loop.PROBE_SIZE
-    hooks.append(summaries.DepthProbe(images, labels, 500, 'selu'))
+    hooks.append(probes.DepthProbe(images, labels, 500, 'selu'))
   runner = common.TftrainRunner(cached, kind, 32, base, logdir, hooks)
   every = common.TftrainRunner(cached, kind, 32, base.replace(
       log_every_steps=1, histogram_every_steps=1), logdir + '/every')
-  every.hooks = ([summaries.DepthProbe(images, labels, 1, 'selu')]
+  every.hooks = ([probes.DepthProbe(images, labels, 1, 'selu')]
                  if kind == 'deep' else [])
   variants = {
       'logging off': lambda rep: runner.run(rep, steps, logging=False),

@@ -8,6 +8,7 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
+from tftrain import checkup
 from tftrain import config as config_lib
 from tftrain import loop
 
@@ -167,6 +168,6 @@ def test_health_report_flags_vanishing_gradients(tiny_cifar_data_dir, tmp_path):
   assert 'health' in tags and 'grad_norm_heatmap' in tags
   assert 'activation_saturated/act_029' in tags   # the automatic probe
   records = [json.loads(l) for l in open(os.path.join(workdir,
-                                                      loop.OBSERVATIONS))]
+                                                      checkup.OBSERVATIONS))]
   assert [r['step'] for r in records] == list(range(2, 21, 2))
   assert all(len(r['grad_norms']) == 31 for r in records)

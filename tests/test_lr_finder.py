@@ -12,6 +12,7 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
+from tftrain import checkup
 from tftrain import config as config_lib
 from tftrain import data
 from tftrain import loop
@@ -98,7 +99,7 @@ def test_restores_weights_slots_step_schedule_and_rng(swept):
   assert float(opt.learning_rate.numpy()) == before['lr']
   assert exp.logger is before['logger']
   # The sweep ran plain steps only: no step summaries, no observations.
-  assert not os.path.exists(os.path.join(exp.workdir, loop.OBSERVATIONS))
+  assert not os.path.exists(os.path.join(exp.workdir, checkup.OBSERVATIONS))
   assert swept['draws'] == swept['expected_draws']
 
 

@@ -8,6 +8,7 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
+from tftrain import probes
 from tftrain import models
 from tftrain import summaries
 from tftrain import trainer as trainer_lib
@@ -200,18 +201,18 @@ def test_step_logger_schedule_of_observed_steps():
 def test_activation_statistics_saturated_and_dead():
   sig = tf.constant([[0.001, 0.5], [0.999, 0.3]])
   stats = {k: float(v) for k, v in
-           summaries.activation_statistics('sigmoid', sig).items()}
+           probes.activation_statistics('sigmoid', sig).items()}
   assert stats['saturated'] == pytest.approx(0.5)
   assert stats['mean'] == pytest.approx(np.mean(sig.numpy()))
   assert stats['std'] == pytest.approx(np.std(sig.numpy()), rel=1e-5)
   relu = tf.constant([[0.0, 1.0, 0.0], [0.0, 0.0, 2.0]])
-  stats = summaries.activation_statistics('relu', relu)
+  stats = probes.activation_statistics('relu', relu)
   assert float(stats['dead']) == pytest.approx(1 / 3)   # unit 0 never fires
   assert 'saturated' not in stats
   selu = tf.constant([[-1.7580, 0.0], [3.0, -0.5]])
-  assert float(summaries.activation_statistics('selu', selu)['saturated']) == (
+  assert float(probes.activation_statistics('selu', selu)['saturated']) == (
       pytest.approx(0.25))
-  assert set(summaries.activation_statistics('gelu', selu)) == {'mean', 'std'}
+  assert set(probes.activation_statistics('gelu', selu)) == {'mean', 'std'}
 
 
 def fake_experiment(trainer, logdir):
@@ -227,7 +228,7 @@ def test_depth_probe_writes_activation_stats_and_image(tmp_path, activation,
   images, labels = make_data(BATCH)
   trainer = make_trainer(activation)
   exp = fake_experiment(trainer, str(tmp_path))
-  probe = summaries.DepthProbe(images, labels, every_steps=100,
+  probe = probes.DepthProbe(images, labels, every_steps=100,
                                activation=activation)
   probe.record(exp, 0)
   # The probe's norms are the plain-tape norms on the probe batch.

@@ -28,6 +28,7 @@ from tftrain import config as config_lib
 from tftrain import health
 from tftrain import loop
 from tftrain import models
+from tftrain import probes
 from tftrain import report
 from tftrain import summaries
 from tftrain import trainer as trainer_lib
@@ -502,7 +503,7 @@ def _depth_panels(probes) -> List[report.Panel]:
 
 
 def compare_activations(base: config_lib.Config, activations: Sequence[str],
-                        root: str, probe_size: int = loop.PROBE_SIZE
+                        root: str, probe_size: int = probes.PROBE_SIZE
                         ) -> Dict[str, Any]:
   """A grid over `activation` (runs in `root/<activation>/`), each with a
   DepthProbe on `probe_size` validation examples recorded at the start, every
@@ -512,7 +513,7 @@ def compare_activations(base: config_lib.Config, activations: Sequence[str],
   probes, table = {}, []
 
   def probe_hooks(exp):
-    probe = loop.activation_probe(exp, exp.config.histogram_every_steps,
+    probe = probes.activation_probe(exp, exp.config.histogram_every_steps,
                                   write_images=True, size=probe_size)
     if probe is None:
       return []

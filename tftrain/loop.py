@@ -22,11 +22,13 @@ from absl import logging
 import numpy as np
 import tensorflow as tf
 
+from tftrain import checkup
 from tftrain import config as config_lib
 from tftrain import data
 from tftrain import distribute
 from tftrain import models
 from tftrain import optimizers
+from tftrain import probes
 from tftrain import schedules
 from tftrain import summaries
 from tftrain import trainer as trainer_lib
@@ -182,95 +184,9 @@ def build_experiment(config: config_lib.Config, workdir: str,
   logger = summaries.StepLogger(
       writers[summaries.TRAIN], trainer.layer_names, config.log_every_steps,
       config.histogram_every_steps, config.grad_norms,
-      records_path=os.path.join(run_dir, OBSERVATIONS))
+      records_path=os.path.join(run_dir, checkup.OBSERVATIONS))
   return Experiment(config, strategy, trainer, cached, info, steps_per_epoch,
                     writers, is_chief, run_dir, logger, datasets is not None)
-
-
-OBSERVATIONS = 'observations.jsonl'      # per observed step (StepLogger)
-ACTIVATIONS = 'activations.jsonl'        # per probe (DepthProbe)
-PROBE_SIZE = 128
-
-
-def activation_probe(exp: Experiment, every_steps: int,
-                     write_images: bool = False, size: int = PROBE_SIZE):
-  """A DepthProbe on validation examples for a model with `act_*` layers.
-
-  Returns None for models without named activation layers.
-  """
-  acts = [l for l in exp.trainer.model.layers if l.name.startswith('act_')]
-  if not acts:
-    return None
-  # The layers' own activation (e.g. ReLU in the cnn), else the Config's.
-  activation = getattr(getattr(acts[0], 'activation', None), '__name__',
-                       exp.config.activation)
-  source = exp.datasets.get('validation', exp.datasets['train'])
-  images, labels = next(iter(source.batch(size).take(1)))
-  return summaries.DepthProbe(
-      images, labels, every_steps, activation,
-      write_images=write_images,
-      records_path=os.path.join(exp.workdir, ACTIVATIONS))
-
-
-def read_activation_records(workdir: str):
-  """[(step, {layer: {stat: value}})] from activations.jsonl (last per step)."""
-  return [(r['step'], r['stats']) for r in summaries.read_records(
-      os.path.join(workdir, ACTIVATIONS))]
-
-
-def health_run_record(exp: Experiment, result: Dict[str, Any]) -> Dict:
-  """The series `health.analyze` reads, from the run's files and result."""
-  config = exp.config
-  run = {'layer_names': exp.trainer.layer_names,
-         'num_classes': exp.data_info.num_classes,
-         'activation': config.activation,
-         'history': result.get('history', []),
-         'status': result.get('status')}
-  for key in ('diverged_step', 'diverged_loss'):
-    if key in result:
-      run[key] = result[key]
-  records = summaries.read_records(os.path.join(exp.workdir, OBSERVATIONS))
-  if records:
-    run['steps'] = [r['step'] for r in records]
-    for key in ('grad_norms', 'update_ratios', 'loss', 'learning_rate'):
-      run[key] = [r[key] for r in records]
-  activations = read_activation_records(exp.workdir)
-  if activations:
-    run['activation_stats'] = activations
-  finder = result.get('lr_finder')
-  if finder:
-    run['lr_finder'] = {'suggestion': finder.get('suggestion'),
-                        'suggestions': finder.get('suggestions', {})}
-  if 'learning_rate' in result:
-    run['schedule_peak_lr'] = result['learning_rate']
-  return run
-
-
-def write_health(exp: Experiment, result: Dict[str, Any]) -> None:
-  """health.md/.json, a Text summary, the depth x time heatmap; result['health']."""
-  from tftrain import health  # pylint: disable=g-import-not-at-top
-  run = health_run_record(exp, result)
-  findings = health.analyze(run)
-  result['health'] = {'healthy': not findings,
-                      'findings': [f.kind for f in findings],
-                      'block': health.format_block(findings)}
-  if not exp.is_chief:
-    return
-  title = f'Training health: {os.path.basename(os.path.abspath(exp.workdir))}'
-  health.write_report(exp.workdir, findings, title)
-  step = int(exp.trainer.optimizer.iterations.numpy())
-  writer = exp.writers[summaries.TRAIN]
-  with writer.as_default(step=step):
-    tf.summary.text('health', health.format_markdown(findings, title))
-    if len(run['layer_names']) >= 3 and run.get('steps'):
-      png = health.depth_time_heatmap_png(
-          run['layer_names'], run['steps'], run['grad_norms'],
-          'log10 gradient norm by layer (rows) and step')
-      with open(os.path.join(exp.workdir, 'grad_norm_heatmap.png'), 'wb') as f:
-        f.write(png)
-      tf.summary.image('grad_norm_heatmap',
-                       tf.image.decode_png(png, channels=3)[tf.newaxis])
-  writer.flush()
 
 
 def train_steps(trainer: trainer_lib.Trainer, iterator, num_steps: int,
@@ -490,7 +406,7 @@ def train_and_evaluate(config: config_lib.Config, workdir: str,
       {'train', 'validation' (optional), 'test' (optional)} unbatched
       (image, label) datasets; give `num_classes` too.
     hook_factory: `hook_factory(exp) -> hooks` for hooks that need the built
-      Experiment (e.g. a `summaries.DepthProbe` on its model); called once,
+      Experiment (e.g. a `probes.DepthProbe` on its model); called once,
       inside the workdir lock, and its hooks run after `hooks`.
 
   Returns:
@@ -714,8 +630,8 @@ def _with_activation_probe(exp: Experiment, hooks: Sequence[Hook]) -> List:
   """`hooks` plus the automatic activation probe (unless one is given)."""
   hooks = list(hooks)
   if exp.config.activation_stats and not any(
-      isinstance(h, summaries.DepthProbe) for h in hooks):
-    probe = activation_probe(exp, exp.config.histogram_every_steps
+      isinstance(h, probes.DepthProbe) for h in hooks):
+    probe = probes.activation_probe(exp, exp.config.histogram_every_steps
                              or 10 * exp.config.log_every_steps)
     hooks += [probe] if probe is not None else []
   return hooks
@@ -861,7 +777,7 @@ class _Run:
     except trainer_lib.NonFiniteError as e:
       self.result.update(status='diverged', diverged_step=e.step,
                          diverged_loss=e.loss, history=self.history)
-      write_health(self.exp, self.result)
+      checkup.write_health(self.exp, self.result)
       _write_json(os.path.join(self.exp.workdir, 'metrics.json'), self.result)
       raise
 
@@ -993,7 +909,7 @@ class _Run:
         result['export'] = export.export(
             trainer.model, exp.data_info, exp.workdir,
             None if exp.user_data else self.config.dataset)['dir']
-      write_health(exp, result)
+      checkup.write_health(exp, result)
     for writer in exp.writers.values():
       writer.flush()
     _write_json(os.path.join(exp.workdir, 'metrics.json'), result)

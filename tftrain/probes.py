@@ -1,0 +1,230 @@
+"""Probes: activation statistics and gradient norm vs depth on a fixed batch.
+
+`DepthProbe` is a hook (`hook(exp, event, outputs)`) that runs one
+forward/backward pass on a probe batch (no update) at intervals and writes
+activation_{mean,std,saturated,dead}/<layer> and the grad_norm_vs_depth image;
+`activation_probe` builds the run's automatic one; `read_activation_records`
+reads what it recorded (activations.jsonl) for the health report.
+"""
+
+import json
+import os
+import time
+from typing import Dict, Optional, Sequence
+
+import tensorflow as tf
+
+from tftrain import summaries
+
+# Where each activation saturates: (lower bound or None, upper bound or None);
+# an output within SATURATION_TOLERANCE of a bound counts as saturated.
+SATURATION_BOUNDS = {
+    'sigmoid': (0.0, 1.0), 'tanh': (-1.0, 1.0), 'elu': (-1.0, None),
+    'selu': (-1.0507009873554805 * 1.6732632423543772, None),
+}
+SATURATION_TOLERANCE = 0.01
+# Activations whose units can die (output exactly 0 on every probe example).
+DYING = ('relu',)
+
+
+def activation_statistics(activation: str, outputs) -> Dict[str, tf.Tensor]:
+  """Mean, std and saturated/dead fraction of one layer's probe outputs.
+
+  Args:
+    activation: the layer's activation name (decides saturated vs dead).
+    outputs: [batch, units] activations on the probe batch.
+
+  Returns:
+    {'mean', 'std'} plus 'saturated' (fraction of outputs within
+    `SATURATION_TOLERANCE` of a bound, for bounded activations) or 'dead'
+    (fraction of units that are 0 on every probe example, for ReLU).
+  """
+  outputs = tf.cast(outputs, tf.float32)
+  stats = {'mean': tf.reduce_mean(outputs), 'std': tf.math.reduce_std(outputs)}
+  if activation in SATURATION_BOUNDS:
+    low, high = SATURATION_BOUNDS[activation]
+    near = tf.zeros_like(outputs, tf.bool)
+    if low is not None:
+      near |= outputs <= low + SATURATION_TOLERANCE
+    if high is not None:
+      near |= outputs >= high - SATURATION_TOLERANCE
+    stats['saturated'] = tf.reduce_mean(tf.cast(near, tf.float32))
+  elif activation in DYING:
+    dead = tf.reduce_all(tf.equal(outputs, 0.0), axis=0)
+    stats['dead'] = tf.reduce_mean(tf.cast(dead, tf.float32))
+  return stats
+
+
+def plot_grad_norms_png(layer_names: Sequence[str], norms, title: str) -> bytes:
+  """PNG bytes: gradient norm vs layer depth, log y (zeros drawn at the floor)."""
+  import io  # pylint: disable=g-import-not-at-top
+  from tftrain import report  # pylint: disable=g-import-not-at-top
+  plt = report.pyplot()
+  import numpy as np  # pylint: disable=g-import-not-at-top
+  norms = np.asarray(norms, np.float64)
+  positive = norms[norms > 0]
+  floor = positive.min() / 10 if positive.size else 1e-30
+  fig, ax = plt.subplots(figsize=(6, 3.5), dpi=80)
+  depth = np.arange(len(norms))
+  ax.semilogy(depth, np.maximum(norms, floor), marker='.', lw=1)
+  zeros = norms <= 0
+  if zeros.any():
+    ax.semilogy(depth[zeros], np.full(zeros.sum(), floor), 'rx',
+                label='exactly 0 (float32 underflow)')
+    ax.legend(loc='best', fontsize=8)
+  ax.set_xlabel(f'layer depth (0 = {layer_names[0]}, '
+                f'{len(layer_names) - 1} = {layer_names[-1]})')
+  ax.set_ylabel('layer gradient L2 norm')
+  ax.set_title(title, fontsize=10)
+  ax.grid(True, which='major', alpha=0.3)
+  fig.tight_layout()
+  buf = io.BytesIO()
+  fig.savefig(buf, format='png')
+  plt.close(fig)
+  return buf.getvalue()
+
+
+class DepthProbe:
+  """Hook: activation statistics and gradient norm vs depth on a probe batch.
+
+  A plain callable for `loop.run` hooks (`hook(exp, event, outputs)`). At each
+  `every_steps` boundary crossed by a 'train' event, and after each epoch, it
+  runs one forward/backward pass on a fixed probe batch (no update) and writes
+  to the train writer:
+    activation_mean/act_NNN, activation_std/act_NNN,
+    activation_saturated/act_NNN (sigmoid, tanh, elu, selu) or
+    activation_dead/act_NNN (relu), and the image grad_norm_vs_depth.
+  The per-step scalars `grad_norm/<layer>` come from the Trainer itself; the
+  probe keeps the measurement off the training hot path (one extra pass per
+  interval). `records` keeps (step, probe grad norms) for later comparison.
+
+  Args:
+    images: the probe batch (fixed, preprocessed like the training data).
+    labels: its labels.
+    every_steps: interval in global steps; 0 = only at `record()` calls and
+      epoch ends.
+    activation: the hidden layers' activation (for saturated/dead).
+    write_images: also write the grad-norm-vs-depth image summary.
+  """
+
+  def __init__(self, images, labels, every_steps: int, activation: str,
+               write_images: bool = True, records_path: Optional[str] = None):
+    self.images = tf.convert_to_tensor(images)
+    self.labels = tf.convert_to_tensor(labels)
+    self.every_steps = every_steps
+    self.activation = activation
+    self.write_images = write_images
+    self.records_path = records_path   # JSON lines of activation statistics
+    self.records = []          # [(step, np.ndarray of per-layer grad norms)]
+    self.activations = []      # [(step, {layer: {stat: float}})]
+    self._probe_fn = None
+    self._last_step = None
+    self.seconds = 0.0         # host time spent probing (overhead budget)
+
+  def _build(self, trainer):
+    model = trainer.model
+    variables = model.trainable_variables
+    groups = [[variables[i] for i in l.indices] for l in trainer.layers]
+    act_layers = [l for l in model.layers if l.name.startswith('act_')]
+    act_names = [l.name for l in act_layers]
+    activation = self.activation
+
+    # No autograph: plain Python loops over layers, nothing data-dependent.
+    @tf.function(autograph=False)
+    def probe(images, labels):
+      with tf.GradientTape() as tape:
+        x = images
+        outputs = {}
+        for layer in model.layers:
+          x = layer(x, training=False)
+          if layer.name in act_names:
+            outputs[layer.name] = x
+        loss = tf.reduce_mean(tf.nn.sparse_softmax_cross_entropy_with_logits(
+            labels, tf.cast(x, tf.float32)))
+      grads = tape.gradient(loss, groups)
+      norms = tf.stack([tf.linalg.global_norm(
+          [tf.cast(g, tf.float32) for g in layer]) for layer in grads])
+      stats = {name: activation_statistics(activation, outputs[name])
+               for name in act_names}
+      return norms, stats
+    return probe
+
+  def record(self, exp, step: int, image: bool = True) -> None:
+    """Probes now and writes the summaries at `step` (the image if `image`)."""
+    start = time.perf_counter()
+    try:
+      self._record(exp, step, image)
+    finally:
+      self.seconds += time.perf_counter() - start
+
+  def _record(self, exp, step: int, image: bool) -> None:
+    if self._probe_fn is None:
+      self._probe_fn = self._build(exp.trainer)
+    norms, stats = self._probe_fn(self.images, self.labels)
+    norms = norms.numpy()
+    stats = {layer: {k: float(v) for k, v in s.items()}
+             for layer, s in stats.items()}
+    self.records.append((step, norms))
+    self.activations.append((step, stats))
+    self._last_step = step
+    if self.records_path:
+      with open(self.records_path, 'a') as f:
+        f.write(json.dumps({'step': int(step), 'stats': stats}) + '\n')
+    writer = exp.writers.get(summaries.TRAIN) if exp.is_chief else None
+    if writer is None:
+      return
+    proto = summaries.SummaryProto()
+    for layer, s in stats.items():
+      for key, value in s.items():
+        proto.scalar(f'activation_{key}/{layer}', value)
+    proto.write(writer, step)
+    with writer.as_default(step=step):
+      if self.write_images and image:
+        png = plot_grad_norms_png(
+            exp.trainer.layer_names, norms,
+            f'{self.activation}: probe-batch gradient norm vs depth, '
+            f'step {step}')
+        image = tf.image.decode_png(png, channels=3)[tf.newaxis]
+        tf.summary.image('grad_norm_vs_depth', image)
+    writer.flush()
+
+  def __call__(self, exp, event: str, outputs) -> None:
+    if event == 'train':
+      step = int(outputs['step'])
+      last = self._last_step if self._last_step is not None else 0
+      if self.every_steps and step // self.every_steps > last // self.every_steps:
+        self.record(exp, step, image=False)   # the PNG only at epoch ends
+    elif event == 'epoch':
+      step = int(exp.trainer.optimizer.iterations.numpy())
+      if step != self._last_step:
+        self.record(exp, step)
+
+
+ACTIVATIONS = 'activations.jsonl'        # per probe (DepthProbe)
+PROBE_SIZE = 128
+
+
+def activation_probe(exp, every_steps: int,
+                     write_images: bool = False, size: int = PROBE_SIZE):
+  """A DepthProbe on validation examples for a model with `act_*` layers.
+
+  Returns None for models without named activation layers.
+  """
+  acts = [l for l in exp.trainer.model.layers if l.name.startswith('act_')]
+  if not acts:
+    return None
+  # The layers' own activation (e.g. ReLU in the cnn), else the Config's.
+  activation = getattr(getattr(acts[0], 'activation', None), '__name__',
+                       exp.config.activation)
+  source = exp.datasets.get('validation', exp.datasets['train'])
+  images, labels = next(iter(source.batch(size).take(1)))
+  return DepthProbe(
+      images, labels, every_steps, activation,
+      write_images=write_images,
+      records_path=os.path.join(exp.workdir, ACTIVATIONS))
+
+
+def read_activation_records(workdir: str):
+  """[(step, {layer: {stat: value}})] from activations.jsonl (last per step)."""
+  return [(r['step'], r['stats']) for r in summaries.read_records(
+      os.path.join(workdir, ACTIVATIONS))]
