@@ -21,13 +21,11 @@ import tensorflow as tf
 import tensorflow_datasets as tfds
 from tensorflow_datasets.core.download import checksums as tfds_checksums
 
+from tftrain import errors
+
 RAW_DATA_ENV = 'TFTRAIN_RAW_DATA_DIR'
 DATA_DIR_ENV = 'TFDS_DATA_DIR'
 AUTOTUNE = tf.data.AUTOTUNE
-
-
-class DataError(RuntimeError):
-  """Data cannot be found or prepared; the message says what to do."""
 
 
 @dataclasses.dataclass(frozen=True)
@@ -61,19 +59,19 @@ def _is_prepared(builder) -> bool:
 def _builder(name: str, data_dir: Optional[str]):
   """tfds.builder, with a one-line DataError for an unusable --data_dir."""
   if data_dir and os.path.exists(data_dir) and not os.path.isdir(data_dir):
-    raise DataError(f'--data_dir={data_dir}: is a file, not a folder; '
-                    'choose a folder for the TFDS data.')
+    raise errors.DataError(f'--data_dir={data_dir}: is a file, not a folder; '
+                           'choose a folder for the TFDS data.')
   try:
     builder = tfds.builder(name, data_dir=data_dir)
   except tfds.core.registered.DatasetNotFoundError:
-    raise DataError(
+    raise errors.DataError(
         f'--dataset={name}: TFDS has no dataset of that name; give a TFDS '
         'image-classification dataset (e.g. mnist, fashion_mnist, cifar10, '
         'kmnist, emnist, svhn_cropped).') from None
   except Exception as e:  # pylint: disable=broad-except
     where = data_dir or os.environ.get(DATA_DIR_ENV) or '~/tensorflow_datasets'
-    first = str(e).splitlines()[0] if str(e) else ''
-    raise DataError(
+    first = errors.first_line(e, default='')
+    raise errors.DataError(
         f'--data_dir={where}: the prepared {name} there cannot be read '
         f'({type(e).__name__}: {first[:300]}); delete {os.path.join(where, name)} '
         'and rerun to prepare it again.') from e
@@ -89,7 +87,7 @@ def check_features(name: str, features) -> None:
   if (image is None or label is None
       or not isinstance(label, tfds.features.ClassLabel)
       or len(getattr(image, 'shape', ()) or ()) != 3):
-    raise DataError(
+    raise errors.DataError(
         f'--dataset={name}: tftrain trains image classifiers and needs TFDS '
         f'features image (H, W, C) and label (a class label); {name} has '
         f'{", ".join(keys) or "no named features"}; pick an image '
@@ -108,7 +106,7 @@ def verify_prepared(builder) -> None:
   record, which dataset_info.json records.
 
   Raises:
-    DataError: a split file is missing or has the wrong size.
+    errors.DataError: a split file is missing or has the wrong size.
   """
   info = builder.info
   name = info.name
@@ -120,13 +118,13 @@ def verify_prepared(builder) -> None:
     paths = [str(p) for p in split.filepaths]
     missing = [p for p in paths if not os.path.isfile(p)]
     if missing:
-      raise DataError(f'dataset {name}: prepared file {missing[0]} is missing; '
-                      f'{fix}')
+      raise errors.DataError(
+          f'dataset {name}: prepared file {missing[0]} is missing; {fix}')
     expected = int(split.num_bytes) + _TFRECORD_OVERHEAD * sum(
         split.shard_lengths)
     actual = sum(os.path.getsize(p) for p in paths)
     if split.num_bytes and actual != expected:
-      raise DataError(
+      raise errors.DataError(
           f'dataset {name}: the prepared {split_name} split has {actual} bytes '
           f'instead of {expected} (a truncated or damaged file in '
           f'{builder.data_path}); {fix}')
@@ -156,7 +154,7 @@ def _check_raw_files(name: str, raw_data_dir: str, urls: Dict[str, str]) -> str:
   missing = [f for f in urls.values()
              if not os.path.isfile(os.path.join(manual_dir, f))]
   if missing:
-    raise DataError(
+    raise errors.DataError(
         f'--raw_data_dir={raw_data_dir}: dataset {name}: missing '
         f'{", ".join(sorted(missing))} in {manual_dir}; set --raw_data_dir '
         f'(or ${RAW_DATA_ENV}) to a folder holding '
@@ -168,15 +166,15 @@ def _data_source(name: str, where: str, raw_data_dir: Optional[str]):
   """Where `prepare` will take `name` from: (manual dir or None, url -> file name).
 
   Raises:
-    DataError: the raw files are missing from the raw dir or, without a raw
-      dir, the download host is unreachable.
+    errors.DataError: the raw files are missing from the raw dir or, without
+      a raw dir, the download host is unreachable.
   """
   raw_data_dir = resolve_raw_data_dir(raw_data_dir)
   urls = expected_raw_files(name)
   if raw_data_dir:
     return _check_raw_files(name, raw_data_dir, urls), urls
   if not _network_reachable(urls):
-    raise DataError(
+    raise errors.DataError(
         f'dataset {name}: not prepared in {where} and its download host is '
         f'unreachable; set --raw_data_dir (or ${RAW_DATA_ENV}) to a folder '
         f'holding {name}/{{{",".join(sorted(urls.values()))}}}.')
@@ -203,27 +201,6 @@ def _quiet_progress_unless_terminal() -> None:
     tfds.disable_progress_bar()
 
 
-def check_available(name: str, data_dir: Optional[str] = None,
-                    raw_data_dir: Optional[str] = None) -> Optional[Dict[str, int]]:
-  """Cheap check, before a run touches anything, that `prepare` can succeed.
-
-  Reads only metadata: no preparation, no download.
-
-  Returns:
-    Examples per split ({'train': n, 'test': m}) when `name` is already
-    prepared in `data_dir`; None when it still has to be prepared.
-
-  Raises:
-    DataError: not prepared, and the raw files are missing from the raw dir
-      (or, without a raw dir, the download host is unreachable).
-  """
-  builder = _builder(name, data_dir)
-  if _is_prepared(builder):
-    return {k: s.num_examples for k, s in builder.info.splits.items()}
-  _data_source(name, str(builder.data_dir_root), raw_data_dir)
-  return None
-
-
 def prepare(name: str, data_dir: Optional[str] = None,
             raw_data_dir: Optional[str] = None) -> str:
   """Makes sure TFDS dataset `name` is prepared in `data_dir`; returns data_dir.
@@ -235,8 +212,8 @@ def prepare(name: str, data_dir: Optional[str] = None,
       `<raw_data_dir>/<name>/<original file name>`; None to download.
 
   Raises:
-    DataError: the files are missing or the download is impossible, or the
-      prepared dataset's files do not match its metadata.
+    errors.DataError: the files are missing or the download is impossible, or
+      the prepared dataset's files do not match its metadata.
   """
   builder = _builder(name, data_dir)
   data_dir = str(builder.data_dir_root)
@@ -273,9 +250,10 @@ def prepare(name: str, data_dir: Optional[str] = None,
         os.rmdir(path)
       except OSError:
         pass
-    raise DataError(f'dataset {name}: preparation failed ({type(e).__name__}: '
-                    f'{str(e).splitlines()[0] if str(e) else ""}); check the '
-                    f'files in --raw_data_dir or the network.') from e
+    raise errors.DataError(
+        f'dataset {name}: preparation failed ({type(e).__name__}: '
+        f'{errors.first_line(e, default="")}); check the files in '
+        '--raw_data_dir or the network.') from e
   finally:
     shutil.rmtree(downloads, ignore_errors=True)
   return data_dir
@@ -294,16 +272,14 @@ def load_splits(name: str, data_dir: Optional[str], validation_size: int,
                 standardize: bool = False):
   """Loads train/validation/test as (float32 image in [0,1] or standardized, int32 label).
 
+  `validation_size` must be smaller than the train split (checked, with the
+  flag's error, by `experiment.preflight`).
+
   Returns:
     (dict split -> tf.data.Dataset of single examples, uncached, DataInfo).
   """
   builder = tfds.builder(name, data_dir=data_dir)
   info = builder.info
-  num_train_total = info.splits['train'].num_examples if info.splits else None
-  if num_train_total is not None and validation_size >= num_train_total:
-    raise DataError(
-        f'--validation_size={validation_size}: must be smaller than the '
-        f'{num_train_total} examples of {name} train.')
   splits = split_names(validation_size)
   datasets = {
       key: tfds.load(name, split=split, data_dir=data_dir, download=False,
@@ -386,18 +362,17 @@ def user_splits(datasets: Dict[str, tf.data.Dataset], num_classes: int):
   Images are cast to float32 (scaled as given), labels to int32.
 
   Raises:
-    ConfigError: no 'train' split, an unknown split name, or num_classes
-      missing.
+    errors.ConfigError: no 'train' split, an unknown split name, or
+      num_classes missing.
   """
-  from tftrain import config as config_lib  # pylint: disable=g-import-not-at-top
   unknown = set(datasets) - {'train', 'validation', 'test'}
   if 'train' not in datasets or unknown:
-    raise config_lib.ConfigError(
+    raise errors.ConfigError(
         'datasets', ','.join(sorted(datasets)),
         "give 'train' and optionally 'validation' and 'test' datasets.")
   if not num_classes or num_classes < 2:
-    raise config_lib.ConfigError('num_classes', num_classes,
-                                 'give the number of classes (>= 2).')
+    raise errors.ConfigError('num_classes', num_classes,
+                             'give the number of classes (>= 2).')
   splits = {k: d.map(lambda x, y: (tf.cast(x, tf.float32),
                                    tf.cast(y, tf.int32)))
             for k, d in datasets.items()}
