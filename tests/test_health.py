@@ -391,32 +391,6 @@ def test_finding_rejects_unknown_kind():
 
 # ---------------------------------------------------------------- heatmaps --
 
-def test_heatmap_image_shape_and_distinct_zero_colour():
-  names = names_for(3)
-  grads = np.array([[0.0, 1e-3, 1e-1, 1.0]] * 5)
-  grads[4, 3] = np.nan
-  image = health.heatmap_image(names, list(range(5)), grads)
-  assert image.dtype == np.uint8
-  assert image.ndim == 3 and image.shape[2] == 3
-  rows, cols = 4, 5
-  assert image.shape[0] % rows == 0 and image.shape[0] // rows >= 4
-  assert image.shape[1] % cols == 0 and image.shape[1] // cols >= 4
-  ch, cw = image.shape[0] // rows, image.shape[1] // cols
-  cell = lambda r, c: tuple(image[r * ch, c * cw])
-  assert cell(0, 0) == health.ZERO_RGB                 # dense_000: exactly 0
-  assert cell(3, 4) == health.NON_FINITE_RGB
-  assert cell(1, 0) == (68, 1, 84)                     # smallest: viridis start
-  assert cell(3, 0) == (253, 231, 37)                  # largest: viridis end
-  assert len({cell(r, 0) for r in range(4)}) == 4
-
-
-def test_heatmap_image_one_step_and_many_steps():
-  assert health.heatmap_image(['a', 'b'], [7], [[1.0, 2.0]]).shape[:2] == (
-      128, 256)
-  wide = health.heatmap_image(['a'], list(range(2000)), np.ones((2000, 1)))
-  assert wide.shape[1] == 512 * 4
-
-
 @pytest.mark.parametrize('num_steps', [1, 30])
 def test_depth_time_heatmap_png(num_steps):
   run = vanishing_run()
