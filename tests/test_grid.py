@@ -1,7 +1,6 @@
 """Variant grids (tftrain.grid): expand, select, run, HParams; launch.compare."""
 
 import csv
-import glob
 import json
 import os
 import subprocess
@@ -14,6 +13,7 @@ import tensorflow as tf
 from tftrain import config as config_lib
 from tftrain import grid as grid_lib
 from tests.conftest import REPO_ROOT, launcher_env
+from tests import testing
 
 BASE = config_lib.Config(optimizer='nadam', learning_rate=5e-4)
 DEFAULT_GRID = {'batch_norm': ('none', 'before'),
@@ -175,17 +175,6 @@ def test_summary_numbers_and_batch_norm_speedup_table(tmp_path):
   assert saved[0]['test accuracy'] == '' and saved[1]['wall s to best'] == '60*'
 
 
-def _summaries(path):
-  """[(tag, plugin_name)] of every summary value in the event files at path."""
-  out = []
-  for f in glob.glob(os.path.join(path, 'events.out.tfevents.*')):
-    for event in tf.compat.v1.train.summary_iterator(f):
-      for value in event.summary.value:
-        out.append((value.tag, value.metadata.plugin_data.plugin_name,
-                    value))
-  return out
-
-
 def test_grid_on_tiny_data_writes_runs_table_png_and_hparams(
     tiny_mnist_data_dir, tmp_path):
   base = config_lib.Config(
@@ -211,22 +200,23 @@ def test_grid_on_tiny_data_writes_runs_table_png_and_hparams(
     assert 0.0 <= row['best_val_accuracy'] <= 1.0
     assert row['wall_time_exact'] and row['seconds_per_epoch'] > 0
     # The run's HParams values and final metrics.
-    tags = {t: (p, v) for t, p, v in _summaries(run_dir)}
-    assert tags['_hparams_/session_start_info'][0] == 'hparams'
+    tags = testing.read_tags(run_dir)
+    scalars = testing.read_scalars(run_dir)
+    assert tags['_hparams_/session_start_info'] == 'hparams'
     for tag in ('best_val_loss', 'best_val_accuracy', 'test_accuracy'):
-      assert float(tf.make_ndarray(tags[tag][1].tensor)) == pytest.approx(
+      assert scalars[tag][-1][1] == pytest.approx(
           row[tag] if tag != 'test_accuracy' else metrics['test_accuracy'])
     assert os.path.isdir(os.path.join(run_dir, 'validation'))
   adam = out['rows'][1]
   assert adam['val_loss'][-1] < adam['val_loss'][0]       # it learned
 
   # The experiment-level HParams config lists both axes and the metrics.
-  root_tags = _summaries(root)
-  assert [t for t, p, _ in root_tags if p == 'hparams'] == [
+  root_events = testing.read_events(root)
+  assert [e.tag for e in root_events if e.plugin == 'hparams'] == [
       '_hparams_/experiment']
   from tensorboard.plugins.hparams import plugin_data_pb2  # pylint: disable=g-import-not-at-top
   content = plugin_data_pb2.HParamsPluginData.FromString(
-      root_tags[0][2].metadata.plugin_data.content)
+      root_events[0].value.metadata.plugin_data.content)
   assert {h.name for h in content.experiment.hparam_infos} == {
       'batch_norm', 'optimizer', 'learning_rate'}
   assert {(m.name.group, m.name.tag) for m in content.experiment.metric_infos} >= {
