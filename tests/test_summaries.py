@@ -1,6 +1,5 @@
 """Per-layer gradient norms, histograms and the DepthProbe hook's summaries."""
 
-import glob
 import os
 import types
 
@@ -14,22 +13,9 @@ from tftrain import probes
 from tftrain import models
 from tftrain import summaries
 from tftrain import trainer as trainer_lib
+from tests import testing
 
 DEPTH, WIDTH, BATCH = 5, 8, 16
-
-
-def read_events(logdir):
-  """{tag: [(step, value or image bytes)]} from the event files under logdir."""
-  tags = {}
-  for path in glob.glob(os.path.join(logdir, 'events.out.tfevents.*')):
-    for event in tf.compat.v1.train.summary_iterator(path):
-      for value in event.summary.value:
-        if value.HasField('tensor'):
-          arr = tf.make_ndarray(value.tensor)
-        else:
-          arr = value.simple_value
-        tags.setdefault(value.tag, []).append((event.step, arr))
-  return tags
 
 
 def make_data(n=2 * BATCH, seed=0):
@@ -160,7 +146,7 @@ def test_step_summaries_tags_and_values(tmp_path, jit_compile):
                         labels[BATCH:2 * BATCH])
   assert out['steps_run'] == 4 and len(out['losses']) == 4
   writer.flush()
-  tags = read_events(str(tmp_path))
+  tags = testing.read_values(str(tmp_path))
   names = [f'dense_{i:03d}' for i in range(DEPTH)] + ['logits']
   for name in names:          # observed: every 2 (norms) and every 3 (hist)
     assert [s for s, _ in tags[f'grad_norm/{name}']] == [2, 3, 4]
@@ -243,7 +229,7 @@ def test_depth_probe_writes_activation_stats_and_image(tmp_path, activation,
   probe(exp, 'epoch', {'epoch': 1})            # same step: no second record
   assert [s for s, _ in probe.grad_norm_records] == [0, 100, 230, 260]
   exp.writers['train'].flush()
-  tags = read_events(str(tmp_path))
+  tags = testing.read_values(str(tmp_path))
   for i in range(DEPTH):
     for key in ('mean', 'std', stat):
       assert [s for s, _ in tags[f'activation_{key}/act_{i:03d}']] == [
