@@ -73,6 +73,9 @@ BAD_CASES = [
         'train': _ds(X, Y), 'validation': _ds(XV, _with(YV, [2, 4], 70))}, 3,
      ["datasets['validation'] example 2: label 70 is outside [0, 3)",
       '(bad labels in validation: 2 of 30)', 'pass num_classes=71']),
+    ('label_huge_id', lambda: {'train': _ds(X, _with(Y, 1, 2**40))}, 3,
+     ["datasets['train'] example 1: label 1099511627776 is outside [0, 3)",
+      'map the labels to class indices 0..2 first']),
     ('label_not_whole', lambda: {'train': _ds(X, _with(Y, 4, 2.5, 'f4'))}, 3,
      ["datasets['train'] example 4: label 2.5 is not a class index",
       'floats like 3.0']),
@@ -196,14 +199,14 @@ def _tfds_style(images, labels):
       {'image': images, 'label': labels, 'id': np.arange(len(labels))})
 
 
-def _undeclared(images, labels):
+def _undeclared(images, labels, label_spec=tf.TensorSpec((), tf.int64)):
   """From a generator whose output_signature leaves height and width open."""
   return tf.data.Dataset.from_generator(
-      lambda: zip(images, labels), output_signature=(
-          tf.TensorSpec((None, None, 1)), tf.TensorSpec((), tf.int64)))
+      lambda: zip(images, labels),
+      output_signature=(tf.TensorSpec((None, None, 1)), label_spec))
 
 
-# (encoding, dataset from (images, int labels)); all train the same classes.
+# (encoding, dataset from (images, int labels)); all give the same classes.
 ENCODINGS = [
     ('int64', _ds),
     ('uint8_labels', lambda x, y: _ds(x, y.astype(np.uint8))),
@@ -212,7 +215,10 @@ ENCODINGS = [
     ('one_hot', lambda x, y: _ds(x, ONE_HOT[y])),
     ('probabilities', lambda x, y: _ds(x, _soft(y))),
     ('tfds_dict', _tfds_style),
+    ('tfds_dict_of_one_hot', lambda x, y: _tfds_style(x, ONE_HOT[y])),
     ('undeclared_image_shape', _undeclared),
+    ('undeclared_shape_whole_float_shape_1', lambda x, y: _undeclared(
+        x, y[:, None].astype(np.float32), tf.TensorSpec((1,), tf.float32))),
     ('float64_images', lambda x, y: _ds(x.astype(np.float64), y)),
 ]
 
@@ -229,20 +235,25 @@ def test_supported_encoding_becomes_class_indices(encoding, make):
   np.testing.assert_allclose(images.numpy(), X, rtol=1e-6)
 
 
-TRAINED = [e for e in ENCODINGS if e[0] in (
-    'whole_floats', 'shape_1', 'one_hot', 'probabilities', 'tfds_dict',
-    'undeclared_image_shape')]
+# Three runs, each with another encoding per split (train, validation, test);
+# every encoding trains in one of them.
+ENCODING = dict(ENCODINGS)
+RUNS = [('tfds_dict_of_one_hot', 'shape_1', 'whole_floats'),
+        ('undeclared_shape_whole_float_shape_1', 'probabilities', 'tfds_dict'),
+        ('probabilities', 'one_hot', 'undeclared_image_shape')]
 
 
-@pytest.mark.parametrize('encoding,make', TRAINED, ids=[e[0] for e in TRAINED])
-def test_supported_encoding_trains(tmp_path, encoding, make):
-  del encoding
+@pytest.mark.parametrize('encodings', RUNS, ids=[r[0] for r in RUNS])
+def test_supported_encodings_train(tmp_path, encodings):
   xt, yt = _arrays(60, seed=2)
-  result = loop.train_and_evaluate(
-      _config(), str(tmp_path / 'run'), model=_model,
-      datasets={'train': make(X, Y), 'validation': make(XV, YV),
-                'test': make(xt, yt)}, num_classes=NUM_CLASSES)
+  arrays = {'train': (X, Y), 'validation': (XV, YV), 'test': (xt, yt)}
+  datasets = {split: ENCODING[name](*arrays[split])
+              for split, name in zip(arrays, encodings)}
+  result = loop.train_and_evaluate(_config(), str(tmp_path / 'run'),
+                                   model=_model, datasets=datasets,
+                                   num_classes=NUM_CLASSES)
   assert result['status'] == 'completed'
+  assert result['history'][0]['loss'] < np.log(NUM_CLASSES), result
   assert result['test_accuracy'] > 0.7, result   # chance is 1/3
 
 

@@ -5,6 +5,10 @@ files are taken from a manual-download folder, and the builder's registered
 checksums are replaced, for that preparation only, by the checksums of the
 local files (computed with TFDS's own `compute_url_info`), so TFDS still
 verifies every file it reads. No IDX/CIFAR parsing happens here.
+
+The caller's own datasets (`user_splits`) are checked before training
+(`check_user_data`): one line per malformed split instead of a TensorFlow
+error, a NaN loss or a silently wrong run mid-training.
 """
 
 import dataclasses
@@ -392,6 +396,7 @@ USER_SPLITS = ('train', 'validation', 'test')
 _SCAN_BATCH_BYTES = 1 << 24    # images per scanned batch: about 16 MB
 _MAX_SCAN_BATCH = 4096
 _LARGE_PIXEL = 100.0           # |x| beyond this: unscaled images (0..255?)
+_MAX_SUGGESTED_CLASSES = 1 << 20   # larger labels get no num_classes= advice
 
 
 @dataclasses.dataclass(frozen=True)
@@ -664,6 +669,8 @@ def _scan_values(dataset: tf.data.Dataset, kind: str,
     out['label_top'] = tf.maximum(s['label_top'], tf.reduce_max(top))
     out['soft'] = s['soft'] + count(soft)
     flat = tf.reshape(x, [tf.shape(x)[0], -1])
+    if flat.dtype == tf.bool:
+      flat = tf.cast(flat, tf.uint8)      # min/max have no bool kernels
     if check_finite:
       bad_values = ~tf.math.is_finite(tf.cast(flat, tf.float32))
       per_example = tf.reduce_sum(tf.cast(bad_values, tf.int64), 1)
@@ -719,13 +726,15 @@ def _value_error(split: str, stats, layout: _Layout,
           f'{name} example {index}: label {text} is not a class index '
           f'({counted}); give whole numbers 0..{num_classes - 1} (integers, '
           f'or floats like 3.0) or one-hot vectors of length {num_classes}.')
+    top = int(stats['label_top'])
     if value < 0:
       fix = ('fix or drop those examples (e.g. .filter(lambda x, y: y >= 0))'
              ' before passing them')
-    else:
-      top = int(stats['label_top'])
+    elif top < _MAX_SUGGESTED_CLASSES:
       fix = (f'pass num_classes={top + 1} if there are {top + 1} classes, '
              'or fix those labels')
+    else:       # an id or an unmapped code, not a class count to suggest
+      fix = f'map the labels to class indices 0..{num_classes - 1} first'
     return DataError(
         f'{name} example {index}: label {text} is outside [0, {num_classes}) '
         f'for num_classes={num_classes} ({counted}); {fix}.')
