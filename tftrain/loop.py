@@ -639,7 +639,9 @@ def _with_activation_probe(exp: Experiment, hooks: Sequence[Hook]) -> List:
 
 def _run(exp: Experiment, hooks: Sequence[Hook]) -> Dict[str, Any]:
   """`run`'s phases: resume, learning rate, epochs, finish."""
-  phases = _Run(exp, _with_activation_probe(exp, hooks))
+  live = checkup.LiveCheck(exp, exp.config.stop_on_error)
+  phases = _Run(exp, [live, *_with_activation_probe(exp, hooks)])
+  phases.live = live
   phases.resume()
   with SignalGuard() as guard:
     phases.guard = guard
@@ -674,6 +676,7 @@ class _Run:
     self.progress = _Progress(self.config, exp.steps_per_epoch)
     self.first_loop = True
     self.guard: Optional[SignalGuard] = None
+    self.live: Optional[checkup.LiveCheck] = None
     self.eval_ds = {k: exp.strategy.experimental_distribute_dataset(
         data.eval_batches(d, self.config.eval_batch_size))
                     for k, d in exp.datasets.items() if k != 'train'}
@@ -745,11 +748,13 @@ class _Run:
     while epoch < self.config.epochs:
       stats = self.train_epoch(epoch)
       if stats is None:
-        return 'interrupted'
+        return 'stopped_on_error' if self.live.stop else 'interrupted'
       stop = self.end_epoch(epoch, stats)
       epoch += 1
       if stop:
         return 'early_stopped'
+      if self.live.stop:
+        return 'stopped_on_error'
       if self.guard.signum is not None:
         self.result['interrupted_step'] = int(
             self.trainer.optimizer.iterations.numpy())
@@ -777,7 +782,7 @@ class _Run:
     except trainer_lib.NonFiniteError as e:
       self.result.update(status='diverged', diverged_step=e.step,
                          diverged_loss=e.loss, history=self.history)
-      checkup.write_health(self.exp, self.result)
+      checkup.write_health(self.exp, self.result, self.live)
       _write_json(os.path.join(self.exp.workdir, 'metrics.json'), self.result)
       raise
 
@@ -814,9 +819,9 @@ class _Run:
                      'launch', n, seconds_since_launch())
       for hook in self.hooks:
         hook(exp, 'train', dict(out, step=global_step, epoch=epoch))
-      if self.guard.signum is not None:
+      if self._stopping():
         break
-    if self.guard.signum is not None and step_in_epoch < exp.steps_per_epoch:
+    if self._stopping() and step_in_epoch < exp.steps_per_epoch:
       state['step_in_epoch'].assign(step_in_epoch)
       state['epoch_sums'].assign(stats['sums'])
       _save(self.manager, self.trainer.optimizer.iterations, exp.workdir)
@@ -824,6 +829,10 @@ class _Run:
           self.trainer.optimizer.iterations.numpy())
       return None
     return stats
+
+  def _stopping(self) -> bool:
+    """A signal, or --stop_on_error and an error finding."""
+    return self.guard.signum is not None or self.live.stop
 
   def _epoch_record(self, epoch: int, stats) -> Dict[str, Any]:
     """Train, validation (and test) metrics of an epoch, also as summaries."""
@@ -909,7 +918,7 @@ class _Run:
         result['export'] = export.export(
             trainer.model, exp.data_info, exp.workdir,
             None if exp.user_data else self.config.dataset)['dir']
-      checkup.write_health(exp, result)
+      checkup.write_health(exp, result, self.live)
     for writer in exp.writers.values():
       writer.flush()
     _write_json(os.path.join(exp.workdir, 'metrics.json'), result)
