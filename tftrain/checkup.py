@@ -55,7 +55,8 @@ def linear_pairs(layers) -> List[List[str]]:
       if previous is not None:
         pairs.append([previous, layer.name])
       previous = layer.name if act is None else None
-    elif act is not None or not isinstance(layer, _TRANSPARENT):
+    elif act is not None or not isinstance(
+        layer, _TRANSPARENT + (tf.keras.layers.Activation,)):
       previous = None
   return pairs
 

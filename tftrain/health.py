@@ -771,7 +771,10 @@ def _budget_findings(run, t) -> List[Finding]:
   limit = min(t['chance_factor'] * chance,
               chance + t['chance_margin'] * (1 - chance))
   memorized = chance + t['memorize_margin'] * (1 - chance) + (limit - chance)
-  if last['val_accuracy'] <= limit and last['accuracy'] > memorized:
+  learning = (len(history) >= 2 and last['accuracy'] > history[0]['accuracy']
+              and last.get('loss', 0.0) < history[0].get('loss', 0.0))
+  if (last['val_accuracy'] <= limit and last['accuracy'] > memorized
+      and learning):
     out.append(_finding(
         'labels_unlearnable', f'Training accuracy rose to '
         f'{_fmt(last["accuracy"])} while validation accuracy stayed at chance '
@@ -865,8 +868,19 @@ def analyze(run: Dict[str, Any], thresholds: Optional[Dict] = None
                + _finder_finding(run, t) + _output_findings(run, t)
                + _model_findings(run, t) + _symmetric_finding(run, t)
                + _budget_findings(run, t))
-  return sorted(findings, key=lambda f: (SEVERITIES.index(f.severity),
-                                         KINDS.index(f.kind)))
+  found = {f.kind for f in findings}
+  hidden = {k for cause, effects in SUPERSEDES.items() if cause in found
+            for k in effects}
+  return sorted([f for f in findings if f.kind not in hidden],
+                key=lambda f: (SEVERITIES.index(f.severity),
+                               KINDS.index(f.kind)))
+
+
+# A finding that names the cause hides the symptoms it explains.
+SUPERSEDES = {
+    'labels_unlearnable': ('chance_accuracy',),
+    'model_not_training': ('chance_accuracy', 'lr_too_low'),
+}
 
 
 # ---------------------------------------------------------------- reports --
