@@ -154,6 +154,9 @@ class Config:
       True, 'Log activation statistics (saturated/dead units) on a probe '
       'batch.')
   trace_graph: bool = _field(True, "Write the model's graph for TensorBoard.")
+  stop_on_error: bool = _field(
+      False, 'Stop at the first health error found while training (the '
+      'checkpoint and the report are kept).')
   progress: bool = _field(
       True, 'Progress bar on a terminal (one line per epoch otherwise).')
   # LR finder.

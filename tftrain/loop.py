@@ -103,7 +103,9 @@ def run(exp: experiment.Experiment,
     WorkerLostError (another worker of a multi-worker run is gone).
   """
   try:
-    phases = _Run(exp, experiment.with_activation_probe(exp, hooks))
+    live = checkup.LiveCheck(exp, exp.config.stop_on_error)
+    phases = _Run(exp, [live, *experiment.with_activation_probe(exp, hooks)])
+    phases.live = live
     phases.resume()
     with signals.SignalGuard() as guard:
       phases.guard = guard
@@ -151,6 +153,7 @@ class _Run:
     self.progress = progress_lib.Progress(self.config, exp.steps_per_epoch)
     self.first_loop = True
     self.guard: Optional[signals.SignalGuard] = None
+    self.live: Optional[checkup.LiveCheck] = None
     self.eval_ds = experiment.eval_datasets(exp)
 
   @property
@@ -216,11 +219,13 @@ class _Run:
     while epoch < self.config.epochs:
       stats = self.train_epoch(epoch)
       if stats is None:
-        return 'interrupted'
+        return 'stopped_on_error' if self.live.stop else 'interrupted'
       stop = self.end_epoch(epoch, stats)
       epoch += 1
       if stop:
         return 'early_stopped'
+      if self.live.stop:
+        return 'stopped_on_error'
       if self.guard.signum is not None:
         self.result['interrupted_step'] = self.step
         return 'interrupted'
@@ -243,12 +248,12 @@ class _Run:
           config.steps_per_loop, exp.logger, first=self.first_loop):
         step_in_epoch += out['steps_run']
         self._after_call(epoch, step_in_epoch, out, seconds, stats)
-        if self.guard.signum is not None:
+        if self._stopping():
           break
     except errors.NonFiniteError as e:
       self._diverged(e)
       raise
-    if self.guard.signum is not None and step_in_epoch < exp.steps_per_epoch:
+    if self._stopping() and step_in_epoch < exp.steps_per_epoch:
       state['step_in_epoch'].assign(step_in_epoch)
       state['epoch_sums'].assign(stats['sums'])
       checkpoints.save(self.manager, self.trainer.optimizer.iterations,
@@ -277,8 +282,12 @@ class _Run:
     """The partial result and health report of a run that diverged."""
     self.result.update(status='diverged', diverged_step=error.step,
                        diverged_loss=error.loss, history=self.history)
-    checkup.write_health(self.exp, self.result)
+    checkup.write_health(self.exp, self.result, self.live)
     _write_metrics(self.exp, self.result)
+
+  def _stopping(self) -> bool:
+    """A signal, or --stop_on_error and an error finding."""
+    return self.guard.signum is not None or self.live.stop
 
   def _epoch_record(self, epoch: int, stats) -> Dict[str, Any]:
     """Train, validation (and test) metrics of an epoch, also as summaries."""
@@ -355,7 +364,7 @@ class _Run:
         result['export'] = export.export(
             trainer.model, exp.data_info, exp.workdir,
             None if exp.user_data else self.config.dataset)['dir']
-      checkup.write_health(exp, result)
+      checkup.write_health(exp, result, self.live)
     for writer in exp.writers.values():
       writer.flush()
     _write_metrics(exp, result)

@@ -115,9 +115,15 @@ class Trainer:
     grads = tape.gradient(scaled, variables)
     return loss, grads, batch_sums(per_example, logits, labels)
 
+  def _apply(self, grads, variables):
+    if variables:
+      self.optimizer.apply_gradients(zip(grads, variables))
+    else:     # a frozen model: nothing to update, but the step still counts
+      self.optimizer.iterations.assign_add(1)
+
   def _plain_replica_step(self, batch):
     loss, grads, stats = self._forward_backward(batch)
-    self.optimizer.apply_gradients(zip(grads, self.model.trainable_variables))
+    self._apply(grads, self.model.trainable_variables)
     return loss, stats
 
   def _observed_replica_step(self, batch, histograms: bool):
@@ -138,7 +144,7 @@ class Trainer:
     learning_rate = tf.cast(self.optimizer.learning_rate, tf.float32)
     before = [[tf.identity(variables[i]) for i in l.indices]
               for l in self.layers]
-    self.optimizer.apply_gradients(zip(applied, variables))
+    self._apply(applied, variables)
     after = [[tf.identity(variables[i]) for i in l.indices]
              for l in self.layers]
     grouped = [[true_grads[i] for i in l.indices] for l in self.layers]
@@ -152,6 +158,10 @@ class Trainer:
   @staticmethod
   def _measurements(grads, before, after):
     """Per-layer gradient, weight and update norms (observed steps only)."""
+    if not grads:    # a frozen model
+      empty = tf.zeros([0])
+      return {'grad_norms': empty, 'global_grad_norm': tf.constant(0.0),
+              'weight_norms': empty, 'update_ratios': empty}
     grad_norms = tf.stack([_norm(g) for g in grads])
     weight_norms = tf.stack([_norm(w) for w in before])
     update_norms = tf.stack([_norm([a - b for a, b in zip(new, old)])
