@@ -176,7 +176,9 @@ def build_experiment(config: config_lib.Config, workdir: str,
   trainer = _build_trainer(config, strategy, model, info, steps_per_epoch)
   run_dir = workdir if is_chief else temp_dir
   logger = summaries.StepLogger(
-      writers[summaries.TRAIN], trainer.layer_names, config.log_every_steps,
+      writers[summaries.TRAIN], trainer.layer_names,
+      observation_interval(config.log_every_steps,
+                           config.epochs * steps_per_epoch),
       config.histogram_every_steps, config.grad_norms,
       records_path=os.path.join(run_dir, workdir_lib.OBSERVATIONS))
   return Experiment(config, strategy, trainer, cached, info, steps_per_epoch,
@@ -191,13 +193,21 @@ def use_peak_learning_rate(exp: Experiment, learning_rate: float) -> None:
       exp.config, learning_rate, exp.steps_per_epoch))
 
 
+MIN_OBSERVATIONS = 30   # per run, so the health report has evidence
+
+
+def observation_interval(log_every_steps: int, total_steps: int) -> int:
+  """--log_every_steps, shortened for short runs to observe >= 30 steps."""
+  return max(1, min(log_every_steps, total_steps // MIN_OBSERVATIONS))
+
+
 def with_activation_probe(exp: Experiment, hooks: Sequence[Hook]) -> List:
   """`hooks` plus the automatic activation probe (unless one is given)."""
   hooks = list(hooks)
   if exp.config.activation_stats and not any(
       isinstance(h, probes.DepthProbe) for h in hooks):
     probe = probes.activation_probe(exp, exp.config.histogram_every_steps
-                                    or 10 * exp.config.log_every_steps)
+                                    or 10 * exp.logger.log_every_steps)
     hooks += [probe] if probe is not None else []
   return hooks
 
