@@ -33,20 +33,44 @@ def tiny_mnist_raw_dir(tmp_path_factory):
   return raw
 
 
-@pytest.fixture(scope='session')
-def tiny_mnist_data_dir(tmp_path_factory, tiny_mnist_raw_dir):
-  """A TFDS data dir with mnist prepared from tiny raw files (600 train, 100 test)."""
+def _prepare_tiny_mnist_format(name, raw_dir, data_dir, num_train, num_test):
+  """Runs TFDS's mnist/fashion_mnist builder on tiny raw files."""
   from tensorflow_datasets.image_classification import mnist as tfds_mnist  # pylint: disable=g-import-not-at-top
   from tftrain import data  # pylint: disable=g-import-not-at-top
-  data_dir = str(tmp_path_factory.mktemp('tfds_mnist'))
   saved = tfds_mnist._TRAIN_EXAMPLES, tfds_mnist._TEST_EXAMPLES  # pylint: disable=protected-access
-  tfds_mnist._TRAIN_EXAMPLES = TINY_MNIST_TRAIN  # pylint: disable=protected-access
-  tfds_mnist._TEST_EXAMPLES = TINY_MNIST_TEST  # pylint: disable=protected-access
+  tfds_mnist._TRAIN_EXAMPLES = num_train  # pylint: disable=protected-access
+  tfds_mnist._TEST_EXAMPLES = num_test  # pylint: disable=protected-access
   try:
-    data.prepare('mnist', data_dir, tiny_mnist_raw_dir)
+    data.prepare(name, data_dir, raw_dir)
   finally:
     tfds_mnist._TRAIN_EXAMPLES, tfds_mnist._TEST_EXAMPLES = saved  # pylint: disable=protected-access
   return data_dir
+
+
+@pytest.fixture(scope='session')
+def tiny_mnist_data_dir(tmp_path_factory, tiny_mnist_raw_dir):
+  """A TFDS data dir with mnist prepared from tiny raw files (600 train, 100 test)."""
+  return _prepare_tiny_mnist_format(
+      'mnist', tiny_mnist_raw_dir, str(tmp_path_factory.mktemp('tfds_mnist')),
+      TINY_MNIST_TRAIN, TINY_MNIST_TEST)
+
+
+TINY_FASHION_TRAIN = 2000
+TINY_FASHION_TEST = 200
+
+
+@pytest.fixture(scope='session')
+def tiny_fashion_mnist_data_dir(tmp_path_factory):
+  """A TFDS data dir with fashion_mnist prepared from tiny raw files (2000
+  train, 200 test) whose label is a texture: learnable by a ConvNet with
+  global pooling (the tiny mnist's band position is not)."""
+  raw = str(tmp_path_factory.mktemp('raw_fashion'))
+  tiny_data.write_tiny_mnist(raw, TINY_FASHION_TRAIN, TINY_FASHION_TEST,
+                             name='fashion_mnist',
+                             images_fn=tiny_data.texture_images)
+  return _prepare_tiny_mnist_format(
+      'fashion_mnist', raw, str(tmp_path_factory.mktemp('tfds_fashion')),
+      TINY_FASHION_TRAIN, TINY_FASHION_TEST)
 
 
 def launcher_env() -> dict:

@@ -8,14 +8,16 @@ import os
 import pytest
 
 from launch import deep
+from tftrain import errors
 from tftrain import config as config_lib
+from tests import testing
 
 
 def test_parse_activations_validates_each_name():
   assert deep.parse_activations('sigmoid, relu,selu') == ['sigmoid', 'relu',
                                                           'selu']
   for bad in ('sigmoid,softplus', '', 'relu,relu'):
-    with pytest.raises(config_lib.ConfigError) as e:
+    with pytest.raises(errors.ConfigError) as e:
       deep.parse_activations(bad)
     assert str(e.value).startswith(f'--activation={bad}:')
     assert 'sigmoid, tanh, relu, leaky_relu, elu, selu, gelu, swish' in str(
@@ -61,20 +63,18 @@ def test_launcher_compares_activations(tiny_mnist_data_dir, run_launcher,
   for name in ('comparison.md', 'grad_norm_vs_depth.png', 'val_accuracy.png'):
     assert os.path.getsize(os.path.join(workdir, name)) > 100
   # One HParams row per activation (a grid over activation).
-  from tests.test_grid import _summaries  # pylint: disable=g-import-not-at-top
-  assert [t for t, p, _ in _summaries(workdir) if p == 'hparams'] == [
-      '_hparams_/experiment']
-  assert '_hparams_/session_start_info' in [
-      t for t, _, _ in _summaries(os.path.join(workdir, 'relu'))]
+  assert [e.tag for e in testing.read_events(workdir)
+          if e.plugin == 'hparams'] == ['_hparams_/experiment']
+  assert '_hparams_/session_start_info' in testing.read_tags(
+      os.path.join(workdir, 'relu'))
   # Each activation is its own TensorBoard run with the probe's summaries.
-  from tests.test_summaries import read_events  # pylint: disable=g-import-not-at-top
-  tags = read_events(os.path.join(workdir, 'sigmoid', 'train'))
+  tags = testing.read_values(os.path.join(workdir, 'sigmoid', 'train'))
   # 500 train examples / 25 = 20 steps per epoch: probes at 0, 10, 20, 30, 40.
   assert [s for s, _ in tags['activation_saturated/act_005']] == [
       0, 10, 20, 30, 40]
   assert 'grad_norm_vs_depth' in tags and 'grad_norm/dense_000' in tags
   assert 'grad/dense_003' in tags
-  relu_tags = read_events(os.path.join(workdir, 'relu', 'train'))
+  relu_tags = testing.read_tags(os.path.join(workdir, 'relu', 'train'))
   assert 'activation_dead/act_000' in relu_tags
   assert glob.glob(os.path.join(workdir, 'relu', 'validation', 'events.*'))
 
@@ -104,8 +104,7 @@ def test_launcher_jit_compile_with_every_logging_option(tiny_mnist_data_dir,
   assert proc.returncode == 0, proc.stderr[-2000:]
   # The first call trains only: 2 steps, up to the first observed step (3).
   assert 'first training loop done: 2 steps' in proc.stderr
-  from tests.test_summaries import read_events  # pylint: disable=g-import-not-at-top
-  tags = read_events(os.path.join(workdir, 'sigmoid', 'train'))
+  tags = testing.read_values(os.path.join(workdir, 'sigmoid', 'train'))
   assert [s for s, _ in tags['grad_norm/dense_004']] == [3, 6, 9, 10, 12]
   assert [s for s, _ in tags['update_ratio/logits']] == [3, 6, 9, 10, 12]
   for kind in ('grad', 'weight', 'grad_log10'):

@@ -1,18 +1,20 @@
 """Variant grids (tftrain.grid): expand, select, run, HParams; launch.compare."""
 
 import csv
-import glob
 import json
 import os
 import subprocess
 import sys
 
+import numpy as np
 import pytest
 import tensorflow as tf
 
 from tftrain import config as config_lib
+from tftrain import errors
 from tftrain import grid as grid_lib
 from tests.conftest import REPO_ROOT, launcher_env
+from tests import testing
 
 BASE = config_lib.Config(optimizer='nadam', learning_rate=5e-4)
 DEFAULT_GRID = {'batch_norm': ('none', 'before'),
@@ -58,7 +60,7 @@ def test_a_grid_over_learning_rate_keeps_its_values():
 ])
 def test_bad_grid_fails_before_training_naming_the_flag(grid, rates, flag):
   flags = {'depth': 'grid', 'dropout': 'grid'}   # the generic --grid flag
-  with pytest.raises(config_lib.ConfigError) as info:
+  with pytest.raises(errors.ConfigError) as info:
     grid_lib.expand(grid, BASE, rates, flags)
   assert str(info.value).startswith(flag) and '\n' not in str(info.value)
 
@@ -74,9 +76,9 @@ def test_any_config_field_is_an_axis_and_flag_text_is_parsed():
   assert grid[0].overrides == {'depth': 3, 'hidden': (30, 10),
                                'kernel_initializer': None,
                                'standardize': True, 'learning_rate': 'auto'}
-  assert grid_lib.parse_value('dropout', '0.25') == 0.25
-  assert grid_lib.parse_value('max_steps_per_epoch', 'None') is None
-  assert grid_lib.parse_value('batch_norm', 'before') == 'before'
+  assert config_lib.parse_field('dropout', '0.25') == 0.25
+  assert config_lib.parse_field('max_steps_per_epoch', 'None') is None
+  assert config_lib.parse_field('batch_norm', 'before') == 'before'
 
 
 def test_activation_axis_takes_each_activations_initializer():
@@ -111,7 +113,7 @@ def test_select_by_pattern_and_unknown_pattern():
       'bn-none_opt-sgd', 'bn-before_opt-sgd', 'bn-before_opt-momentum',
       'bn-before_opt-nesterov', 'bn-before_opt-adam', 'bn-before_opt-nadam']
   assert grid_lib.select(grid, []) == grid
-  with pytest.raises(config_lib.ConfigError, match='--only=bn-after'):
+  with pytest.raises(errors.ConfigError, match='--only=bn-after'):
     grid_lib.select(grid, ['bn-after*'])
 
 
@@ -174,17 +176,6 @@ def test_summary_numbers_and_batch_norm_speedup_table(tmp_path):
   assert saved[0]['test accuracy'] == '' and saved[1]['wall s to best'] == '60*'
 
 
-def _summaries(path):
-  """[(tag, plugin_name)] of every summary value in the event files at path."""
-  out = []
-  for f in glob.glob(os.path.join(path, 'events.out.tfevents.*')):
-    for event in tf.compat.v1.train.summary_iterator(f):
-      for value in event.summary.value:
-        out.append((value.tag, value.metadata.plugin_data.plugin_name,
-                    value))
-  return out
-
-
 def test_grid_on_tiny_data_writes_runs_table_png_and_hparams(
     tiny_mnist_data_dir, tmp_path):
   base = config_lib.Config(
@@ -210,22 +201,23 @@ def test_grid_on_tiny_data_writes_runs_table_png_and_hparams(
     assert 0.0 <= row['best_val_accuracy'] <= 1.0
     assert row['wall_time_exact'] and row['seconds_per_epoch'] > 0
     # The run's HParams values and final metrics.
-    tags = {t: (p, v) for t, p, v in _summaries(run_dir)}
-    assert tags['_hparams_/session_start_info'][0] == 'hparams'
+    tags = testing.read_tags(run_dir)
+    scalars = testing.read_scalars(run_dir)
+    assert tags['_hparams_/session_start_info'] == 'hparams'
     for tag in ('best_val_loss', 'best_val_accuracy', 'test_accuracy'):
-      assert float(tf.make_ndarray(tags[tag][1].tensor)) == pytest.approx(
+      assert scalars[tag][-1][1] == pytest.approx(
           row[tag] if tag != 'test_accuracy' else metrics['test_accuracy'])
     assert os.path.isdir(os.path.join(run_dir, 'validation'))
   adam = out['rows'][1]
   assert adam['val_loss'][-1] < adam['val_loss'][0]       # it learned
 
   # The experiment-level HParams config lists both axes and the metrics.
-  root_tags = _summaries(root)
-  assert [t for t, p, _ in root_tags if p == 'hparams'] == [
+  root_events = testing.read_events(root)
+  assert [e.tag for e in root_events if e.plugin == 'hparams'] == [
       '_hparams_/experiment']
   from tensorboard.plugins.hparams import plugin_data_pb2  # pylint: disable=g-import-not-at-top
   content = plugin_data_pb2.HParamsPluginData.FromString(
-      root_tags[0][2].metadata.plugin_data.content)
+      root_events[0].value.metadata.plugin_data.content)
   assert {h.name for h in content.experiment.hparam_infos} == {
       'batch_norm', 'optimizer', 'learning_rate'}
   assert {(m.name.group, m.name.tag) for m in content.experiment.metric_infos} >= {
@@ -274,7 +266,43 @@ def test_a_diverged_variant_is_recorded_and_the_grid_goes_on(
     assert '| lr-1e+12 | 1e+12 | – |' in f.read()
 
 
-def test_cifar10_launcher_defaults_are_the_seed():
+def built_recipe(config, steps_per_epoch=100):
+  """What a Config trains, read off the model, schedule and optimizer it builds.
+
+  Returns:
+    dict: `layers` (one string per layer after Flatten: 'Dense(units,
+    bias=..., Initializer)', the activation's name, 'BatchNormalization',
+    'AlphaDropout(rate)'...), `optimizer` and `schedule` (class names), and
+    the LR at the first step, its peak and at the last step.
+  """
+  from tftrain import models  # pylint: disable=g-import-not-at-top
+  from tftrain import optimizers  # pylint: disable=g-import-not-at-top
+  from tftrain import schedules  # pylint: disable=g-import-not-at-top
+
+  def kind(layer):
+    if isinstance(layer, tf.keras.layers.Dense):
+      return (f'Dense({layer.units}, bias={layer.use_bias}, '
+              f'{type(layer.kernel_initializer).__name__})')
+    if isinstance(layer, tf.keras.layers.Activation):
+      return layer.get_config()['activation']
+    rate = getattr(layer, 'rate', None)
+    return type(layer).__name__ + ('' if rate is None else f'({rate:g})')
+
+  model = models.build_model(config, (32, 32, 3), 10)
+  schedule = schedules.build_schedule(config, config.learning_rate,
+                                      steps_per_epoch)
+  optimizer = optimizers.build_optimizer(config.optimizer, schedule, config)
+  lrs = schedule(tf.range(steps_per_epoch * config.epochs)).numpy()
+  lrs = np.broadcast_to(lrs, [steps_per_epoch * config.epochs])
+  return dict(layers=[kind(l) for l in model.layers
+                      if not isinstance(l, tf.keras.layers.Flatten)],
+              optimizer=type(optimizer).__name__,
+              schedule=type(schedule).__name__,
+              lr=(float(lrs[0]), float(lrs.max()), float(lrs[-1])))
+
+
+def seed_flags_config():
+  """The Config `python -m launch.cifar10` builds with no flags (its process)."""
   code = ('import json\n'
           'from absl import flags\n'
           'from launch import cifar10\n'
@@ -285,14 +313,35 @@ def test_cifar10_launcher_defaults_are_the_seed():
                         env=launcher_env(), capture_output=True, text=True,
                         timeout=120, check=False)
   assert proc.returncode == 0, proc.stderr[-2000:]
-  config = json.loads(proc.stdout.strip().splitlines()[-1])
-  expected = dict(dataset='cifar10', validation_size=5000, model='deep_mlp',
-                  depth=20, width=100, kernel_initializer='he_normal',
-                  activation='elu', batch_norm='before', optimizer='nadam',
-                  learning_rate=5e-4, batch_size=32, epochs=50, patience=10,
-                  monitor='val_loss', beta_1=0.9, beta_2=0.999,
-                  standardize=True)
-  assert {k: config[k] for k in expected} == expected
+  values = json.loads(proc.stdout.strip().splitlines()[-1])
+  return config_lib.Config(**{k: tuple(v) if isinstance(v, list) else v
+                              for k, v in values.items()})
+
+
+ELU_BN_BLOCK = ['Dense(100, bias=False, HeNormal)', 'BatchNormalization',
+                'elu']
+LOGITS = ['Dense(10, bias=True, GlorotUniform)']
+
+
+def test_cifar10_launcher_defaults_are_the_seed():
+  """Hands-On ML ch. 11 ex. 8 (the seed): CIFAR-10, 20 hidden Dense(100), He
+  init, ELU, batch norm before each activation, Nadam at 5e-4, early
+  stopping; written out here, not read from the launcher's table."""
+  config = seed_flags_config()
+  recipe = built_recipe(config)
+  assert recipe['layers'] == ELU_BN_BLOCK * 20 + LOGITS
+  assert recipe['optimizer'] == 'Nadam'
+  assert recipe['schedule'] == 'Constant'
+  assert recipe['lr'] == pytest.approx((5e-4, 5e-4, 5e-4))
+  assert (config.beta_1, config.beta_2) == (0.9, 0.999)    # Keras' Nadam
+  assert config.dataset == 'cifar10'
+  assert config.validation_size == 5000       # the last 5000 of 50000 train
+  assert config.batch_size == 32 and config.epochs == 50
+  # Early stopping on validation loss, patience 10, best weights restored.
+  assert config.early_stopping_patience == 10
+  assert config.monitor == 'val_loss' and config.restore_best_weights
+  # The seed's input BatchNormalization: standardized inputs.
+  assert config.standardize_inputs
 
 
 def test_compare_launcher_end_to_end_and_one_line_errors(
@@ -328,7 +377,8 @@ def test_compare_launcher_end_to_end_and_one_line_errors(
 
 
 def test_chapter11_preset_variants_are_valid_configs():
-  from tftrain import config as config_lib  # pylint: disable=g-import-not-at-top
+  """The chapter's variants, each checked on the model and optimizer it
+  builds: no BN, BN, SELU, SELU + alpha dropout with MC dropout, 1cycle."""
   base = config_lib.Config(dataset='cifar10', model='deep_mlp', depth=20,
                            width=100, activation='elu', batch_norm='before',
                            optimizer='nadam', learning_rate=5e-4)
@@ -337,11 +387,39 @@ def test_chapter11_preset_variants_are_valid_configs():
       'no-bn_nadam-5e-5', 'bn_nadam-5e-4', 'selu_nadam-7e-4',
       'selu_alpha-dropout-0.1', 'selu_alpha-dropout_1cycle']
   configs = [base.replace(**v.overrides) for v in chosen]
-  assert configs[2].activation == 'selu' and configs[2].standardize_inputs
-  assert configs[2].kernel_initializer == 'lecun_normal'
-  assert configs[3].dropout == 0.1 and configs[3].mc_dropout_samples == 10
-  assert (configs[4].schedule, configs[4].optimizer, configs[4].batch_size,
-          configs[4].epochs) == ('onecycle', 'momentum', 128, 15)
+  recipes = [built_recipe(c) for c in configs]
+  elu = ['Dense(100, bias=True, HeNormal)', 'elu']
+  selu = ['Dense(100, bias=True, LecunNormal)', 'selu']
+  alpha_dropout = ['AlphaDropout(0.1)']
+  # 1. No batch norm, Nadam at 5e-5.
+  assert recipes[0]['layers'] == elu * 20 + LOGITS
+  assert (recipes[0]['optimizer'], recipes[0]['lr']) == (
+      'Nadam', pytest.approx((5e-5,) * 3))
+  # 2. Batch norm before each ELU, Nadam at 5e-4.
+  assert recipes[1]['layers'] == ELU_BN_BLOCK * 20 + LOGITS
+  assert (recipes[1]['optimizer'], recipes[1]['lr']) == (
+      'Nadam', pytest.approx((5e-4,) * 3))
+  # 3. SELU: LeCun normal init, no batch norm, standardized inputs; 7e-4.
+  assert recipes[2]['layers'] == selu * 20 + LOGITS
+  assert configs[2].standardize_inputs
+  assert (recipes[2]['optimizer'], recipes[2]['lr']) == (
+      'Nadam', pytest.approx((7e-4,) * 3))
+  # 4. SELU with alpha dropout 0.1 before the output, evaluated by MC
+  # dropout over 10 samples.
+  assert recipes[3]['layers'] == selu * 20 + alpha_dropout + LOGITS
+  assert configs[3].standardize_inputs and configs[3].mc_dropout_samples == 10
+  assert (recipes[3]['optimizer'], recipes[3]['lr']) == (
+      'Nadam', pytest.approx((5e-4,) * 3))
+  # 5. The same net trained by 1cycle: SGD whose momentum cycles, LR from
+  # 0.005 up to 0.05 and annealed to 5e-5, batch 128, 15 epochs, and no early
+  # stopping (the cycle runs whole).
+  assert recipes[4]['layers'] == selu * 20 + alpha_dropout + LOGITS
+  assert recipes[4]['schedule'] == 'OneCycle'
+  assert recipes[4]['optimizer'] == 'CyclicMomentumSGD'
+  assert recipes[4]['lr'] == pytest.approx((0.005, 0.05, 5e-5), rel=1e-3)
+  assert (configs[4].batch_size, configs[4].epochs) == (128, 15)
+  assert configs[4].early_stopping_patience == 0
+  assert configs[4].mc_dropout_samples == 10
   with pytest.raises(config_lib.ConfigError) as e:
     grid_lib.preset('chapter12', base)
   assert str(e.value).startswith('--preset=chapter12: choose one of')

@@ -391,39 +391,59 @@ def test_finding_rejects_unknown_kind():
 
 # ---------------------------------------------------------------- heatmaps --
 
-def test_heatmap_image_shape_and_distinct_zero_colour():
-  names = names_for(3)
-  grads = np.array([[0.0, 1e-3, 1e-1, 1.0]] * 5)
-  grads[4, 3] = np.nan
-  image = health.heatmap_image(names, list(range(5)), grads)
-  assert image.dtype == np.uint8
-  assert image.ndim == 3 and image.shape[2] == 3
-  rows, cols = 4, 5
-  assert image.shape[0] % rows == 0 and image.shape[0] // rows >= 4
-  assert image.shape[1] % cols == 0 and image.shape[1] // cols >= 4
-  ch, cw = image.shape[0] // rows, image.shape[1] // cols
-  cell = lambda r, c: tuple(image[r * ch, c * cw])
-  assert cell(0, 0) == health.ZERO_RGB                 # dense_000: exactly 0
-  assert cell(3, 4) == health.NON_FINITE_RGB
-  assert cell(1, 0) == (68, 1, 84)                     # smallest: viridis start
-  assert cell(3, 0) == (253, 231, 37)                  # largest: viridis end
-  assert len({cell(r, 0) for r in range(4)}) == 4
+def _runs(pixels):
+  """[(start, length, rgb)] of runs of equal colour along a row/column."""
+  change = np.flatnonzero((pixels[1:] != pixels[:-1]).any(-1)) + 1
+  starts = np.concatenate([[0], change])
+  ends = np.concatenate([change, [len(pixels)]])
+  return [(int(a), int(b - a), tuple(int(c) for c in pixels[a]))
+          for a, b in zip(starts, ends)]
 
 
-def test_heatmap_image_one_step_and_many_steps():
-  assert health.heatmap_image(['a', 'b'], [7], [[1.0, 2.0]]).shape[:2] == (
-      128, 256)
-  wide = health.heatmap_image(['a'], list(range(2000)), np.ones((2000, 1)))
-  assert wide.shape[1] == 512 * 4
+def _luminance(rgb):
+  return 0.299 * rgb[0] + 0.587 * rgb[1] + 0.114 * rgb[2]
 
 
 @pytest.mark.parametrize('num_steps', [1, 30])
 def test_depth_time_heatmap_png(num_steps):
-  run = vanishing_run()
-  png = health.depth_time_heatmap_png(
-      run['layer_names'], run['steps'][:num_steps],
-      run['grad_norms'][:num_steps], 'sigmoid x30')
-  assert png.startswith(b'\x89PNG')
+  """The PNG's cells: exact 0 red, inf/nan white, brighter = larger norm."""
+  from tests import testing  # pylint: disable=g-import-not-at-top
+  names = ['dense_000', 'dense_001', 'dense_002', 'dense_003', 'logits']
+  grads = np.tile([0.0, 1e-6, 1e-3, 1e-1, 1.0], (num_steps, 1))
+  grads[-1, 4] = np.nan           # the output layer's last step
+  png = health.depth_time_heatmap_png(names, list(range(0, 10 * num_steps,
+                                                        10)), grads, 'test')
+  pixels = testing.decode_png(png)
+  # The zero row (dense_000, at the top) is one red band across the whole
+  # heatmap: the widest red run of any pixel row (the colour bar's 'under'
+  # triangle is red too, but narrow).
+  red = (pixels == health.ZERO_RGB).all(-1)
+  y0 = int(red.sum(1).argmax())
+  x0, width, _ = max((r for r in _runs(pixels[y0]) if r[2] ==
+                      health.ZERO_RGB), key=lambda r: r[1])
+  assert width > pixels.shape[1] // 2
+  first, last = x0 + width // 4, x0 + width - 2      # first and last step
+  bands = {}
+  for x in (first, last):
+    column = [r for r in _runs(pixels[:, x]) if r[0] >= y0]
+    assert column[0][2] == health.ZERO_RGB
+    height = column[0][1]
+    assert height >= 10
+    # One band per layer, equal heights, top to bottom in depth order.
+    bands[x] = [rgb for _, n, rgb in column[:5]]
+    assert [n for _, n, _ in column[:5]] == pytest.approx([height] * 5, abs=1)
+  # At the last step the output layer is nan: white.
+  assert bands[last][4] == health.NON_FINITE_RGB
+  assert bands[first][:4] == bands[last][:4]
+  finite = bands[first][1:4] if num_steps == 1 else bands[first][1:5]
+  # The smallest positive norm is viridis' dark end, the largest its bright
+  # end, and brightness grows with the norm in between.
+  np.testing.assert_allclose(finite[0], (68, 1, 84), atol=1)
+  np.testing.assert_allclose(finite[-1], (253, 231, 37), atol=1)
+  lum = [_luminance(rgb) for rgb in finite]
+  assert lum == sorted(lum) and len(set(lum)) == len(lum), finite
+  for rgb in finite:
+    assert rgb not in (health.ZERO_RGB, health.NON_FINITE_RGB)
 
 
 def test_health_module_does_not_import_tensorflow():

@@ -2,7 +2,6 @@
 
 import csv
 import dataclasses
-import glob
 import json
 import math
 import os
@@ -15,9 +14,11 @@ import tensorflow as tf
 from tftrain import checkup
 from tftrain import config as config_lib
 from tftrain import data
+from tftrain import experiment
 from tftrain import loop
 from tftrain import lr_finder
 from tftrain import schedules
+from tests import testing
 
 
 def small_config(data_dir, **overrides):
@@ -31,26 +32,24 @@ def small_config(data_dir, **overrides):
   return config_lib.Config(**values)
 
 
-def scalar_events(logdir):
-  """{tag: [(step, value)]} and the set of image tags under logdir."""
-  scalars, images = {}, set()
-  for path in glob.glob(os.path.join(logdir, 'events.out.tfevents.*')):
-    for event in tf.compat.v1.train.summary_iterator(path):
-      for value in event.summary.value:
-        kind = value.metadata.plugin_data.plugin_name
-        if kind == 'images':
-          images.add(value.tag)
-        elif kind != 'text':         # the health report
-          scalars.setdefault(value.tag, []).append(
-              (event.step, float(tf.make_ndarray(value.tensor))))
-  return scalars, images
+def seed_all(seed):
+  """Seeds Python, NumPy, TF's global generator and Keras' global generator."""
+  tf.keras.utils.set_random_seed(seed)    # Python, NumPy, Keras (recreated)
+  tf.random.get_global_generator().reset_from_seed(seed)
+
+
+def draws():
+  """One draw from every random-number generator the finder restores."""
+  return (random.random(), float(np.random.rand()),
+          float(tf.random.get_global_generator().normal([])),
+          float(tf.keras.random.normal([])))
 
 
 @pytest.fixture(scope='module')
 def swept(tiny_mnist_data_dir, tmp_path_factory):
   """An Experiment trained a few steps, its state before, and a finder run."""
   workdir = str(tmp_path_factory.mktemp('finder'))
-  exp = loop.build_experiment(small_config(tiny_mnist_data_dir), workdir)
+  exp = experiment.build_experiment(small_config(tiny_mnist_data_dir), workdir)
   # Train a little first: non-zero slots and a non-zero step counter.
   batches = data.train_batches(exp.datasets['train'], 20, 1, 0)
   exp.trainer.train_steps(iter(exp.strategy.experimental_distribute_dataset(
@@ -61,76 +60,115 @@ def swept(tiny_mnist_data_dir, tmp_path_factory):
       'optimizer': {v.path: v.numpy() for v in opt.variables},
       'iterations': int(opt.iterations.numpy()),
       'schedule': opt._learning_rate,  # pylint: disable=protected-access
-      'lr': float(opt.learning_rate.numpy()),
-      'logger': exp.logger,
+      'lrs': [exp.trainer.learning_rate_at(s) for s in (0, 7, 8, 100)],
   }
-  random.seed(11)
-  np.random.seed(11)
-  tf.random.get_global_generator().reset_from_seed(11)
-  expected_draws = (random.random(), np.random.rand(),
-                    float(tf.random.get_global_generator().normal([])))
-  random.seed(11)
-  np.random.seed(11)
-  tf.random.get_global_generator().reset_from_seed(11)
+  seed_all(11)
+  draws()                   # creates Keras' global generator before the sweep
+  expected_draws = draws()
+  seed_all(11)
+  draws()
+  # The sweep consumes every generator between its calls (as data
+  # augmentation or dropout would): the finder must put them back.
+  consumed = []
+
+  def should_stop():
+    consumed.append(draws())
+    return False
+
   outdir = os.path.join(workdir, 'lr_finder')
-  result = lr_finder.find(exp, outdir)
-  draws = (random.random(), np.random.rand(),
-           float(tf.random.get_global_generator().normal([])))
+  result = lr_finder.find(exp, outdir, should_stop=should_stop)
+  after_draws = draws()
   return dict(exp=exp, before=before, result=result, outdir=outdir,
-              expected_draws=expected_draws, draws=draws)
+              expected_draws=expected_draws, draws=after_draws,
+              consumed=consumed)
 
 
 def test_restores_weights_slots_step_schedule_and_rng(swept):
   exp, before, result = swept['exp'], swept['before'], swept['result']
   opt = exp.trainer.optimizer
   assert len(result.lrs) > 5                      # it really trained
+  # The step counter: 7 before the sweep, 7 + len(lrs) during it, 7 after.
   assert before['iterations'] == 7
   assert int(opt.iterations.numpy()) == 7
-  for got, want in zip(exp.trainer.model.variables, before['model']):
-    np.testing.assert_array_equal(got.numpy(), want)
+  # Weights: every model variable (kernels, biases) as before, and the sweep
+  # did change them (else this would prove nothing).
+  variables = exp.trainer.model.variables
+  assert len(variables) == len(before['model']) == 4    # Dense(16), logits
+  for got, want in zip(variables, before['model']):
+    np.testing.assert_array_equal(got.numpy(), want, err_msg=got.path)
+  # Optimizer slots (Adam's momentum and velocity) and iterations.
   slots = {v.path: v.numpy() for v in opt.variables}
   assert slots.keys() == before['optimizer'].keys()
-  assert any('momentum' in k or 'velocity' in k for k in slots)
+  assert sum('momentum' in k for k in slots) == 4
+  assert sum('velocity' in k for k in slots) == 4
   for path, value in before['optimizer'].items():
     np.testing.assert_array_equal(slots[path], value, err_msg=path)
-    if 'momentum' in path:
+    if 'momentum' in path or 'velocity' in path:
       assert np.abs(value).sum() > 0              # slots were non-trivial
+  # The schedule: until the finder's suggestion is set, --learning_rate=auto
+  # holds a 1cycle over the run's 25 steps peaking at 1e-3; the sweep's
+  # exponential growth is gone.
+  placeholder = schedules.OneCycle(1e-3, 25)
+  expected_lrs = [float(placeholder(s)) for s in (0, 7, 8, 100)]
+  assert before['lrs'] == pytest.approx(expected_lrs, rel=1e-6)
+  assert [exp.trainer.learning_rate_at(s) for s in (0, 7, 8, 100)] == (
+      pytest.approx(expected_lrs, rel=1e-6))
   assert opt._learning_rate is before['schedule']  # pylint: disable=protected-access
-  assert float(opt.learning_rate.numpy()) == before['lr']
-  assert exp.logger is before['logger']
   # The sweep ran plain steps only: no step summaries, no observations.
   assert not os.path.exists(os.path.join(exp.workdir, checkup.OBSERVATIONS))
+  exp.writers['train'].flush()
+  assert testing.event_files(os.path.join(exp.workdir, 'train'))
+  assert testing.read_events(os.path.join(exp.workdir, 'train')) == []
+  # Random-number generators: the sweep drew from each of them between its
+  # calls, and afterwards each yields the draws it would have yielded.
+  assert len(swept['consumed']) >= 2
+  assert swept['consumed'][0] == swept['expected_draws']
   assert swept['draws'] == swept['expected_draws']
 
 
 def test_sweep_is_exponential_within_one_epoch_and_stops(swept):
   exp, result = swept['exp'], swept['result']
-  lrs = result.lrs
-  assert len(lrs) <= exp.steps_per_epoch
-  assert lrs[0] == pytest.approx(1e-4, rel=1e-5)
-  ratios = lrs[1:] / lrs[:-1]
-  np.testing.assert_allclose(ratios, ratios[0], rtol=1e-4)
-  assert ratios[0] == pytest.approx(1e7 ** (1 / (exp.steps_per_epoch - 1)),
-                                    rel=1e-4)
-  # Adam up to lr=1000 must blow up before the end of the sweep.
-  assert result.stop_reason in ('diverged', 'non_finite')
-  assert len(lrs) < exp.steps_per_epoch
-  if result.stop_reason == 'diverged':
-    assert result.smoothed[-1] > 4.0 * result.min_loss
-  np.testing.assert_allclose(
-      result.smoothed, lr_finder.smooth(result.losses, result.settings['beta']))
-  # A fast sweep (25 steps over 7 decades) smooths over ~0.22 decade, not 0.98.
-  assert result.settings['beta'] == pytest.approx(
-      lr_finder.smoothing(exp.config, ratios[0]))
-  assert result.settings['beta'] < 0.98
+  lrs, losses = result.lrs, result.losses
+  # (600 - 100 validation) / 20 = 25 steps per epoch; 1e-4 .. 1e3 over them.
+  assert exp.steps_per_epoch == 25
+  factor = (1e3 / 1e-4) ** (1 / 24)
+  np.testing.assert_allclose(lrs, 1e-4 * factor ** np.arange(len(lrs)),
+                             rtol=1e-5)
+  # Adam at LRs up to 1000 blows up long before the end of the sweep
+  # (measured: at step 15, lr ~ 5, loss ~ 20x its minimum); every loss of
+  # that sweep is finite, so it stops on the smoothed-loss rule.
+  assert result.stop_reason == 'diverged'
+  assert 8 <= len(lrs) < 25
+  assert np.isfinite(losses).all()
+  # 25 steps over 7 decades: the moving average would span 0.22 decade =
+  # 0.75 step; it is clamped to a 2-step window, beta = 1 - 1/2.
+  beta = 0.5
+  assert result.settings['beta'] == beta
+  # The bias-corrected EMA, by hand: avg_i = b avg_{i-1} + (1 - b) loss_i,
+  # smoothed_i = avg_i / (1 - b^i).
+  expected, avg = [], 0.0
+  for i, loss in enumerate(losses, start=1):
+    avg = beta * avg + (1 - beta) * loss
+    expected.append(avg / (1 - beta ** i))
+  expected = np.array(expected)
+  np.testing.assert_allclose(result.smoothed, expected, rtol=1e-12)
+  # It stopped at the first step whose smoothed loss exceeded 4x the
+  # minimum so far, and not before.
+  running_min = np.minimum.accumulate(expected)
+  assert expected[-1] > 4.0 * running_min[-2]
+  assert (expected[1:-1] <= 4.0 * running_min[1:-1]).all()
+  assert result.min_loss == pytest.approx(expected.min())
+  assert result.min_lr == pytest.approx(lrs[np.argmin(expected)])
   assert set(result.suggestions) == set(lr_finder.SUGGESTIONS)
   assert result.suggestions['divergence'] == pytest.approx(lrs[-1] / 10)
+  assert result.suggestions['minimum'] == pytest.approx(
+      lrs[np.argmin(expected)] / 10)
   # --schedule=auto with --learning_rate=auto trains 1cycle: the suggestion
   # is its peak, the LR at the smoothed-loss minimum.
   assert result.schedule == 'onecycle'
-  assert result.suggestion == result.lrs[np.argmin(result.smoothed)]
+  assert result.suggestion == pytest.approx(lrs[np.argmin(expected)])
   constant = dataclasses.replace(result, schedule='constant')
-  assert constant.suggestion == result.suggestions['divergence']
+  assert constant.suggestion == pytest.approx(lrs[-1] / 10)
 
 
 def test_writes_png_csv_json_and_summaries(swept):
@@ -152,7 +190,8 @@ def test_writes_png_csv_json_and_summaries(swept):
   assert summary == json.loads(json.dumps(result.summary()))
   assert summary['steps'] == n
   assert summary['suggestion'] == pytest.approx(result.suggestion)
-  scalars, images = scalar_events(outdir)
+  scalars = testing.read_scalars(outdir)
+  images = set(testing.read_images(outdir))
   assert [s for s, _ in scalars['lr_finder/lr']] == list(range(n))
   np.testing.assert_allclose([v for _, v in scalars['lr_finder/lr']],
                              result.lrs, rtol=1e-6)
@@ -234,7 +273,7 @@ def test_auto_learning_rate_trains_from_restored_weights(tiny_mnist_data_dir,
       found['onecycle_max'] / 10)
   assert os.path.exists(os.path.join(workdir, 'lr_finder', 'lr_finder.png'))
   # The training summaries start at the restored step 0, not after the sweep.
-  scalars, _ = scalar_events(os.path.join(workdir, 'train'))
+  scalars = testing.read_scalars(os.path.join(workdir, 'train'))
   steps = [s for s, _ in scalars['learning_rate']]
   assert min(steps) <= 1 and max(steps) <= 25
   first_lr = dict(scalars['learning_rate'])[min(steps)]

@@ -4,7 +4,6 @@ import csv
 
 import numpy as np
 import pytest
-import tensorflow as tf
 
 from tftrain import report
 
@@ -45,6 +44,9 @@ def test_column_formats_missing_cells_and_notes(tmp_path):
 
 
 def test_plot_panels_log_y_with_exact_zeros(tmp_path):
+  """An exact 0 on a log axis is drawn, in its curve's colour, on a dotted
+  grey floor line a decade below the smallest positive value."""
+  from tests import testing  # pylint: disable=g-import-not-at-top
   path = str(tmp_path / 'p.png')
   depth = np.arange(5)
   report.plot_panels(
@@ -53,8 +55,30 @@ def test_plot_panels_log_y_with_exact_zeros(tmp_path):
                     'norm', logy=True),
        report.Panel({'sigmoid': (depth, [1e-9] * 5)}, 'end', logy=True)],
       path, suptitle='t')
-  image = tf.image.decode_png(tf.io.read_file(path))
-  assert image.shape[0] >= 300 and image.shape[1] >= 2 * image.shape[0]
+  pixels = testing.read_png(path).astype(int)
+  height, width, _ = pixels.shape
+  assert height >= 300 and width >= 2 * height
+  near = lambda rgb, tol=3: (np.abs(pixels - rgb) <= tol).all(-1)
+  blue, orange = near((31, 119, 180)), near((255, 127, 14))   # tab10 C0, C1
+  left, right = slice(0, width // 2), slice(width // 2, width)
+  # Not blank: both curves in the first panel, only sigmoid's in the second.
+  assert blue[:, left].sum() > 300 and orange[:, left].sum() > 300
+  assert blue[:, right].sum() > 300 and orange[:, right].sum() == 0
+  # The floor: a dotted grey line across the first panel's axes only (the
+  # second panel has no zeros).
+  grey = near((128, 128, 128), 2)
+  y_floor = int(grey[:, left].sum(1).argmax())
+  assert grey[y_floor, left].sum() >= 30
+  assert grey[:, right].sum(1).max() < 10
+  xs = np.flatnonzero(grey[y_floor, left])
+  x_lo, x_hi = int(xs.min()), int(xs.max())          # the axes' width
+  assert x_hi - x_lo > width // 4
+  # depth 0 sits at 0.2 / 4.4 of the axes' width (matplotlib's 5% margins):
+  # the zero is drawn there, on the floor, in sigmoid's colour ...
+  x0 = int(round(x_lo + (x_hi - x_lo) * 0.2 / 4.4))
+  assert blue[y_floor - 4:y_floor + 5, x0 - 4:x0 + 5].sum() >= 8
+  # ... and nothing of sigmoid's is drawn below the floor.
+  assert blue[y_floor + 6:, x_lo:x_hi].sum() == 0
 
 
 def test_plot_panels_styles_clip_and_figure_legend(tmp_path, monkeypatch):

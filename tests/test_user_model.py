@@ -9,9 +9,10 @@ import pytest
 import tensorflow as tf
 
 import tftrain
-from tftrain import checkup
 from tftrain import config as config_lib
 from tftrain import loop
+from tftrain import workdir as workdir_lib
+from tests import testing
 
 README = os.path.join(os.path.dirname(os.path.dirname(__file__)), 'README.md')
 
@@ -24,27 +25,28 @@ def readme_example(name):
   return match.group(1)
 
 
-def test_readme_user_model_example_runs(tiny_mnist_data_dir, tmp_path,
+def test_readme_user_model_example_runs(tiny_fashion_mnist_data_dir, tmp_path,
                                         monkeypatch):
   """Executes the README's code as written, on tiny data in a temp dir."""
   real = config_lib.Config
   monkeypatch.chdir(tmp_path)
-  # The tiny data stand in for the real dataset: same TFDS name and format.
+  # Tiny data stand in for the real dataset: same TFDS name and format, a
+  # texture per class (global pooling keeps it: the example's CNN learns it).
   monkeypatch.setattr(tftrain, 'Config', lambda **kw: real(**{
-      **kw, 'dataset': 'mnist', 'data_dir': tiny_mnist_data_dir,
-      'validation_size': 100, 'progress': False, 'log_every_steps': 5}),
-      raising=False)
+      **kw, 'data_dir': tiny_fashion_mnist_data_dir, 'validation_size': 100,
+      'progress': False, 'log_every_steps': 5}), raising=False)
   namespace = {}
   exec(readme_example('user-model'), namespace)  # pylint: disable=exec-used
   result = namespace['result']
-  assert 0.0 <= result['test_accuracy'] <= 1.0
+  # Chance is 0.1; measured 0.985 (3 epochs, 1900 training examples).
+  assert result['test_accuracy'] > 0.6
+  assert result['history'][-1]['val_accuracy'] > 0.6
   assert result['status'] == 'completed' and len(result['history']) == 3
   run = tmp_path / 'runs' / 'my-cnn'
   for name in ('health.md', 'metrics.json', 'export/saved_model',
                'observations.jsonl'):
     assert (run / name).exists(), name
-  from tests.test_summaries import read_events  # pylint: disable=g-import-not-at-top
-  tags = read_events(str(run / 'train'))
+  tags = testing.read_tags(str(run / 'train'))
   for layer in ('conv1', 'bn1', 'conv2', 'logits'):
     assert f'grad_norm/{layer}' in tags and f'update_ratio/{layer}' in tags
 
@@ -80,8 +82,7 @@ def test_user_datasets_and_subclassed_model(tmp_path):
       datasets={'train': ds(0, 160), 'validation': ds(160, 200),
                 'test': ds(200, 240)}, num_classes=3)
   assert result['history'][-1]['loss'] < result['history'][0]['loss']
-  from tests.test_summaries import read_events  # pylint: disable=g-import-not-at-top
-  tags = read_events(str(tmp_path / 'run' / 'train'))
+  tags = testing.read_tags(str(tmp_path / 'run' / 'train'))
   for layer in ('block/a', 'block/b', 'head'):
     assert f'grad_norm/{layer}' in tags, layer
   assert not any('frozen' in t for t in tags)
@@ -121,7 +122,7 @@ def test_user_model_with_xla_or_mixed_precision(tmp_path, options):
     tf.keras.mixed_precision.set_global_policy('float32')
   assert result['history'][-1]['loss'] < result['history'][0]['loss']
   assert 'val_accuracy' not in result and 0 <= result['test_accuracy'] <= 1
-  records = [json.loads(l) for l in open(tmp_path / 'run' / checkup.OBSERVATIONS)]
+  records = [json.loads(l) for l in open(tmp_path / 'run' / workdir_lib.OBSERVATIONS)]
   assert [r['step'] for r in records] == [4, 8, 12, 16]
   assert all(np.isfinite(r['grad_norms']).all() and len(r['grad_norms']) == 3
              for r in records)

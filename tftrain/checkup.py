@@ -12,8 +12,11 @@ import tensorflow as tf
 
 from tftrain import probes
 from tftrain import summaries
+from tftrain import workdir as workdir_lib
 
-OBSERVATIONS = 'observations.jsonl'      # per observed step (StepLogger)
+# The run-file names live in tftrain.workdir; `checkup.OBSERVATIONS` is kept
+# for code written before they moved there.
+OBSERVATIONS = workdir_lib.OBSERVATIONS
 
 
 def health_run_record(exp, result: Dict[str, Any]) -> Dict:
@@ -27,7 +30,8 @@ def health_run_record(exp, result: Dict[str, Any]) -> Dict:
   for key in ('diverged_step', 'diverged_loss'):
     if key in result:
       run[key] = result[key]
-  records = summaries.read_records(os.path.join(exp.workdir, OBSERVATIONS))
+  records = summaries.read_records(
+      os.path.join(exp.workdir, workdir_lib.OBSERVATIONS))
   if records:
     run['steps'] = [r['step'] for r in records]
     for key in ('grad_norms', 'update_ratios', 'loss', 'learning_rate'):
@@ -64,7 +68,8 @@ def write_health(exp, result: Dict[str, Any]) -> None:
       png = health.depth_time_heatmap_png(
           run['layer_names'], run['steps'], run['grad_norms'],
           'log10 gradient norm by layer (rows) and step')
-      with open(os.path.join(exp.workdir, 'grad_norm_heatmap.png'), 'wb') as f:
+      with open(os.path.join(exp.workdir, workdir_lib.GRAD_NORM_HEATMAP),
+                'wb') as f:
         f.write(png)
       tf.summary.image('grad_norm_heatmap',
                        tf.image.decode_png(png, channels=3)[tf.newaxis])

@@ -25,13 +25,11 @@ import tensorflow as tf
 import tensorflow_datasets as tfds
 from tensorflow_datasets.core.download import checksums as tfds_checksums
 
+from tftrain import errors
+
 RAW_DATA_ENV = 'TFTRAIN_RAW_DATA_DIR'
 DATA_DIR_ENV = 'TFDS_DATA_DIR'
 AUTOTUNE = tf.data.AUTOTUNE
-
-
-class DataError(RuntimeError):
-  """Data cannot be found or prepared; the message says what to do."""
 
 
 @dataclasses.dataclass(frozen=True)
@@ -65,19 +63,19 @@ def _is_prepared(builder) -> bool:
 def _builder(name: str, data_dir: Optional[str]):
   """tfds.builder, with a one-line DataError for an unusable --data_dir."""
   if data_dir and os.path.exists(data_dir) and not os.path.isdir(data_dir):
-    raise DataError(f'--data_dir={data_dir}: is a file, not a folder; '
-                    'choose a folder for the TFDS data.')
+    raise errors.DataError(f'--data_dir={data_dir}: is a file, not a folder; '
+                           'choose a folder for the TFDS data.')
   try:
     builder = tfds.builder(name, data_dir=data_dir)
   except tfds.core.registered.DatasetNotFoundError:
-    raise DataError(
+    raise errors.DataError(
         f'--dataset={name}: TFDS has no dataset of that name; give a TFDS '
         'image-classification dataset (e.g. mnist, fashion_mnist, cifar10, '
         'kmnist, emnist, svhn_cropped).') from None
   except Exception as e:  # pylint: disable=broad-except
     where = data_dir or os.environ.get(DATA_DIR_ENV) or '~/tensorflow_datasets'
-    first = str(e).splitlines()[0] if str(e) else ''
-    raise DataError(
+    first = errors.first_line(e, default='')
+    raise errors.DataError(
         f'--data_dir={where}: the prepared {name} there cannot be read '
         f'({type(e).__name__}: {first[:300]}); delete {os.path.join(where, name)} '
         'and rerun to prepare it again.') from e
@@ -93,7 +91,7 @@ def check_features(name: str, features) -> None:
   if (image is None or label is None
       or not isinstance(label, tfds.features.ClassLabel)
       or len(getattr(image, 'shape', ()) or ()) != 3):
-    raise DataError(
+    raise errors.DataError(
         f'--dataset={name}: tftrain trains image classifiers and needs TFDS '
         f'features image (H, W, C) and label (a class label); {name} has '
         f'{", ".join(keys) or "no named features"}; pick an image '
@@ -112,7 +110,7 @@ def verify_prepared(builder) -> None:
   record, which dataset_info.json records.
 
   Raises:
-    DataError: a split file is missing or has the wrong size.
+    errors.DataError: a split file is missing or has the wrong size.
   """
   info = builder.info
   name = info.name
@@ -124,13 +122,13 @@ def verify_prepared(builder) -> None:
     paths = [str(p) for p in split.filepaths]
     missing = [p for p in paths if not os.path.isfile(p)]
     if missing:
-      raise DataError(f'dataset {name}: prepared file {missing[0]} is missing; '
-                      f'{fix}')
+      raise errors.DataError(
+          f'dataset {name}: prepared file {missing[0]} is missing; {fix}')
     expected = int(split.num_bytes) + _TFRECORD_OVERHEAD * sum(
         split.shard_lengths)
     actual = sum(os.path.getsize(p) for p in paths)
     if split.num_bytes and actual != expected:
-      raise DataError(
+      raise errors.DataError(
           f'dataset {name}: the prepared {split_name} split has {actual} bytes '
           f'instead of {expected} (a truncated or damaged file in '
           f'{builder.data_path}); {fix}')
@@ -160,7 +158,7 @@ def _check_raw_files(name: str, raw_data_dir: str, urls: Dict[str, str]) -> str:
   missing = [f for f in urls.values()
              if not os.path.isfile(os.path.join(manual_dir, f))]
   if missing:
-    raise DataError(
+    raise errors.DataError(
         f'--raw_data_dir={raw_data_dir}: dataset {name}: missing '
         f'{", ".join(sorted(missing))} in {manual_dir}; set --raw_data_dir '
         f'(or ${RAW_DATA_ENV}) to a folder holding '
@@ -172,15 +170,15 @@ def _data_source(name: str, where: str, raw_data_dir: Optional[str]):
   """Where `prepare` will take `name` from: (manual dir or None, url -> file name).
 
   Raises:
-    DataError: the raw files are missing from the raw dir or, without a raw
-      dir, the download host is unreachable.
+    errors.DataError: the raw files are missing from the raw dir or, without
+      a raw dir, the download host is unreachable.
   """
   raw_data_dir = resolve_raw_data_dir(raw_data_dir)
   urls = expected_raw_files(name)
   if raw_data_dir:
     return _check_raw_files(name, raw_data_dir, urls), urls
   if not _network_reachable(urls):
-    raise DataError(
+    raise errors.DataError(
         f'dataset {name}: not prepared in {where} and its download host is '
         f'unreachable; set --raw_data_dir (or ${RAW_DATA_ENV}) to a folder '
         f'holding {name}/{{{",".join(sorted(urls.values()))}}}.')
@@ -207,27 +205,6 @@ def _quiet_progress_unless_terminal() -> None:
     tfds.disable_progress_bar()
 
 
-def check_available(name: str, data_dir: Optional[str] = None,
-                    raw_data_dir: Optional[str] = None) -> Optional[Dict[str, int]]:
-  """Cheap check, before a run touches anything, that `prepare` can succeed.
-
-  Reads only metadata: no preparation, no download.
-
-  Returns:
-    Examples per split ({'train': n, 'test': m}) when `name` is already
-    prepared in `data_dir`; None when it still has to be prepared.
-
-  Raises:
-    DataError: not prepared, and the raw files are missing from the raw dir
-      (or, without a raw dir, the download host is unreachable).
-  """
-  builder = _builder(name, data_dir)
-  if _is_prepared(builder):
-    return {k: s.num_examples for k, s in builder.info.splits.items()}
-  _data_source(name, str(builder.data_dir_root), raw_data_dir)
-  return None
-
-
 def prepare(name: str, data_dir: Optional[str] = None,
             raw_data_dir: Optional[str] = None) -> str:
   """Makes sure TFDS dataset `name` is prepared in `data_dir`; returns data_dir.
@@ -239,8 +216,8 @@ def prepare(name: str, data_dir: Optional[str] = None,
       `<raw_data_dir>/<name>/<original file name>`; None to download.
 
   Raises:
-    DataError: the files are missing or the download is impossible, or the
-      prepared dataset's files do not match its metadata.
+    errors.DataError: the files are missing or the download is impossible, or
+      the prepared dataset's files do not match its metadata.
   """
   builder = _builder(name, data_dir)
   data_dir = str(builder.data_dir_root)
@@ -277,9 +254,10 @@ def prepare(name: str, data_dir: Optional[str] = None,
         os.rmdir(path)
       except OSError:
         pass
-    raise DataError(f'dataset {name}: preparation failed ({type(e).__name__}: '
-                    f'{str(e).splitlines()[0] if str(e) else ""}); check the '
-                    f'files in --raw_data_dir or the network.') from e
+    raise errors.DataError(
+        f'dataset {name}: preparation failed ({type(e).__name__}: '
+        f'{errors.first_line(e, default="")}); check the files in '
+        '--raw_data_dir or the network.') from e
   finally:
     shutil.rmtree(downloads, ignore_errors=True)
   return data_dir
@@ -298,16 +276,14 @@ def load_splits(name: str, data_dir: Optional[str], validation_size: int,
                 standardize: bool = False):
   """Loads train/validation/test as (float32 image in [0,1] or standardized, int32 label).
 
+  `validation_size` must be smaller than the train split (checked, with the
+  flag's error, by `experiment.preflight`).
+
   Returns:
     (dict split -> tf.data.Dataset of single examples, uncached, DataInfo).
   """
   builder = tfds.builder(name, data_dir=data_dir)
   info = builder.info
-  num_train_total = info.splits['train'].num_examples if info.splits else None
-  if num_train_total is not None and validation_size >= num_train_total:
-    raise DataError(
-        f'--validation_size={validation_size}: must be smaller than the '
-        f'{num_train_total} examples of {name} train.')
   splits = split_names(validation_size)
   datasets = {
       key: tfds.load(name, split=split, data_dir=data_dir, download=False,
@@ -430,13 +406,15 @@ def _check_tensor(split: str, what: str, spec) -> None:
   """`spec` is one numeric tensor per example; `what`: 'images' or 'labels'."""
   name = _name(split)
   if isinstance(spec, tf.RaggedTensorSpec):
-    raise DataError(f'{name}: {what} are ragged (their sizes vary); pad or '
-                    'resize them to one shape first.')
+    raise errors.DataError(
+        f'{name}: {what} are ragged (their sizes vary); pad or resize them '
+        'to one shape first.')
   if not isinstance(spec, tf.TensorSpec):
     kind = ('sparse tensors' if isinstance(spec, tf.SparseTensorSpec)
             else f'{type(spec).__name__}s of tensors')
-    raise DataError(f'{name}: {what} are {kind}; give one dense tensor per '
-                    'example for each of image and label.')
+    raise errors.DataError(
+        f'{name}: {what} are {kind}; give one dense tensor per example for '
+        'each of image and label.')
   dtype = spec.dtype
   if dtype.is_floating or dtype.is_integer or dtype.is_bool:
     return
@@ -446,33 +424,35 @@ def _check_tensor(split: str, what: str, spec) -> None:
            if what == 'images' else
            'map them to class indices 0..num_classes-1 first, e.g. with '
            'tf.keras.layers.StringLookup(vocabulary=..., num_oov_indices=0)')
-    raise DataError(f'{name}: {what} are tf.string; tftrain needs numbers: '
-                    f'{fix}.')
-  raise DataError(f'{name}: {what} are {dtype.name}; give real numbers '
-                  '(integers or floats).')
+    raise errors.DataError(
+        f'{name}: {what} are tf.string; tftrain needs numbers: {fix}.')
+  raise errors.DataError(f'{name}: {what} are {dtype.name}; give real numbers '
+                         '(integers or floats).')
 
 
-def _empty_error(split: str) -> DataError:
+def _empty_error(split: str) -> errors.DataError:
   fix = ('give it examples' if split == 'train'
          else f"give it examples or leave '{split}' out")
-  return DataError(f'{_name(split)} is empty (0 examples); {fix}.')
+  return errors.DataError(f'{_name(split)} is empty (0 examples); {fix}.')
 
 
 def _layout(split: str, dataset, num_classes: int) -> _Layout:
   """Checks what is knowable without reading: type, structure, dtypes, shapes.
 
   Raises:
-    DataError: naming the split, what it holds and what to give instead.
+    errors.DataError: naming the split, what it holds and what to give
+      instead.
   """
   name = _name(split)
   if not isinstance(dataset, tf.data.Dataset):
-    raise DataError(
+    raise errors.DataError(
         f'{name} is a {type(dataset).__name__}, not a tf.data.Dataset; wrap '
         'arrays as tf.data.Dataset.from_tensor_slices((images, labels)).')
   cardinality = int(dataset.cardinality().numpy())
   if cardinality == tf.data.INFINITE_CARDINALITY:
-    raise DataError(f'{name} is infinite (a .repeat()?); give each example '
-                    'once: tftrain makes the epochs itself.')
+    raise errors.DataError(
+        f'{name} is infinite (a .repeat()?); give each example once: '
+        'tftrain makes the epochs itself.')
   if cardinality == 0:
     raise _empty_error(split)
   spec = dataset.element_spec
@@ -480,7 +460,7 @@ def _layout(split: str, dataset, num_classes: int) -> _Layout:
   if from_dict:
     if 'image' not in spec or 'label' not in spec:
       keys = ', '.join(repr(k) for k in sorted(spec, key=str)) or 'none'
-      raise DataError(
+      raise errors.DataError(
           f"{name} yields dicts with keys {keys}; give dicts with keys "
           "'image' and 'label' (other keys are ignored) or (image, label) "
           'pairs.')
@@ -488,26 +468,28 @@ def _layout(split: str, dataset, num_classes: int) -> _Layout:
   elif isinstance(spec, tuple) and len(spec) == 2:
     image, label = spec
   elif isinstance(spec, tuple):
-    raise DataError(
+    raise errors.DataError(
         f'{name} yields {len(spec)}-tuples; give (image, label) pairs '
         '(tftrain takes no sample weights or extra inputs).')
   else:
-    raise DataError(
-        f'{name} yields single '
-        f"{'tensor' if isinstance(spec, tf.TensorSpec) else type(spec).__name__}s"
-        ', not (image, label) pairs; e.g. '
+    what = ('tensor' if isinstance(spec, tf.TensorSpec)
+            else type(spec).__name__)
+    raise errors.DataError(
+        f'{name} yields single {what}s, not (image, label) pairs; e.g. '
         'tf.data.Dataset.from_tensor_slices((images, labels)).')
   _check_tensor(split, 'images', image)
   _check_tensor(split, 'labels', label)
   image_shape, label_shape = image.shape, label.shape
   if image_shape.rank == 0:
-    raise DataError(f'{name}: images are scalars (shape ()); give arrays, '
-                    'e.g. (height, width, channels) or a feature vector.')
+    raise errors.DataError(
+        f'{name}: images are scalars (shape ()); give arrays, e.g. '
+        '(height, width, channels) or a feature vector.')
   if image_shape.is_fully_defined() and image_shape.num_elements() == 0:
-    raise DataError(f'{name}: images have shape {_shape_text(image_shape)}, '
-                    'no values; give images with at least one value.')
+    raise errors.DataError(
+        f'{name}: images have shape {_shape_text(image_shape)}, no values; '
+        'give images with at least one value.')
   if label_shape.rank is None:
-    raise DataError(
+    raise errors.DataError(
         f"{name}: the labels' shape is unknown; declare it, e.g. "
         '.map(lambda x, y: (x, tf.ensure_shape(y, []))).')
   dims = label_shape.as_list()
@@ -517,18 +499,18 @@ def _layout(split: str, dataset, num_classes: int) -> _Layout:
     kind = 'vector'
   elif (len(dims) == 1 and image_shape.rank is not None
         and image_shape.rank >= 2 and image_shape.as_list()[0] == dims[0]):
-    raise DataError(
+    raise errors.DataError(
         f'{name}: images {_shape_text(image_shape)} and labels '
         f'{_shape_text(label_shape)} look batched; pass unbatched examples '
         '(drop the .batch(), or add .unbatch()): tftrain batches them itself.')
   elif len(dims) == 1 and dims[0] is not None:
-    raise DataError(
+    raise errors.DataError(
         f'{name}: labels are vectors of length {dims[0]} but '
         f'num_classes={num_classes}; give class indices (shape ()) or '
         f'one-hot/probability vectors of length {num_classes} (or pass '
         f'num_classes={dims[0]} if there are {dims[0]} classes).')
   else:
-    raise DataError(
+    raise errors.DataError(
         f'{name}: labels have shape {_shape_text(label_shape)}; give one '
         'class index (shape ()) or one one-hot/probability vector of length '
         f'{num_classes} per example.')
@@ -556,7 +538,7 @@ def _scan_shapes(split: str, cached: tf.data.Dataset) -> Tuple[int, ...]:
   Per example (shapes may vary, so no batching); only for such splits.
 
   Raises:
-    DataError: the split is empty, or an image's shape differs from the
+    errors.DataError: the split is empty, or an image's shape differs from the
       first one's (batching would fail).
   """
   def step(state, element):
@@ -576,14 +558,15 @@ def _scan_shapes(split: str, cached: tf.data.Dataset) -> Tuple[int, ...]:
   parse = lambda s: tuple(int(d) for d in s.decode().split(',') if d)
   first = parse(out['first'])
   if out['index'] >= 0:
-    raise DataError(
+    raise errors.DataError(
         f"{_name(split)} example {out['index']}: image shape "
         f"{_shape_text(parse(out['shape']))} differs from example 0's "
         f'{_shape_text(first)}; resize or pad the images to one shape '
         '(e.g. tf.image.resize_with_pad) before passing them.')
   if not first or 0 in first:
-    raise DataError(f'{_name(split)}: images have shape {_shape_text(first)}; '
-                    'give arrays with at least one value.')
+    raise errors.DataError(
+        f'{_name(split)}: images have shape {_shape_text(first)}; give '
+        'arrays with at least one value.')
   return first
 
 
@@ -697,7 +680,7 @@ def _row_text(row: np.ndarray, dtype: tf.DType, limit: int = 6) -> str:
 
 
 def _value_error(split: str, stats, layout: _Layout,
-                 num_classes: int) -> Optional[DataError]:
+                 num_classes: int) -> Optional[errors.DataError]:
   """The one-line error for what the scan found in `split`; None if clean."""
   name, n = _name(split), int(stats['n'])
   if n == 0:
@@ -712,7 +695,7 @@ def _value_error(split: str, stats, layout: _Layout,
       why = f'has the negative entry {_number_text(row[row < 0][0], dtype)}'
     else:
       why = f'sums to {_number_text(row.sum(), tf.float64)}'
-    return DataError(
+    return errors.DataError(
         f'{name} example {index}: label {_row_text(row, dtype)} is not a '
         f"one-hot or probability vector ({why}; {stats['label_bad']} of {n} "
         f'labels are not); give rows of {num_classes} non-negative numbers '
@@ -722,7 +705,7 @@ def _value_error(split: str, stats, layout: _Layout,
     text = _number_text(value, dtype)
     counted = f"bad labels in {split}: {stats['label_bad']} of {n}"
     if not np.isfinite(value) or value != np.floor(value):
-      return DataError(
+      return errors.DataError(
           f'{name} example {index}: label {text} is not a class index '
           f'({counted}); give whole numbers 0..{num_classes - 1} (integers, '
           f'or floats like 3.0) or one-hot vectors of length {num_classes}.')
@@ -735,7 +718,7 @@ def _value_error(split: str, stats, layout: _Layout,
              'or fix those labels')
     else:       # an id or an unmapped code, not a class count to suggest
       fix = f'map the labels to class indices 0..{num_classes - 1} first'
-    return DataError(
+    return errors.DataError(
         f'{name} example {index}: label {text} is outside [0, {num_classes}) '
         f'for num_classes={num_classes} ({counted}); {fix}.')
   index = int(stats['image_index'])
@@ -743,7 +726,7 @@ def _value_error(split: str, stats, layout: _Layout,
     value = float(stats['image_value'])
     what = (_number_text(value, tf.float64) if not np.isfinite(value) else
             f"{value:g}, beyond float32's range")
-    return DataError(
+    return errors.DataError(
         f'{name} example {index}: image holds {what} '
         f"({stats['image_bad']} non-finite values in "
         f"{stats['image_bad_examples']} of {n} examples); replace or drop them "
@@ -809,12 +792,12 @@ def check_user_data(datasets: Dict[str, tf.data.Dataset], num_classes: int):
      {split: number of examples}, image shape).
 
   Raises:
-    DataError: one line naming the split, the example and its value and the
-      fix: a label outside [0, num_classes) or not a whole number, a label
-      vector of another length or not one-hot/probabilities, NaN or inf in
-      an image, image shapes that differ between examples or splits,
-      non-numeric images or labels, an empty or infinite split, or examples
-      that are not (image, label) pairs.
+    errors.DataError: one line naming the split, the example and its value
+      and the fix: a label outside [0, num_classes) or not a whole number, a
+      label vector of another length or not one-hot/probabilities, NaN or
+      inf in an image, image shapes that differ between examples or splits,
+      ragged or non-numeric images or labels, an empty or infinite split, an
+      already batched split, or examples that are not (image, label) pairs.
   """
   order = [k for k in USER_SPLITS if k in datasets]
   layouts = {k: _layout(k, datasets[k], num_classes) for k in order}
@@ -846,8 +829,8 @@ def check_user_data(datasets: Dict[str, tf.data.Dataset], num_classes: int):
   return splits, counts, shapes['train']
 
 
-def _shape_error(split: str, shape, train_shape) -> DataError:
-  return DataError(
+def _shape_error(split: str, shape, train_shape) -> errors.DataError:
+  return errors.DataError(
       f'{_name(split)}: images have shape {_shape_text(shape)} but '
       f"{_name('train')}'s have {_shape_text(train_shape)}; give every split "
       'the same image shape.')
@@ -860,23 +843,22 @@ def user_splits(datasets: Dict[str, tf.data.Dataset], num_classes: int):
   float32 (scaled as given), labels to int32 class indices.
 
   Raises:
-    ConfigError: no 'train' split, an unknown split name, or num_classes
-      missing.
-    DataError: a malformed split (see `check_user_data`).
+    errors.ConfigError: no 'train' split, an unknown split name, or
+      num_classes missing.
+    errors.DataError: a malformed split (see `check_user_data`).
   """
-  from tftrain import config as config_lib  # pylint: disable=g-import-not-at-top
   names = datasets if isinstance(datasets, dict) else {}
   unknown = set(names) - set(USER_SPLITS)
   if 'train' not in names or unknown:
     given = (','.join(sorted(map(str, names))) if isinstance(datasets, dict)
              else type(datasets).__name__)
-    raise config_lib.ConfigError(
+    raise errors.ConfigError(
         'datasets', given,
         "give a dict of 'train' and optionally 'validation' and 'test' "
         'datasets.')
   if not num_classes or num_classes < 2:
-    raise config_lib.ConfigError('num_classes', num_classes,
-                                 'give the number of classes (>= 2).')
+    raise errors.ConfigError('num_classes', num_classes,
+                             'give the number of classes (>= 2).')
   splits, counts, shape = check_user_data(datasets, int(num_classes))
   return splits, DataInfo(num_classes=int(num_classes), image_shape=shape,
                           num_train=counts['train'],

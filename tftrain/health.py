@@ -699,15 +699,6 @@ def summary_cell(workdir: str) -> str:
 
 # --------------------------------------------------------------- heatmaps --
 
-# Viridis sampled at 10 points (matplotlib's values), interpolated linearly.
-_VIRIDIS = np.array([
-    [68, 1, 84], [72, 40, 120], [62, 74, 137], [49, 104, 142], [38, 130, 142],
-    [31, 158, 137], [53, 183, 121], [109, 205, 89], [180, 222, 44],
-    [253, 231, 37]], np.float64)
-ZERO_RGB = (255, 0, 0)              # exactly 0 (float32 underflow)
-NON_FINITE_RGB = (255, 255, 255)    # inf / nan
-
-
 def _depth_grid(layer_names, steps, grad_norms) -> np.ndarray:
   """[layers, steps] float64, validated."""
   g = np.asarray(grad_norms, np.float64)
@@ -726,39 +717,9 @@ def _log_range(grid):
   return positive, logv, lo, max(hi, lo + 1e-6)
 
 
-def heatmap_image(layer_names: Sequence[str], steps: Sequence[int],
-                  grad_norms, max_columns: int = 512,
-                  min_cell_px: int = 4) -> np.ndarray:
-  """Cheap numpy rendering of the depth x time gradient-norm heatmap.
-
-  Rows are layers in depth order (input at top), columns logged steps
-  (evenly subsampled to `max_columns`); colour is log10 of the norm on a
-  viridis ramp, exactly 0 is `ZERO_RGB` and inf/nan `NON_FINITE_RGB`. Each
-  cell is upscaled (nearest neighbour) to at least `min_cell_px` pixels.
-
-  Returns:
-    uint8 [H, W, 3].
-  """
-  grid = _depth_grid(layer_names, steps, grad_norms)
-  if grid.shape[1] > max_columns:
-    grid = grid[:, np.linspace(0, grid.shape[1] - 1, max_columns).astype(int)]
-  positive, logv, lo, hi = _log_range(grid)
-  x = np.clip((logv - lo) / (hi - lo), 0, 1) * (len(_VIRIDIS) - 1)
-  i0 = np.minimum(np.floor(x).astype(int), len(_VIRIDIS) - 2)
-  frac = (x - i0)[..., None]
-  rgb = _VIRIDIS[i0] * (1 - frac) + _VIRIDIS[i0 + 1] * frac
-  rgb[np.isfinite(grid) & (grid <= 0)] = ZERO_RGB
-  rgb[~np.isfinite(grid)] = NON_FINITE_RGB
-  rows, cols = grid.shape
-  ch = max(min_cell_px, math.ceil(128 / rows))
-  cw = max(min_cell_px, math.ceil(256 / cols))
-  return np.repeat(np.repeat(rgb, ch, 0), cw, 1).round().astype(np.uint8)
-
-
 def depth_time_heatmap_png(layer_names: Sequence[str], steps: Sequence[int],
                            grad_norms, title: str) -> bytes:
   """PNG bytes: log10 gradient norm per layer (y, depth order) and step (x)."""
-  import io  # pylint: disable=g-import-not-at-top
   from tftrain import report  # pylint: disable=g-import-not-at-top
   plt = report.pyplot()
   grid = _depth_grid(layer_names, steps, grad_norms)
@@ -781,7 +742,4 @@ def depth_time_heatmap_png(layer_names: Sequence[str], steps: Sequence[int],
   ax.set_ylabel('layer (input at top)')
   ax.set_title(title, fontsize=10)
   fig.tight_layout()
-  buf = io.BytesIO()
-  fig.savefig(buf, format='png')
-  plt.close(fig)
-  return buf.getvalue()
+  return report.figure_png(fig)

@@ -7,7 +7,6 @@ activation_{mean,std,saturated,dead}/<layer> and the grad_norm_vs_depth image;
 reads what it recorded (activations.jsonl) for the health report.
 """
 
-import json
 import os
 import time
 from typing import Dict, Optional, Sequence
@@ -15,6 +14,7 @@ from typing import Dict, Optional, Sequence
 import tensorflow as tf
 
 from tftrain import summaries
+from tftrain import workdir as workdir_lib
 
 # Where each activation saturates: (lower bound or None, upper bound or None);
 # an output within SATURATION_TOLERANCE of a bound counts as saturated.
@@ -57,7 +57,6 @@ def activation_statistics(activation: str, outputs) -> Dict[str, tf.Tensor]:
 
 def plot_grad_norms_png(layer_names: Sequence[str], norms, title: str) -> bytes:
   """PNG bytes: gradient norm vs layer depth, log y (zeros drawn at the floor)."""
-  import io  # pylint: disable=g-import-not-at-top
   from tftrain import report  # pylint: disable=g-import-not-at-top
   plt = report.pyplot()
   import numpy as np  # pylint: disable=g-import-not-at-top
@@ -78,10 +77,7 @@ def plot_grad_norms_png(layer_names: Sequence[str], norms, title: str) -> bytes:
   ax.set_title(title, fontsize=10)
   ax.grid(True, which='major', alpha=0.3)
   fig.tight_layout()
-  buf = io.BytesIO()
-  fig.savefig(buf, format='png')
-  plt.close(fig)
-  return buf.getvalue()
+  return report.figure_png(fig)
 
 
 class DepthProbe:
@@ -96,7 +92,8 @@ class DepthProbe:
     activation_dead/act_NNN (relu), and the image grad_norm_vs_depth.
   The per-step scalars `grad_norm/<layer>` come from the Trainer itself; the
   probe keeps the measurement off the training hot path (one extra pass per
-  interval). `records` keeps (step, probe grad norms) for later comparison.
+  interval). `grad_norm_records` keeps (step, probe grad norms) for later
+  comparison; `activations_path` (JSON lines) gets the activation statistics.
 
   Args:
     images: the probe batch (fixed, preprocessed like the training data).
@@ -108,14 +105,14 @@ class DepthProbe:
   """
 
   def __init__(self, images, labels, every_steps: int, activation: str,
-               write_images: bool = True, records_path: Optional[str] = None):
+               write_images: bool = True, activations_path: Optional[str] = None):
     self.images = tf.convert_to_tensor(images)
     self.labels = tf.convert_to_tensor(labels)
     self.every_steps = every_steps
     self.activation = activation
     self.write_images = write_images
-    self.records_path = records_path   # JSON lines of activation statistics
-    self.records = []          # [(step, np.ndarray of per-layer grad norms)]
+    self.activations_path = activations_path   # JSON lines of activation statistics
+    self.grad_norm_records = []  # [(step, np.ndarray of per-layer grad norms)]
     self.activations = []      # [(step, {layer: {stat: float}})]
     self._probe_fn = None
     self._last_step = None
@@ -164,12 +161,12 @@ class DepthProbe:
     norms = norms.numpy()
     stats = {layer: {k: float(v) for k, v in s.items()}
              for layer, s in stats.items()}
-    self.records.append((step, norms))
+    self.grad_norm_records.append((step, norms))
     self.activations.append((step, stats))
     self._last_step = step
-    if self.records_path:
-      with open(self.records_path, 'a') as f:
-        f.write(json.dumps({'step': int(step), 'stats': stats}) + '\n')
+    if self.activations_path:
+      workdir_lib.append_jsonl(self.activations_path,
+                               {'step': int(step), 'stats': stats})
     writer = exp.writers.get(summaries.TRAIN) if exp.is_chief else None
     if writer is None:
       return
@@ -200,7 +197,6 @@ class DepthProbe:
         self.record(exp, step)
 
 
-ACTIVATIONS = 'activations.jsonl'        # per probe (DepthProbe)
 PROBE_SIZE = 128
 
 
@@ -221,10 +217,10 @@ def activation_probe(exp, every_steps: int,
   return DepthProbe(
       images, labels, every_steps, activation,
       write_images=write_images,
-      records_path=os.path.join(exp.workdir, ACTIVATIONS))
+      activations_path=os.path.join(exp.workdir, workdir_lib.ACTIVATIONS))
 
 
 def read_activation_records(workdir: str):
   """[(step, {layer: {stat: value}})] from activations.jsonl (last per step)."""
   return [(r['step'], r['stats']) for r in summaries.read_records(
-      os.path.join(workdir, ACTIVATIONS))]
+      os.path.join(workdir, workdir_lib.ACTIVATIONS))]
