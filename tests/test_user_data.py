@@ -1,4 +1,5 @@
-"""User datasets: a malformed split is one line before training; encodings train.
+"""User datasets: a malformed split is one line before training; encodings
+train.
 
 Every case runs the real `train_and_evaluate` on tiny generated arrays, in a
 workdir that already holds a run's files, and checks the exact message (split,
@@ -14,6 +15,7 @@ import tensorflow as tf
 
 from tftrain import config as config_lib
 from tftrain import data
+from tftrain import errors
 from tftrain import loop
 
 NUM_CLASSES = 3
@@ -179,7 +181,7 @@ def test_malformed_split_is_one_line_and_workdir_kept(tmp_path, case, make,
   (workdir / 'checkpoints' / 'ckpt-3.index').write_text('earlier run')
   (workdir / 'notes.txt').write_text('mine')
   before = _files(workdir)
-  with pytest.raises(data.DataError) as info:
+  with pytest.raises(errors.DataError) as info:
     loop.train_and_evaluate(_config(), str(workdir), model=_model,
                             datasets=make(), num_classes=num_classes)
   message = str(info.value)

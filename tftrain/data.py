@@ -61,7 +61,7 @@ def _is_prepared(builder) -> bool:
 
 
 def _builder(name: str, data_dir: Optional[str]):
-  """tfds.builder, with a one-line errors.DataError for an unusable --data_dir."""
+  """tfds.builder, with a one-line DataError for an unusable --data_dir."""
   if data_dir and os.path.exists(data_dir) and not os.path.isdir(data_dir):
     raise errors.DataError(f'--data_dir={data_dir}: is a file, not a folder; '
                            'choose a folder for the TFDS data.')
@@ -153,7 +153,7 @@ def _network_reachable(urls) -> bool:
 
 
 def _check_raw_files(name: str, raw_data_dir: str, urls: Dict[str, str]) -> str:
-  """Returns `<raw_data_dir>/<name>`; raises errors.DataError naming missing files."""
+  """Returns `<raw_data_dir>/<name>`; raises DataError naming missing files."""
   manual_dir = os.path.join(raw_data_dir, name)
   missing = [f for f in urls.values()
              if not os.path.isfile(os.path.join(manual_dir, f))]
@@ -406,13 +406,15 @@ def _check_tensor(split: str, what: str, spec) -> None:
   """`spec` is one numeric tensor per example; `what`: 'images' or 'labels'."""
   name = _name(split)
   if isinstance(spec, tf.RaggedTensorSpec):
-    raise errors.DataError(f'{name}: {what} are ragged (their sizes vary); pad or '
-                    'resize them to one shape first.')
+    raise errors.DataError(
+        f'{name}: {what} are ragged (their sizes vary); pad or resize them '
+        'to one shape first.')
   if not isinstance(spec, tf.TensorSpec):
     kind = ('sparse tensors' if isinstance(spec, tf.SparseTensorSpec)
             else f'{type(spec).__name__}s of tensors')
-    raise errors.DataError(f'{name}: {what} are {kind}; give one dense tensor per '
-                    'example for each of image and label.')
+    raise errors.DataError(
+        f'{name}: {what} are {kind}; give one dense tensor per example for '
+        'each of image and label.')
   dtype = spec.dtype
   if dtype.is_floating or dtype.is_integer or dtype.is_bool:
     return
@@ -422,10 +424,10 @@ def _check_tensor(split: str, what: str, spec) -> None:
            if what == 'images' else
            'map them to class indices 0..num_classes-1 first, e.g. with '
            'tf.keras.layers.StringLookup(vocabulary=..., num_oov_indices=0)')
-    raise errors.DataError(f'{name}: {what} are tf.string; tftrain needs numbers: '
-                    f'{fix}.')
+    raise errors.DataError(
+        f'{name}: {what} are tf.string; tftrain needs numbers: {fix}.')
   raise errors.DataError(f'{name}: {what} are {dtype.name}; give real numbers '
-                  '(integers or floats).')
+                         '(integers or floats).')
 
 
 def _empty_error(split: str) -> errors.DataError:
@@ -438,7 +440,8 @@ def _layout(split: str, dataset, num_classes: int) -> _Layout:
   """Checks what is knowable without reading: type, structure, dtypes, shapes.
 
   Raises:
-    errors.DataError: naming the split, what it holds and what to give instead.
+    errors.DataError: naming the split, what it holds and what to give
+      instead.
   """
   name = _name(split)
   if not isinstance(dataset, tf.data.Dataset):
@@ -447,8 +450,9 @@ def _layout(split: str, dataset, num_classes: int) -> _Layout:
         'arrays as tf.data.Dataset.from_tensor_slices((images, labels)).')
   cardinality = int(dataset.cardinality().numpy())
   if cardinality == tf.data.INFINITE_CARDINALITY:
-    raise errors.DataError(f'{name} is infinite (a .repeat()?); give each example '
-                    'once: tftrain makes the epochs itself.')
+    raise errors.DataError(
+        f'{name} is infinite (a .repeat()?); give each example once: '
+        'tftrain makes the epochs itself.')
   if cardinality == 0:
     raise _empty_error(split)
   spec = dataset.element_spec
@@ -468,20 +472,22 @@ def _layout(split: str, dataset, num_classes: int) -> _Layout:
         f'{name} yields {len(spec)}-tuples; give (image, label) pairs '
         '(tftrain takes no sample weights or extra inputs).')
   else:
+    what = ('tensor' if isinstance(spec, tf.TensorSpec)
+            else type(spec).__name__)
     raise errors.DataError(
-        f'{name} yields single '
-        f"{'tensor' if isinstance(spec, tf.TensorSpec) else type(spec).__name__}s"
-        ', not (image, label) pairs; e.g. '
+        f'{name} yields single {what}s, not (image, label) pairs; e.g. '
         'tf.data.Dataset.from_tensor_slices((images, labels)).')
   _check_tensor(split, 'images', image)
   _check_tensor(split, 'labels', label)
   image_shape, label_shape = image.shape, label.shape
   if image_shape.rank == 0:
-    raise errors.DataError(f'{name}: images are scalars (shape ()); give arrays, '
-                    'e.g. (height, width, channels) or a feature vector.')
+    raise errors.DataError(
+        f'{name}: images are scalars (shape ()); give arrays, e.g. '
+        '(height, width, channels) or a feature vector.')
   if image_shape.is_fully_defined() and image_shape.num_elements() == 0:
-    raise errors.DataError(f'{name}: images have shape {_shape_text(image_shape)}, '
-                    'no values; give images with at least one value.')
+    raise errors.DataError(
+        f'{name}: images have shape {_shape_text(image_shape)}, no values; '
+        'give images with at least one value.')
   if label_shape.rank is None:
     raise errors.DataError(
         f"{name}: the labels' shape is unknown; declare it, e.g. "
@@ -558,8 +564,9 @@ def _scan_shapes(split: str, cached: tf.data.Dataset) -> Tuple[int, ...]:
         f'{_shape_text(first)}; resize or pad the images to one shape '
         '(e.g. tf.image.resize_with_pad) before passing them.')
   if not first or 0 in first:
-    raise errors.DataError(f'{_name(split)}: images have shape {_shape_text(first)}; '
-                    'give arrays with at least one value.')
+    raise errors.DataError(
+        f'{_name(split)}: images have shape {_shape_text(first)}; give '
+        'arrays with at least one value.')
   return first
 
 
@@ -785,12 +792,12 @@ def check_user_data(datasets: Dict[str, tf.data.Dataset], num_classes: int):
      {split: number of examples}, image shape).
 
   Raises:
-    errors.DataError: one line naming the split, the example and its value and the
-      fix: a label outside [0, num_classes) or not a whole number, a label
-      vector of another length or not one-hot/probabilities, NaN or inf in
-      an image, image shapes that differ between examples or splits,
-      non-numeric images or labels, an empty or infinite split, or examples
-      that are not (image, label) pairs.
+    errors.DataError: one line naming the split, the example and its value
+      and the fix: a label outside [0, num_classes) or not a whole number, a
+      label vector of another length or not one-hot/probabilities, NaN or
+      inf in an image, image shapes that differ between examples or splits,
+      ragged or non-numeric images or labels, an empty or infinite split, an
+      already batched split, or examples that are not (image, label) pairs.
   """
   order = [k for k in USER_SPLITS if k in datasets]
   layouts = {k: _layout(k, datasets[k], num_classes) for k in order}
@@ -836,8 +843,8 @@ def user_splits(datasets: Dict[str, tf.data.Dataset], num_classes: int):
   float32 (scaled as given), labels to int32 class indices.
 
   Raises:
-    errors.ConfigError: no 'train' split, an unknown split name, or num_classes
-      missing.
+    errors.ConfigError: no 'train' split, an unknown split name, or
+      num_classes missing.
     errors.DataError: a malformed split (see `check_user_data`).
   """
   names = datasets if isinstance(datasets, dict) else {}
@@ -851,7 +858,7 @@ def user_splits(datasets: Dict[str, tf.data.Dataset], num_classes: int):
         'datasets.')
   if not num_classes or num_classes < 2:
     raise errors.ConfigError('num_classes', num_classes,
-                                 'give the number of classes (>= 2).')
+                             'give the number of classes (>= 2).')
   splits, counts, shape = check_user_data(datasets, int(num_classes))
   return splits, DataInfo(num_classes=int(num_classes), image_shape=shape,
                           num_train=counts['train'],
