@@ -22,6 +22,7 @@ from tftrain import probes
 from tftrain import schedules
 from tftrain import summaries
 from tftrain import trainer as trainer_lib
+from tftrain import user_data
 from tftrain import workdir as workdir_lib
 
 
@@ -110,7 +111,7 @@ def _load_data(config: config_lib.Config, strategy, datasets, num_classes):
                                     config.validation_size,
                                     config.standardize_inputs)
   else:
-    splits, info = data.user_splits(datasets, num_classes)
+    splits, info = user_data.user_splits(datasets, num_classes)
   cached = {k: d.cache() for k, d in splits.items()}
   num_train = _count(cached['train'], info.num_train)
   if config.batch_size > num_train:
