@@ -41,8 +41,10 @@ class Experiment:
   user_data: bool = False          # datasets given by the caller, not TFDS
 
 
-# `hook(exp, event, outputs)`: see `loop.train_and_evaluate`.
+# `hook(exp, event, outputs)`: see `loop.train_and_evaluate`; a factory makes
+# hooks that need the built Experiment (e.g. a DepthProbe on its model).
 Hook = Callable[[Experiment, str, Dict[str, Any]], None]
+HookFactory = Callable[[Experiment], Sequence[Hook]]
 
 
 def preflight(config: config_lib.Config, strategy=None,
