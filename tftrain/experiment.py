@@ -4,6 +4,9 @@
 workdir exists; `build_experiment` creates the strategy (unless given), the
 data, model, optimizer, Trainer, writers and step logger. The loop, the LR
 finder, the grids, the benchmarks and the tests all start from an Experiment.
+What a run derives from it lives here too: the schedule at a chosen peak
+(`use_peak_learning_rate`), the automatic activation probe, the evaluation
+datasets and the final metrics.
 """
 
 import dataclasses
