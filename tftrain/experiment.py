@@ -4,6 +4,9 @@
 workdir exists; `build_experiment` creates the strategy (unless given), the
 data, model, optimizer, Trainer, writers and step logger. The loop, the LR
 finder, the grids, the benchmarks and the tests all start from an Experiment.
+What a run derives from it lives here too: the schedule at a chosen peak
+(`use_peak_learning_rate`), the automatic activation probe, the evaluation
+datasets and the final metrics.
 """
 
 import dataclasses
@@ -42,8 +45,10 @@ class Experiment:
   user_data: bool = False          # datasets given by the caller, not TFDS
 
 
-# `hook(exp, event, outputs)`: see `loop.train_and_evaluate`.
+# `hook(exp, event, outputs)`: see `loop.train_and_evaluate`; a factory makes
+# hooks that need the built Experiment (e.g. a DepthProbe on its model).
 Hook = Callable[[Experiment, str, Dict[str, Any]], None]
+HookFactory = Callable[[Experiment], Sequence[Hook]]
 
 
 def preflight(config: config_lib.Config, strategy=None,
