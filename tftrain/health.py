@@ -360,9 +360,18 @@ def _gradient_findings(run, t) -> List[Finding]:
           f'last hidden layer (ratio {_fmt(med)}, median over {judged}).',
           [names[0], names[-2]], window, {**nums, 'sustained_fraction': high},
           'grad_norm_heatmap')
+  if exploding is None:
+    exploding = _growth_finding(names, g, gf, finite, steps, t)
+  return out + ([exploding] if exploding else [])
+
+
+def _growth_finding(names, g, gf, finite, steps, t) -> Optional[Finding]:
+  """The largest layer norm grew `growth_factor` x from the first quarter."""
+  n = len(g)
   peak = np.where(finite, g, -np.inf).max(axis=1)   # largest layer norm
   peak = peak[np.isfinite(peak)]
-  if exploding is None and len(peak) >= t['min_trend_steps']:
+  exploding = None
+  if len(peak) >= t['min_trend_steps']:
     start, end = _quarters(peak)
     if start > 0 and end > t['growth_factor'] * start:
       q = max(1, n // 4)
@@ -375,7 +384,7 @@ def _gradient_findings(run, t) -> List[Finding]:
           [steps[0], steps[-1]],
           {'start_norm': start, 'end_norm': end, 'growth': end / start},
           f'grad_norm/{worst}')
-  return out + ([exploding] if exploding else [])
+  return exploding
 
 
 def _vanishing(names, hidden, med, judged, window, nums, t, activation):
