@@ -75,6 +75,13 @@ CASES = {
     'label_noise': (
         run_with(history=epochs([(0.4, 0.8, 2.0), (0.45, 0.88, 1.9),
                                  (0.47, 0.9, 1.85)])), 'warning'),
+    'oscillating_loss': (
+        run_with(history=[{'epoch': 1, 'accuracy': 0.2, 'val_accuracy': 0.22,
+                           'loss': 2.17, 'val_loss': 2.56},
+                          {'epoch': 2, 'accuracy': 0.22, 'val_accuracy': 0.26,
+                           'loss': 2.04, 'val_loss': 2.17},
+                          {'epoch': 3, 'accuracy': 0.24, 'val_accuracy': 0.19,
+                           'loss': 1.99, 'val_loss': 3.01}]), 'warning'),
     'too_much_regularization': (
         run_with({'dropout': 0.9}, history=epochs(
             [(0.3, 0.7, 2.0), (0.4, 0.8, 1.9), (0.45, 0.85, 1.8)])),

@@ -30,7 +30,8 @@ KINDS = ('probabilities_as_logits', 'output_activation', 'model_not_training',
          'vanishing_gradients', 'exploding_gradients', 'saturated_units',
          'dead_units', 'lr_too_high', 'lr_too_low', 'too_few_steps',
          'chance_accuracy', 'labels_unlearnable', 'label_noise',
-         'too_much_regularization', 'diverged', 'overfitting',
+         'too_much_regularization', 'oscillating_loss', 'diverged',
+         'overfitting',
          'linear_stack', 'lr_far_from_finder')
 SEVERITIES = ('error', 'warning')    # sort order: errors first
 HEALTH_MD = 'health.md'
@@ -116,6 +117,11 @@ THRESHOLDS = {
     'slow_drop_ratio': 0.6,
     'slow_min_drop': 0.03,
     'slow_loss_fraction': 0.5,
+    # oscillating_loss: the validation loss jumps up by more than this
+    # fraction in one epoch while the training loss did not rise by more
+    # than oscillation_train_rise (unstable steps, not overfitting).
+    'oscillation_jump': 0.25,
+    'oscillation_train_rise': 0.05,
 }
 
 _SATURATING = ('sigmoid', 'tanh')
@@ -155,6 +161,9 @@ REMEDIES = {
     'too_much_regularization': (
         'Lower the dropout rate (0.1-0.5) or remove dropout from most '
         'layers; the model underfits its own training data.'),
+    'oscillating_loss': (
+        'Lower the learning rate (about 10x, or start from the LR finder\'s '
+        'suggestion) or use a larger batch; the steps overshoot.'),
     'linear_stack': (
         'Put a non-linear activation (ReLU, ELU, SELU, ...) between the '
         'layers; without one they compose to a single linear map.'),
@@ -807,6 +816,26 @@ def _budget_findings(run, t) -> List[Finding]:
   return out
 
 
+def _oscillation_finding(run, t) -> List[Finding]:
+  """The validation loss jumps up between epochs while training does not."""
+  pairs = [(h.get('epoch', i + 1), h['loss'], h['val_loss'])
+           for i, h in enumerate(run.get('history') or [])
+           if 'loss' in h and 'val_loss' in h and math.isfinite(h['loss'])
+           and math.isfinite(h['val_loss'])]
+  for (_, train0, val0), (epoch, train1, val1) in zip(pairs, pairs[1:]):
+    jump = val1 / max(val0, 1e-12) - 1
+    if (jump > t['oscillation_jump']
+        and train1 <= (1 + t['oscillation_train_rise']) * train0):
+      return [_finding(
+          'oscillating_loss', f'Training is unstable: the validation loss '
+          f'jumped from {_fmt(val0)} to {_fmt(val1)} (+{jump:.0%}) in epoch '
+          f'{epoch} while the training loss went from {_fmt(train0)} to '
+          f'{_fmt(train1)}.', numbers={'val_loss_before': val0,
+                                       'val_loss_after': val1, 'jump': jump,
+                                       'epoch': epoch}, tag='epoch_loss')]
+  return []
+
+
 def _batch_note(run) -> str:
   facts = run.get('model_facts') or {}
   batch, examples = facts.get('batch_size'), facts.get('train_examples')
@@ -876,7 +905,7 @@ def analyze(run: Dict[str, Any], thresholds: Optional[Dict] = None
                + _epoch_findings(run, t) + _diverged_finding(run)
                + _finder_finding(run, t) + _output_findings(run, t)
                + _model_findings(run, t) + _symmetric_finding(run, t)
-               + _budget_findings(run, t))
+               + _budget_findings(run, t) + _oscillation_finding(run, t))
   found = {f.kind for f in findings}
   hidden = {k for cause, effects in SUPERSEDES.items() if cause in found
             for k in effects}
