@@ -37,17 +37,22 @@ import numpy as np
 import tensorflow as tf
 
 from benchmarks import common
+from tftrain import checkup
 from tftrain import config as config_lib
 from tftrain import data
 from tftrain import errors
 from tftrain import health as health_lib
 from tftrain import loop
 from tftrain import models
+from tftrain import workdir as workdir_lib
 
 flags.DEFINE_bool('quick', False, 'A few MNIST MLP cases and one twin seed.')
 flags.DEFINE_list('only', [], 'Run only these cases (base/operator).')
 flags.DEFINE_integer('seeds', 3, 'Seeds per healthy twin.')
 flags.DEFINE_string('workdir', None, 'Where the runs go (default: a temp dir).')
+flags.DEFINE_bool('rescore', False, 'Train nothing: judge the runs already in '
+                  '--workdir again with the current detectors (their saved '
+                  'records; the live first-finding step is the saved one).')
 FLAGS = flags.FLAGS
 
 SIZES = {'mnist': (8000, 2000, 2000), 'cifar10': (10000, 2000, 2000)}
@@ -272,6 +277,8 @@ def run_case(base: str, fault: Optional[str], seed: int, arrays, root: str
     m = models.build_model(config, shape, classes)
     return op.model(m) if op.model else m
   name = f'{base}-{fault or "healthy"}-{seed}'
+  if FLAGS.rescore:
+    return rescore(root, name)
   start = time.perf_counter()
   try:
     result = loop.train_and_evaluate(
@@ -298,6 +305,23 @@ def run_case(base: str, fault: Optional[str], seed: int, arrays, root: str
           'findings': health.get('findings', []),
           'first_finding_step': health.get('first_finding_step'),
           'seconds': time.perf_counter() - start}
+
+
+def rescore(root: str, name: str) -> Dict[str, Any]:
+  """A saved run's outcome, judged again from its records."""
+  workdir = os.path.join(root, name)
+  with open(os.path.join(workdir, workdir_lib.METRICS_JSON)) as f:
+    result = json.load(f)
+  findings = health_lib.analyze(checkup.record_from_files(workdir, 10))
+  saved = result.get('health', {})
+  acc = result.get('test_accuracy', math.nan)
+  return {'case': name, 'test_accuracy': acc,
+          'finite': result.get('status') != 'diverged' and math.isfinite(
+              result.get('test_loss', math.nan)),
+          'findings': [f.kind for f in findings],
+          'first_finding_step': saved.get('first_finding_step', min(
+              (f.steps[0] for f in findings if f.steps), default=None)),
+          'seconds': result.get('wall_seconds', math.nan)}
 
 
 def _step(outcome):

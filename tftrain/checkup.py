@@ -158,27 +158,46 @@ _END_ONLY = ('too_few_steps', 'overfitting')
 
 def health_run_record(exp, result: Dict[str, Any]) -> Dict:
   """The series `health.analyze` reads, from the run's files and result."""
-  config = exp.config
   run = {'layer_names': exp.trainer.layer_names,
          'num_classes': exp.data_info.num_classes,
-         'activation': config.activation,
-         'history': result.get('history', []),
-         'status': result.get('status')}
+         'activation': exp.config.activation,
+         'total_steps': int(exp.trainer.optimizer.iterations.numpy())}
+  return _recorded(exp.workdir, result, run)
+
+
+def record_from_files(workdir: str, num_classes: int) -> Dict:
+  """The same record rebuilt from a finished run's files alone (metrics.json,
+  model_facts.json, observations.jsonl, activations.jsonl): to judge saved
+  runs again with the current detectors. Layers are named by depth."""
+  with open(os.path.join(workdir, workdir_lib.METRICS_JSON)) as f:
+    result = json.load(f)
+  run = _recorded(workdir, result, {'num_classes': num_classes})
+  width = len(run['grad_norms'][0]) if run.get('grad_norms') else 0
+  run['layer_names'] = [f'layer_{i:03d}' for i in range(width)]
+  facts = run.get('model_facts') or {}
+  if facts.get('batch_size') and facts.get('train_examples'):
+    run['total_steps'] = (facts['train_examples'] // facts['batch_size']
+                          * result.get('epochs_run', 0))
+  return run
+
+
+def _recorded(workdir: str, result: Dict[str, Any], run: Dict) -> Dict:
+  """`run` plus the result's history/status and the run's recorded series."""
+  run.update(history=result.get('history', []), status=result.get('status'))
   for key in ('diverged_step', 'diverged_loss'):
     if key in result:
       run[key] = result[key]
   records = summaries.read_records(
-      os.path.join(exp.workdir, workdir_lib.OBSERVATIONS))
+      os.path.join(workdir, workdir_lib.OBSERVATIONS))
   if records:
     run['steps'] = [r['step'] for r in records]
     for key in ('grad_norms', 'update_ratios', 'loss', 'learning_rate'):
       run[key] = [r[key] for r in records]
-  run['total_steps'] = int(exp.trainer.optimizer.iterations.numpy())
-  facts_path = os.path.join(exp.workdir, FACTS)
+  facts_path = os.path.join(workdir, FACTS)
   if os.path.exists(facts_path):
     with open(facts_path) as f:
       run['model_facts'] = json.load(f)
-  activations = probes.read_activation_records(exp.workdir)
+  activations = probes.read_activation_records(workdir)
   if activations:
     run['activation_stats'] = activations
   finder = result.get('lr_finder')
