@@ -50,6 +50,7 @@ flags.DEFINE_string('preset', None,
 flags.DEFINE_list('only', [],
                   'Run only variants matching these shell patterns '
                   "(e.g. 'bn-before_*,*_opt-sgd').")
+flags.adopt_module_key_flags(launch_flags)   # --help lists them
 
 
 def parse_learning_rates(items, defaults):

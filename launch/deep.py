@@ -28,6 +28,7 @@ launch_flags.define_flags(dataset='mnist', model='deep_mlp', depth=100,
                           decay_rate=0.1, decay_epochs=3.0, batch_size=32,
                           epochs=5, patience=0, log_every_steps=100,
                           histogram_every_steps=500)
+flags.adopt_module_key_flags(launch_flags)   # --help lists them
 
 
 def parse_activations(value: str):
