@@ -351,3 +351,24 @@ def parse_field(name: str, value: Any) -> Any:
       ('none', 'auto') if bool in kinds else ('none',)):
     return None
   return _parse_text(kinds, value)
+
+
+def format_field(name: str, value: Any) -> Optional[str]:
+  """Config field `name`'s value as flag text: the inverse of `parse_field`.
+
+  Returns:
+    The text `--name=<text>` takes back to `value` (tuples as comma lists,
+    bools as true/false, an Optional[bool]'s None as 'auto', an Optional
+    text's None as 'none', floats exactly), or None when no flag text means
+    `value` (None of an Optional number: its flag is left at its default).
+  """
+  shape, kinds = field_type(name)
+  if shape == 'tuple':
+    return ','.join(repr(v) if isinstance(v, float) else str(v) for v in value)
+  if value is None:
+    if bool in kinds:
+      return 'auto'
+    return 'none' if str in kinds else None
+  if isinstance(value, bool):
+    return 'true' if value else 'false'
+  return repr(value) if isinstance(value, float) else str(value)

@@ -337,13 +337,12 @@ def write_hparams_config(root: str, variants: Sequence[Variant]) -> Dict:
 
 def write_hparams_run(run_dir: str, hparams: Mapping[str, Any],
                       row: Mapping[str, Any], start_time_secs: float) -> None:
-  """One run's hparam values and its `RUN_METRICS` scalars (None: skipped)."""
+  """One run's `RUN_METRICS` scalars (None: skipped). Its hparam values are
+  the HParams session every run writes (`record.write_hparams`: every Config
+  field; the tab shows the grid's axes, `write_hparams_config`)."""
+  del hparams, start_time_secs   # the run's session holds them
   writer = tf.summary.create_file_writer(run_dir)
   with writer.as_default(step=0):
-    hp.hparams({hparams[k]: v if isinstance(v, numbers.Real) else str(v)
-                for k, v in row['overrides'].items()},
-               trial_id=os.path.basename(run_dir.rstrip('/')),
-               start_time_secs=start_time_secs)
     for tag in RUN_METRICS:
       if row.get(tag) is not None:
         tf.summary.scalar(tag, float(row[tag]))

@@ -27,6 +27,7 @@ from tftrain import experiment
 from tftrain import export
 from tftrain import lr_finder
 from tftrain import progress as progress_lib
+from tftrain import record
 from tftrain import signals
 from tftrain import summaries
 from tftrain import workdir as workdir_lib
@@ -77,6 +78,8 @@ def train_and_evaluate(config: config_lib.Config, workdir: str,
   lock = (workdir_lib.WorkdirLock(workdir) if chief
           else contextlib.nullcontext())
   with lock:
+    started = time.time()
+    saved_config = record.read_config(workdir) if chief else None
     try:
       exp = experiment.build_experiment(config, workdir, strategy, model,
                                             datasets, num_classes)
@@ -85,6 +88,9 @@ def train_and_evaluate(config: config_lib.Config, workdir: str,
       if mapped is None:
         raise
       raise mapped from e
+    if chief:
+      record.write_run_files(config, workdir, saved_config is None, started,
+                             model is not None or datasets is not None)
     if hook_factory is not None:
       hooks = [*hooks, *hook_factory(exp)]
     result = run(exp, hooks)

@@ -17,6 +17,8 @@ CHECKPOINTS = 'checkpoints'            # the latest checkpoints (resume)
 BEST = 'best'                          # the best epoch's weights
 LR_FINDER = 'lr_finder'                # the LR finder's outputs
 GRAD_NORM_HEATMAP = 'grad_norm_heatmap.png'
+CONFIG_JSON = 'config.json'            # the resolved Config (dataclasses.asdict)
+FLAGS_TXT = 'flags.txt'                # the Config as flags: --flagfile replays it
 LOCK = '.lock'
 
 
@@ -26,6 +28,20 @@ def write_json(path: str, obj, sort_keys: bool = False) -> None:
   tmp = path + '.tmp'
   with open(tmp, 'w') as f:
     json.dump(obj, f, indent=2, sort_keys=sort_keys, default=float)
+  os.replace(tmp, path)
+
+
+def read_json(path: str):
+  """The JSON value in `path`."""
+  with open(path) as f:
+    return json.load(f)
+
+
+def write_text(path: str, text: str) -> None:
+  """Writes `text` to `path` atomically."""
+  tmp = path + '.tmp'
+  with open(tmp, 'w') as f:
+    f.write(text)
   os.replace(tmp, path)
 
 
