@@ -65,7 +65,8 @@ def parse_learning_rates(items, defaults):
       rate = -1.0
     if not name or not rate > 0:
       raise errors.ConfigError(
-          'learning_rates', item, 'must be name=positive number, e.g. adam=1e-3.')
+          'learning_rates', item, 'must be name=positive number, e.g. adam=1e-3.',
+          from_flags=True)
     rates[name] = rate
   return rates
 
@@ -82,7 +83,8 @@ def grid_axes():
     axis, _, values = item.partition('=')
     if not values or axis in axes:
       raise errors.ConfigError('grid', item,
-                               'give a new axis as field=value,value.')
+                               'give a new axis as field=value,value.',
+                               from_flags=True)
     axes[axis], names[axis] = values.split(','), 'grid'
   return axes, names
 

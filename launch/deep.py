@@ -41,7 +41,7 @@ def parse_activations(value: str):
     raise errors.ConfigError(
         'activation', value,
         'give one or a comma list of distinct names from '
-        f'{", ".join(config_lib.ACTIVATIONS)}.')
+        f'{", ".join(config_lib.ACTIVATIONS)}.', from_flags=True)
   return names
 
 

@@ -103,13 +103,17 @@ def config_from_flags(flag_values=FLAGS, **overrides) -> config_lib.Config:
   """The Config the flags describe (raises ConfigError on a bad value)."""
   if flag_values.cpu_replicas < 0:
     raise errors.ConfigError('cpu_replicas', flag_values.cpu_replicas,
-                             'must be >= 0.')
+                             'must be >= 0.', from_flags=True)
   values = {field.name: config_lib.parse_field(field.name,
                                                flag_values[field.name].value)
             for field in dataclasses.fields(config_lib.Config)
             if field.name not in overrides}
   values.update(overrides)
-  return config_lib.Config(**values)
+  try:
+    return config_lib.Config(**values)
+  except errors.ConfigError as e:
+    e.from_flags = True      # the user wrote --name=value
+    raise
 
 
 # The run directory this process chose, and whether it existed then.
@@ -176,6 +180,8 @@ def run_main(body):
   except Exception as e:  # pylint: disable=broad-except
     if not isinstance(e, errors.USER_ERRORS):
       raise
+    if isinstance(e, errors.ConfigError):
+      e.from_flags = True    # every Config field is a flag of the same name
     _remove_failed_start(e)
     if FLAGS.verbose:
       traceback.print_exc()

@@ -133,6 +133,11 @@ class Config:
   deterministic: bool = _field(
       False, 'Deterministic TF ops: a resumed run then ends with the same '
       'metrics as an uninterrupted one (may be slower on GPU).')
+  overwrite: bool = _field(
+      False, 'Start fresh in an existing --workdir: its old run is moved '
+      'aside to <workdir>.old-<time> (nothing is deleted). Without it an '
+      'existing run is resumed, or refused if it was trained with other '
+      'settings.')
   steps_per_loop: int = _field(
       100, 'Train steps per tf.function call (in-graph loop).')
   jit_compile: bool = _field(False, 'XLA-compile the train step.')
@@ -184,6 +189,10 @@ class Config:
       'none', 'Keras mixed-precision policy.', MIXED_PRECISION)
 
   def __post_init__(self):
+    if self.overwrite and self.strategy == 'multi_worker':
+      raise ConfigError('overwrite', True, 'is not supported with '
+                        '--strategy=multi_worker (every worker would move the '
+                        'run); choose a new --workdir.')
     if not (isinstance(self.dataset, str) and self.dataset
             and all(c.isalnum() or c in '_./:-' for c in self.dataset)):
       raise ConfigError('dataset', self.dataset,
@@ -300,6 +309,17 @@ class Config:
 
 
 FIELD_TYPES = {f.name: f.type for f in dataclasses.fields(Config)}
+
+# Fields a resume may change: they change what a run logs or evaluates, where
+# its data is read from or how fast it runs, not what it trains. A resume
+# with another value of any other field is refused (`record.check_resume`);
+# `epochs` may change unless the schedule spans the run (1cycle).
+RESUME_SAFE_FIELDS = frozenset({
+    'log_every_steps', 'histogram_every_steps', 'grad_norms',
+    'activation_stats', 'trace_graph', 'stop_on_error', 'progress',
+    'profile_steps', 'eval_batch_size', 'eval_test_every_epoch',
+    'mc_dropout_samples', 'steps_per_loop', 'jit_compile', 'strategy',
+    'data_dir', 'raw_data_dir', 'overwrite'})
 
 
 def _parse_text(kinds, text: str):

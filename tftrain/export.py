@@ -75,6 +75,11 @@ def export(model: tf.keras.Model, data_info, workdir: str,
           'keras': os.path.join(final, 'model.keras')}
 
 
+def keras_path(workdir: str) -> str:
+  """Where a completed run's `.keras` model is."""
+  return os.path.join(workdir, EXPORT_DIR, 'model.keras')
+
+
 def _metrics(probs, labels):
   """Loss sum and correct count of a batch of predicted probabilities."""
   loss, correct, _ = trainer_lib.probability_sums(probs, labels).numpy()

@@ -70,15 +70,15 @@ def _with_rates(base, named, rates, flags) -> List[Variant]:
       if e.field not in flags:
         raise
       value = f'{e.field}={e.value}' if flags[e.field] == 'grid' else e.value
-      raise errors.ConfigError(flags[e.field], value,
-                               str(e).split(': ', 1)[-1]) from None
+      raise errors.ConfigError(flags[e.field], value, e.fix,
+                               from_flags=True) from None
     variants.append(Variant(name, overrides))
   names = [v.name for v in variants]
   for key in rates:
     if key not in config_lib.OPTIMIZERS and key not in names:
       raise errors.ConfigError(
           'learning_rates', key, 'is neither an optimizer nor a variant; '
-          f'variants: {", ".join(sorted(names))}.')
+          f'variants: {", ".join(sorted(names))}.', from_flags=True)
   return variants
 
 
@@ -99,7 +99,7 @@ def expand(grid: Mapping[str, Sequence[Any]], base: config_lib.Config,
     if axis not in _FIELDS or not values:
       raise errors.ConfigError('grid', axis, 'is not a Config field.'
                                if axis not in _FIELDS else
-                               'needs at least one value.')
+                               'needs at least one value.', from_flags=True)
   flags = {a: (flags or {}).get(a, f'grid_{a}') for a in grid}
   named = []
   for values in itertools.product(*grid.values()):
@@ -121,7 +121,8 @@ def preset(name: str, base: config_lib.Config,
   overridden)."""
   if name not in presets.PRESETS:
     raise errors.ConfigError('preset', name,
-                             f'choose one of {", ".join(presets.PRESETS)}.')
+                             f'choose one of {", ".join(presets.PRESETS)}.',
+                             from_flags=True)
   return _with_rates(base, presets.PRESETS[name], learning_rates or {}, {})
 
 
@@ -135,7 +136,7 @@ def select(variants: Sequence[Variant], patterns: Sequence[str]) -> List[Variant
     if not any(fnmatch.fnmatchcase(v.name, pattern) for v in variants):
       raise errors.ConfigError(
           'only', pattern, 'matches no variant; choose from '
-          f'{", ".join(v.name for v in variants)}.')
+          f'{", ".join(v.name for v in variants)}.', from_flags=True)
   return [v for v in variants if not patterns
           or any(fnmatch.fnmatchcase(v.name, p) for p in patterns)]
 

@@ -36,12 +36,41 @@ from tftrain import workdir as workdir_lib
 HookFactory = Callable[[experiment.Experiment], Sequence[experiment.Hook]]
 
 
+class Result(dict):
+  """`train_and_evaluate`'s result: the metrics dict metrics.json holds (it
+  reads and JSON-serializes as before), plus `.model`, the trained Keras
+  model (for a run that was already complete, loaded from its
+  export/model.keras on first use; None if it has none)."""
+
+  def __init__(self, metrics=(), model=None, model_path: Optional[str] = None):
+    super().__init__(metrics)
+    self._model = model
+    self._model_path = model_path
+
+  @property
+  def model(self):
+    if self._model is None and self._model_path:
+      import tensorflow as tf  # pylint: disable=g-import-not-at-top
+      if tf.io.gfile.exists(self._model_path):
+        self._model = tf.keras.models.load_model(self._model_path)
+      self._model_path = None
+    return self._model
+
+  def __reduce__(self):     # pickles and copies as the metrics alone
+    return (Result, (dict(self),))
+
+
 def train_and_evaluate(config: config_lib.Config, workdir: str,
                        hooks: Sequence[experiment.Hook] = (), model=None,
                        datasets=None, num_classes: Optional[int] = None,
                        hook_factory: Optional[HookFactory] = None
-                       ) -> Dict[str, Any]:
+                       ) -> 'Result':
   """Trains `config` in `workdir` (resuming if it holds a checkpoint).
+
+  An existing run is resumed when its config.json matches `config` in every
+  field that changes the training (a changed logging field is allowed and
+  said), refused otherwise (`errors.ConfigMismatchError`), returned as it is
+  when it is already complete, or moved aside with `config.overwrite`.
 
   Args:
     config: the run's Config.
@@ -59,7 +88,8 @@ def train_and_evaluate(config: config_lib.Config, workdir: str,
       inside the workdir lock, and its hooks run after `hooks`.
 
   Returns:
-    Final metrics (also written to `workdir/metrics.json`): test_loss,
+    A `Result`: the final metrics (also written to `workdir/metrics.json`)
+    with the trained model as `.model`. The metrics: test_loss,
     test_accuracy, best validation metric and epoch, history per epoch,
     wall time, and 'status' (completed | early_stopped | interrupted;
     'interrupted_in': 'lr_finder' when a signal stopped the LR finder).
@@ -79,7 +109,25 @@ def train_and_evaluate(config: config_lib.Config, workdir: str,
           else contextlib.nullcontext())
   with lock:
     started = time.time()
-    saved_config = record.read_config(workdir) if chief else None
+    saved_config = record.read_config(workdir)
+    if config.overwrite and chief:
+      moved = workdir_lib.move_aside(workdir)
+      if moved:
+        progress_lib.say('%s: overwrite: the old run was moved to %s; '
+                         'starting fresh.', workdir, moved)
+      saved_config = None
+    elif saved_config is not None:
+      for note in record.check_resume(config, workdir, saved_config):
+        progress_lib.say(note)
+      done = record.completed_metrics(config, workdir)
+      if done is not None:
+        metrics, date = done
+        progress_lib.say(
+            '%s: already complete (metrics from %s); returning them. To '
+            'train again: a new workdir, or overwrite (--overwrite, '
+            'Config(overwrite=True)) to start fresh.', workdir, date)
+        return Result(dict(metrics, already_complete=True),
+                      model_path=export.keras_path(workdir))
     try:
       exp = experiment.build_experiment(config, workdir, strategy, model,
                                             datasets, num_classes)
@@ -152,7 +200,7 @@ class _Run:
     (self.ckpt, self.manager, self.best_manager,
      self.state) = checkpoints.make_checkpoint(exp)
     self.history: List[Dict[str, Any]] = []
-    self.result: Dict[str, Any] = {'workdir': exp.workdir}
+    self.result = Result({'workdir': exp.workdir}, model=exp.trainer.model)
     self.started = time.time()
     self.has_val = 'validation' in exp.datasets
     self.monitor_sign = 1.0 if self.config.monitor == 'val_accuracy' else -1.0

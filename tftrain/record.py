@@ -4,19 +4,23 @@ Every run writes, in its run directory, `config.json` (the resolved Config,
 `dataclasses.asdict`) and `flags.txt` (one `--name=value` per Config field,
 replayable with `--flagfile`), and once per run an HParams session (all
 Config fields) so TensorBoard's HParams tab compares any runs under one
-logdir. `read_config` is what a resume compares against.
+logdir. A resume compares the Config with config.json (`check_resume`), and a
+finished run returns its metrics (`completed_metrics`) instead of training 0
+epochs again.
 """
 
 import dataclasses
+import datetime
 import numbers
 import os
-from typing import Any, Dict, List, Optional
+from typing import Any, Dict, List, Optional, Tuple
 
 import tensorflow as tf
 from tensorboard.plugins.hparams import api as hp
 
 import tftrain
 from tftrain import config as config_lib
+from tftrain import errors
 from tftrain import workdir as workdir_lib
 
 
@@ -100,3 +104,63 @@ def config_from_json(saved: Dict[str, Any]) -> Dict[str, Any]:
   """config.json's values with JSON lists back as tuples (Config's types)."""
   return {k: tuple(v) if isinstance(v, list) else v for k, v in saved.items()}
 
+
+
+def _text(value) -> str:
+  if isinstance(value, (tuple, list)):
+    return ','.join(map(str, value))
+  return str(value)
+
+
+def check_resume(config: config_lib.Config, workdir: str,
+                 saved: Dict[str, Any]) -> List[str]:
+  """Compares `config` with the run's saved config.json before a resume.
+
+  Returns:
+    A line per allowed change (`config_lib.RESUME_SAFE_FIELDS`, and `epochs`
+    unless the schedule spans the run), for the caller to show.
+
+  Raises:
+    errors.ConfigMismatchError: a field that changes the training differs,
+      naming every such field with both values.
+  """
+  saved = config_from_json(saved)
+  given = config_dict(config)
+  changed = [(k, saved[k], v) for k, v in given.items()
+             if k in saved and saved[k] != v]
+  refused, notes = [], []
+  for name, old, new in changed:
+    if name in config_lib.RESUME_SAFE_FIELDS:
+      notes.append(f'{workdir}: {name} {_text(old)} -> {_text(new)}: it '
+                   'changes what the run logs or how it runs, not what it '
+                   'trains; resuming with it.')
+    elif name == 'epochs' and config.lr_schedule != 'onecycle':
+      notes.append(f'{workdir}: epochs {old} -> {new}: the run continues '
+                   f'to epoch {new} (its --schedule={config.lr_schedule} '
+                   'does not depend on the run\'s length).')
+    else:
+      refused.append((name, old, new))
+  if refused:
+    raise errors.ConfigMismatchError(workdir, refused)
+  return notes
+
+
+COMPLETE = ('completed', 'early_stopped')
+
+
+def completed_metrics(config: config_lib.Config, workdir: str
+                      ) -> Optional[Tuple[Dict[str, Any], str]]:
+  """(metrics.json, its date) when the run in `workdir` is finished for
+  `config` (completed all of `config.epochs`, or stopped early); else None."""
+  path = os.path.join(workdir, workdir_lib.METRICS_JSON)
+  try:
+    metrics = workdir_lib.read_json(path)
+    mtime = tf.io.gfile.stat(path).mtime_nsec / 1e9
+  except (OSError, ValueError, tf.errors.OpError):
+    return None
+  status = metrics.get('status') if isinstance(metrics, dict) else None
+  if status not in COMPLETE or (
+      status == 'completed' and metrics.get('epochs_run', 0) < config.epochs):
+    return None
+  return metrics, datetime.datetime.fromtimestamp(mtime).strftime(
+      '%Y-%m-%d %H:%M:%S')

@@ -5,8 +5,17 @@ import errno
 import json
 import os
 import socket
+import time
+from typing import Optional
 
 from tftrain import errors
+
+
+def gfile():
+  """`tf.io.gfile`, imported on first use (launchers import this module for
+  the file names before TensorFlow loads)."""
+  import tensorflow as tf  # pylint: disable=g-import-not-at-top
+  return tf.io.gfile
 
 # The files and folders of a run directory.
 METRICS_JSON = 'metrics.json'          # the result (also partial: diverged, interrupted)
@@ -80,6 +89,28 @@ def ensure_writable(workdir: str) -> None:
     raise errors.WorkdirError(
         f'--workdir={workdir}: cannot be created or written ({e.strerror}); '
         'choose a writable folder.') from e
+
+
+def move_aside(workdir: str) -> Optional[str]:
+  """Moves everything in `workdir` but the lock to `<workdir>.old-<time>`.
+
+  Returns:
+    The folder the old run is now in (None: `workdir` held nothing).
+  """
+  fs = gfile()
+  entries = [e.rstrip('/') for e in fs.listdir(workdir)]
+  entries = [e for e in entries if e != LOCK]
+  if not entries:
+    return None
+  base = f'{workdir.rstrip("/")}.old-{time.strftime("%Y%m%d-%H%M%S")}'
+  dest, n = base, 1
+  while fs.exists(dest):
+    n += 1
+    dest = f'{base}-{n}'
+  fs.makedirs(dest)
+  for entry in entries:
+    fs.rename(os.path.join(workdir, entry), os.path.join(dest, entry))
+  return dest
 
 
 def _pid_alive(pid: int) -> bool:
