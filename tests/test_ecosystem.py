@@ -118,3 +118,28 @@ def test_resume_refuses_a_training_change_allows_a_logging_change_and_returns_a_
   assert len(old) == 1
   assert os.path.exists(tmp_path / old[0] / workdir_lib.METRICS_JSON)
   assert not os.path.exists(tmp_path / old[0] / '.lock')
+
+
+def test_custom_scalars_layout_has_the_epoch_metrics_then_every_layer(
+    recorded_run):
+  _, workdir, _ = recorded_run
+  from tensorboard.plugins.custom_scalar import layout_pb2  # pylint: disable=g-import-not-at-top
+  events = [e for e in testing.read_events(os.path.join(workdir, 'train'))
+            if e.plugin == 'custom_scalars']
+  assert len(events) == 1 and events[0].step == 0
+  layout = layout_pb2.Layout.FromString(testing.array(events[0].value).item())
+  epoch, layers = layout.category
+  assert [c.title for c in epoch.chart][:2] == ['epoch_loss', 'epoch_accuracy']
+  charts = {c.title.split(':')[0].split(' ')[0]: list(c.multiline.tag)
+            for c in layers.chart}
+  assert list(charts) == ['grad_norm', 'update_ratio', 'weight_norm',
+                          'activation_std', 'activation_saturated',
+                          'activation_dead']
+  # Each regex picks every layer's tag of its quantity (TensorBoard re.match).
+  import re  # pylint: disable=g-import-not-at-top
+  tags = testing.read_tags(os.path.join(workdir, 'train'))
+  grad = [t for t in tags if re.match(charts['grad_norm'][0], t)]
+  assert grad == sorted(grad) == ['grad_norm/dense_000', 'grad_norm/dense_001',
+                                  'grad_norm/logits']
+  assert [t for t in tags if re.match(charts['activation_dead'][0], t)] == [
+      'activation_dead/act_000', 'activation_dead/act_001']

@@ -139,6 +139,8 @@ def train_and_evaluate(config: config_lib.Config, workdir: str,
     if chief:
       record.write_run_files(config, workdir, saved_config is None, started,
                              model is not None or datasets is not None)
+      if saved_config is None:
+        summaries.write_layout(exp.writers[summaries.TRAIN])
     if hook_factory is not None:
       hooks = [*hooks, *hook_factory(exp)]
     result = run(exp, hooks)
