@@ -269,6 +269,10 @@ def run(main, module_name=None):
   _launcher['doc'] = (module.__doc__ or '') if module else ''
   # absl names the flags of `python -m launch.x` after sys.argv[0].
   _launcher['module'] = sys.argv[0] if module_name == '__main__' else module_name
+  from tftrain import signals  # pylint: disable=g-import-not-at-top
+  # A second Ctrl-C / SIGTERM ends a launcher at once (the library raises
+  # KeyboardInterrupt instead, which a notebook survives).
+  signals.SignalGuard.on_second_signal = lambda signum: os._exit(128 + signum)  # pylint: disable=protected-access
   logging.set_verbosity(logging.INFO)
   # INFO from tftrain and the launchers; only warnings from TF/TFDS internals.
   logging.get_absl_handler().addFilter(

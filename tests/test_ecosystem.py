@@ -143,3 +143,68 @@ def test_custom_scalars_layout_has_the_epoch_metrics_then_every_layer(
                                   'grad_norm/logits']
   assert [t for t in tags if re.match(charts['activation_dead'][0], t)] == [
       'activation_dead/act_000', 'activation_dead/act_001']
+
+
+def test_readme_notebook_example_twice(tiny_mnist_data_dir, tmp_path,
+                                       monkeypatch, capsys):
+  """The README's notebook cell, run twice in one process: one printed line
+  per epoch, the model in the result, global state restored, and the second
+  run says the run is already complete."""
+  import random  # pylint: disable=g-import-not-at-top
+  import numpy as np  # pylint: disable=g-import-not-at-top
+  import tensorflow as tf  # pylint: disable=g-import-not-at-top
+  import tftrain  # pylint: disable=g-import-not-at-top
+  from tests.test_user_model import readme_example  # pylint: disable=g-import-not-at-top
+  real = config_lib.Config
+  monkeypatch.chdir(tmp_path)
+  monkeypatch.setattr(tftrain, 'Config', lambda **kw: real(**{
+      **kw, 'data_dir': tiny_mnist_data_dir, 'validation_size': 100,
+      'hidden': (16,), 'log_every_steps': 5, 'trace_graph': False,
+      'mixed_precision': 'mixed_bfloat16'}), raising=False)
+  tf.keras.mixed_precision.set_global_policy('float32')
+  random.seed(1)
+  np.random.seed(1)
+  expected = (random.random(), np.random.random())
+  random.seed(1)
+  np.random.seed(1)
+  code = readme_example('notebook')
+  namespace = {}
+  exec(code, namespace)  # pylint: disable=exec-used
+  first = capsys.readouterr().out
+  result = namespace['result']
+  epochs = [l for l in first.splitlines() if l.startswith('epoch ')]
+  assert [l.split()[1] for l in epochs] == ['1/3', '2/3', '3/3']
+  assert isinstance(result.model, tf.keras.Model)
+  assert isinstance(result, dict) and json.loads(json.dumps(result))[
+      'test_accuracy'] == result['test_accuracy']
+  # The run's mixed_bfloat16 policy and seeding did not leak out.
+  assert tf.keras.mixed_precision.global_policy().name == 'float32'
+  assert (random.random(), np.random.random()) == expected
+
+  namespace = {}
+  exec(code, namespace)  # pylint: disable=exec-used
+  second = capsys.readouterr().out
+  assert second.startswith(
+      f'runs/notebook: already complete (metrics from 20')
+  assert 'epoch 1/3' not in second
+  assert namespace['result']['test_accuracy'] == result['test_accuracy']
+  assert isinstance(namespace['result'].model, tf.keras.Model)   # the export
+
+
+def test_errors_name_the_python_argument_or_the_flag():
+  from tftrain import errors  # pylint: disable=g-import-not-at-top
+  with pytest.raises(errors.ConfigError) as e:
+    config_lib.Config(batch_size=0)
+  assert str(e.value).startswith('batch_size=0: must be a positive integer')
+  e.value.from_flags = True
+  assert str(e.value).startswith('--batch_size=0: must be a positive integer')
+  with pytest.raises(errors.ConfigError) as e:
+    config_lib.Config(optimizer='adamax')
+  assert str(e.value).startswith("optimizer='adamax': choose one of")
+
+
+def test_package_lists_its_public_names():
+  import tftrain  # pylint: disable=g-import-not-at-top
+  assert tftrain.__all__ == ['Config', 'Result', 'train_and_evaluate',
+                             'errors']
+  assert set(tftrain.__all__) <= set(dir(tftrain))

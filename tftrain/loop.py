@@ -94,12 +94,24 @@ def train_and_evaluate(config: config_lib.Config, workdir: str,
     wall time, and 'status' (completed | early_stopped | interrupted;
     'interrupted_in': 'lr_finder' when a signal stopped the LR finder).
 
+  Process-wide state the run sets (mixed-precision policy, op determinism,
+  Python's and NumPy's RNG states) is restored afterwards; TensorFlow's global
+  seed stays at `config.seed` (`experiment.global_state_restored`).
+
   Raises:
     errors.ConfigError, errors.DataError (both before the workdir is
-    created), errors.WorkdirError (DiskFullError: no space left),
+    created), errors.ConfigMismatchError (the workdir holds a run trained
+    with other settings), errors.WorkdirError (DiskFullError: no space left),
     CheckpointError, NonFiniteError, WorkerLostError: each with a one-line
     message.
   """
+  with experiment.global_state_restored():
+    return _train_and_evaluate(config, workdir, hooks, model, datasets,
+                               num_classes, hook_factory)
+
+
+def _train_and_evaluate(config, workdir, hooks, model, datasets, num_classes,
+                        hook_factory) -> 'Result':
   strategy = distribute.create_strategy(config.strategy)
   # Before the workdir is created or touched.
   experiment.preflight(config, strategy, user_data=datasets is not None)

@@ -38,6 +38,7 @@ import tensorflow as tf
 from tftrain import config as config_lib
 from tftrain import data
 from tftrain import errors
+from tftrain import progress
 from tftrain import schedules
 from tftrain import signals
 from tftrain import workdir as workdir_lib
@@ -572,7 +573,7 @@ def find(exp, outdir: str, num_steps: Optional[int] = None,
                                outdir) from None
     result = _result(config, lrs, losses, smoothed, reason, settings,
                      time.time() - started)
-    logging.info('LR finder: %d steps (%s) in %.1f s; suggestions %s',
+    progress.say('LR finder: %d steps (%s) in %.1f s; suggestions %s',
                  len(lrs), reason, result.seconds,
                  {k: v and round(v, 5) for k, v in result.suggestions.items()})
     if getattr(exp, 'is_chief', True):
