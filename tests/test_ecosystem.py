@@ -20,7 +20,8 @@ def recorded_run(tiny_cifar_data_dir, tmp_path_factory):
   """One tiny run, shared by the tests that only read what it wrote."""
   workdir = str(tmp_path_factory.mktemp('recorded') / 'run')
   config = small_config(tiny_cifar_data_dir, epochs=2, hidden=(16, 8),
-                        learning_rate=0.0125, standardize=True)
+                        learning_rate=0.0125, standardize=True,
+                        profile_steps=(3, 6))
   result = loop.train_and_evaluate(config, workdir)
   return config, workdir, result
 
@@ -42,6 +43,7 @@ def test_flags_txt_replays_the_config_through_the_launcher_flags(recorded_run):
     lines = f.read().splitlines()
   assert '--learning_rate=0.0125' in lines and '--hidden=16,8' in lines
   assert '--standardize=true' in lines and '--progress=false' in lines
+  assert '--profile_steps=3,6' in lines
   # Through the flags of a launcher whose defaults differ (cifar10-like).
   fv = flags.FlagValues()
   launch_flags.define_flags(flag_values=fv, dataset='mnist', epochs=50,
@@ -208,3 +210,29 @@ def test_package_lists_its_public_names():
   assert tftrain.__all__ == ['Config', 'Result', 'train_and_evaluate',
                              'errors']
   assert set(tftrain.__all__) <= set(dir(tftrain))
+
+
+def test_profile_steps_trace_into_the_run_directory(recorded_run):
+  _, workdir, result = recorded_run
+  import glob  # pylint: disable=g-import-not-at-top
+  traces = glob.glob(os.path.join(workdir, 'plugins', 'profile', '*',
+                                  '*.xplane.pb'))
+  assert len(traces) == 1 and os.path.getsize(traces[0]) > 1000
+  # The calls cut at the window did not change what was trained or logged.
+  assert len(result['history']) == 2
+  # 20 steps, each observed (a short run observes at least 30 steps' worth).
+  loss = testing.read_scalars(os.path.join(workdir, 'train'))['loss']
+  assert [step for step, _ in loss] == list(range(1, 21))
+
+
+def test_profile_window_cuts_the_calls_at_its_steps():
+  from tftrain import chunks  # pylint: disable=g-import-not-at-top
+  window = chunks.ProfileWindow((5, 7), '/tmp/unused')
+  lengths, step = [], 0
+  while step < 20:
+    n = chunks.call_length(step, 20 - step, 8, breaks=window.breaks)
+    lengths.append(n)
+    step += n
+  assert lengths == [4, 3, 1, 8, 4]       # steps 1-4 | 5-7 | 8 | 9-16 | 17-20
+  with pytest.raises(config_lib.ConfigError, match='give START,END'):
+    config_lib.Config(profile_steps=(7, 5))

@@ -160,6 +160,10 @@ class Config:
       True, 'Log activation statistics (saturated/dead units) on a probe '
       'batch.')
   trace_graph: bool = _field(True, "Write the model's graph for TensorBoard.")
+  profile_steps: Tuple[int, ...] = _field(
+      (), 'START,END: a tf.profiler trace of global steps START..END into the '
+      "run directory, for TensorBoard's Profile tab (pip install "
+      "'tftrain[profile]'); empty: off.")
   stop_on_error: bool = _field(
       False, 'Stop at the first health error found while training (the '
       'checkpoint and the report are kept).')
@@ -217,6 +221,13 @@ class Config:
       if not values or any(not isinstance(h, int) or h <= 0 for h in values):
         raise ConfigError(name, ','.join(map(str, values)),
                           'must be a comma list of positive integers.')
+    steps = self.profile_steps
+    if steps and (len(steps) != 2 or any(
+        not isinstance(s, int) or isinstance(s, bool) or s < 1 for s in steps)
+                  or steps[0] > steps[1]):
+      raise ConfigError('profile_steps', ','.join(map(str, steps)),
+                        'give START,END: global steps 1 <= START <= END, '
+                        'e.g. 100,110 (empty: off).')
     for name in ('validation_size', 'patience', 'histogram_every_steps',
                  'mc_dropout_samples'):
       value = getattr(self, name)

@@ -223,6 +223,9 @@ class _Run:
     self.guard: Optional[signals.SignalGuard] = None
     self.live: Optional[checkup.LiveCheck] = None
     self.eval_ds = experiment.eval_datasets(exp)
+    self.profile = (chunks.ProfileWindow(self.config.profile_steps,
+                                         exp.workdir)
+                    if self.config.profile_steps and exp.is_chief else None)
 
   @property
   def step(self) -> int:
@@ -283,6 +286,13 @@ class _Run:
 
   def train(self) -> str:
     """The epochs; returns the status (completed, early_stopped, interrupted)."""
+    try:
+      return self._train_epochs()
+    finally:
+      if self.profile is not None:
+        self.profile.stop()     # a run that ended inside the window
+
+  def _train_epochs(self) -> str:
     epoch = int(self.state['epoch'].numpy())
     while epoch < self.config.epochs:
       stats = self.train_epoch(epoch)
@@ -313,7 +323,8 @@ class _Run:
     try:
       for out, seconds in chunks.calls(
           self.trainer, iterator, exp.steps_per_epoch - step_in_epoch,
-          config.steps_per_loop, exp.logger, first=self.first_loop):
+          config.steps_per_loop, exp.logger, first=self.first_loop,
+          profile=self.profile):
         step_in_epoch += out['steps_run']
         self._after_call(epoch, step_in_epoch, out, seconds, stats)
         if self._stopping():
