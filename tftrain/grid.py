@@ -14,7 +14,6 @@ test_accuracy, so `tensorboard --logdir root` shows a row per variant.
 import dataclasses
 import fnmatch
 import itertools
-import json
 import numbers
 import os
 import time
@@ -366,16 +365,15 @@ def run_variant(base: config_lib.Config, variant: Variant, root: str,
   clock = lambda exp, event, out: event == 'epoch' and stamps.append(
       time.time() - start)
   previous = {}
-  if os.path.exists(summary_path):
-    with open(summary_path) as f:
-      previous = json.load(f)
+  if tf.io.gfile.exists(summary_path):
+    previous = workdir_lib.read_json(summary_path)
   try:
     result = loop.train_and_evaluate(base.replace(**variant.overrides), run_dir,
                                      [clock], hook_factory=hook_factory)
   except errors.NonFiniteError as e:   # one diverging variant ≠ no grid
     logging.warning('variant %s diverged: %s', variant.name, e)
-    with open(os.path.join(run_dir, workdir_lib.METRICS_JSON)) as f:
-      result = json.load(f)
+    result = workdir_lib.read_json(os.path.join(run_dir,
+                                                workdir_lib.METRICS_JSON))
   history, earlier = result.get('history', []), previous.get('wall_seconds', [])
   if earlier and len(earlier) + len(stamps) == len(history):
     stamps = earlier + [earlier[-1] + s for s in stamps]
@@ -402,7 +400,7 @@ def run(base: config_lib.Config, variants: Sequence[Variant], root: str,
   per-run hooks (`loop.train_and_evaluate`). Returns {'rows', 'results' (name
   -> train_and_evaluate's result), 'paths', 'wall_seconds'}.
   """
-  os.makedirs(root, exist_ok=True)
+  tf.io.gfile.makedirs(root)
   hparams = write_hparams_config(root, variants)
   started, rows, results, paths = time.time(), [], {}, {}
   for i, variant in enumerate(variants, 1):

@@ -24,10 +24,10 @@ import contextlib
 import csv
 import dataclasses
 import glob
+import io
 import math
 import os
 import random
-import shutil
 import time
 from typing import Any, Callable, Dict, List, Optional
 
@@ -456,17 +456,17 @@ def plot(result: Result, path: str) -> None:
   # Lower left is empty: the curve starts high and ends on the right.
   ax.legend(loc='lower left', fontsize=9, framealpha=0.9)
   fig.tight_layout()
-  fig.savefig(path)
-  plt.close(fig)
+  workdir_lib.write_text(path, report.figure_png(fig), 'wb')
 
 
 def write_csv(result: Result, path: str) -> None:
-  with open(path, 'w', newline='') as f:
-    writer = csv.writer(f)
-    writer.writerow(['step', 'lr', 'loss', 'smoothed_loss'])
-    for i, (lr, loss, sm) in enumerate(
-        zip(result.lrs, result.losses, result.smoothed)):
-      writer.writerow([i, repr(float(lr)), repr(float(loss)), repr(float(sm))])
+  buf = io.StringIO()
+  writer = csv.writer(buf)
+  writer.writerow(['step', 'lr', 'loss', 'smoothed_loss'])
+  for i, (lr, loss, sm) in enumerate(
+      zip(result.lrs, result.losses, result.smoothed)):
+    writer.writerow([i, repr(float(lr)), repr(float(loss)), repr(float(sm))])
+  workdir_lib.write_text(path, buf.getvalue())
 
 
 def write_summaries(result: Result, logdir: str, png_path: str) -> None:
@@ -479,7 +479,7 @@ def write_summaries(result: Result, logdir: str, png_path: str) -> None:
         tf.summary.scalar(TAG_LOSS, loss, step=i)
       if math.isfinite(sm):
         tf.summary.scalar(TAG_SMOOTHED, sm, step=i)
-    with open(png_path, 'rb') as f:
+    with tf.io.gfile.GFile(png_path, 'rb') as f:
       image = tf.image.decode_png(f.read(), channels=4)
     tf.summary.image(TAG_PLOT, image[tf.newaxis], step=0)
   writer.flush()
@@ -487,31 +487,36 @@ def write_summaries(result: Result, logdir: str, png_path: str) -> None:
 
 
 def _write_outputs(result: Result, outdir: str) -> None:
-  """PNG, CSV, JSON and events into a temporary folder, then renamed to `outdir`."""
-  outdir = os.path.abspath(outdir)
-  os.makedirs(os.path.dirname(outdir), exist_ok=True)
+  """PNG, CSV, JSON and events into a temporary folder, then renamed to
+  `outdir` (written in place where folders cannot be renamed: ram://, gs://)."""
+  fs = tf.io.gfile
+  if workdir_lib.is_local(outdir):
+    outdir = os.path.abspath(outdir)
+  fs.makedirs(os.path.dirname(outdir))
   # Left by a process that was killed while writing (the workdir lock makes
   # sure no other finder is writing here now).
-  for stale in glob.glob(glob.escape(outdir) + '.tmp-*') + glob.glob(
+  for stale in fs.glob(glob.escape(outdir) + '.tmp-*') + fs.glob(
       glob.escape(outdir) + '.old-*'):
-    shutil.rmtree(stale, ignore_errors=True)
-  tmp = f'{outdir}.tmp-{os.getpid()}'
-  os.makedirs(tmp)
+    workdir_lib.remove_tree(stale)
+  tmp = workdir_lib.staging_dir(outdir, f'tmp-{os.getpid()}')
+  if tmp == outdir:     # no folder renames here: written in place
+    workdir_lib.remove_tree(outdir)
+  fs.makedirs(tmp)
   try:
     plot(result, os.path.join(tmp, PNG))
     write_csv(result, os.path.join(tmp, CSV))
     write_summaries(result, tmp, os.path.join(tmp, PNG))
     workdir_lib.write_json(os.path.join(tmp, JSON), result.summary(),
                            sort_keys=True)
-    if os.path.exists(outdir):   # a finder run before an unfinished start
+    if tmp != outdir and fs.exists(outdir):   # an earlier, unfinished start
       old = f'{outdir}.old-{os.getpid()}'
-      os.rename(outdir, old)
-      os.rename(tmp, outdir)
-      shutil.rmtree(old, ignore_errors=True)
-    else:
-      os.rename(tmp, outdir)
+      fs.rename(outdir, old)
+      fs.rename(tmp, outdir)
+      workdir_lib.remove_tree(old)
+    elif tmp != outdir:
+      fs.rename(tmp, outdir)
   except BaseException:
-    shutil.rmtree(tmp, ignore_errors=True)
+    workdir_lib.remove_tree(tmp)
     raise
 
 

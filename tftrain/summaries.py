@@ -262,10 +262,10 @@ class StepLogger:
 
 def read_records(path: str) -> List[Dict]:
   """Observations appended by `StepLogger`, one per step (a rerun's last wins)."""
-  if not path or not os.path.exists(path):
+  if not path or not tf.io.gfile.exists(path):
     return []
   by_step = {}
-  with open(path) as f:
+  with tf.io.gfile.GFile(path, 'r') as f:
     for line in f:
       try:
         record = json.loads(line)
