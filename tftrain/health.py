@@ -982,6 +982,10 @@ def _depth_grid(layer_names, steps, grad_norms) -> np.ndarray:
   return g.T
 
 
+ZERO_RGB = (255, 0, 0)              # exactly 0 (float32 underflow)
+NON_FINITE_RGB = (255, 255, 255)    # inf / nan
+
+
 def _log_range(grid):
   positive = np.isfinite(grid) & (grid > 0)
   logv = np.log10(np.where(positive, grid, 1.0))
@@ -1000,7 +1004,8 @@ def depth_time_heatmap_png(layer_names: Sequence[str], steps: Sequence[int],
   positive, logv, lo, hi = _log_range(grid)
   data = np.where(positive, logv, lo - 1.0)   # zeros below vmin: 'under'
   data = np.ma.masked_where(~np.isfinite(grid), data)
-  cmap = plt.get_cmap('viridis').with_extremes(under='red', bad='white')
+  cmap = plt.get_cmap('viridis').with_extremes(
+      under=[c / 255 for c in ZERO_RGB], bad=[c / 255 for c in NON_FINITE_RGB])
   rows, cols = grid.shape
   fig, ax = plt.subplots(figsize=(7, min(12, 2.5 + 0.12 * rows)), dpi=80)
   image = ax.imshow(data, aspect='auto', interpolation='nearest', cmap=cmap,
