@@ -37,5 +37,10 @@ flags.adopt_module_key_flags(launch_flags)   # --help lists them
 main = launch_flags.train_main('cifar10')
 
 
+def console():
+  """The `tftrain-cifar10` console script (pyproject.toml)."""
+  launch_flags.run(main)
+
+
 if __name__ == '__main__':
   launch_flags.run(main)

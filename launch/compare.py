@@ -121,5 +121,10 @@ def main(argv):
   launch_flags.run_main(body)
 
 
+def console():
+  """The `tftrain-compare` console script (pyproject.toml)."""
+  launch_flags.run(main)
+
+
 if __name__ == '__main__':
   launch_flags.run(main)

@@ -18,5 +18,10 @@ flags.adopt_module_key_flags(launch_flags)   # --help lists them
 main = launch_flags.train_main('mnist')
 
 
+def console():
+  """The `tftrain-mnist` console script (pyproject.toml)."""
+  launch_flags.run(main)
+
+
 if __name__ == '__main__':
   launch_flags.run(main)

@@ -93,3 +93,33 @@ def test_every_config_field_has_a_help_group():
              if f.name not in grouped]
   # A field named in no group is listed under the launcher's own heading.
   assert not missing, missing
+
+
+def test_console_scripts_point_at_each_launchers_entry(tmp_path):
+  """pyproject.toml's console scripts resolve, and one run as an installed
+  script would (argv[0] a path elsewhere) shows the launcher's --help."""
+  import os  # pylint: disable=g-import-not-at-top
+  import subprocess  # pylint: disable=g-import-not-at-top
+  import sys  # pylint: disable=g-import-not-at-top
+  import tomllib  # pylint: disable=g-import-not-at-top
+  from tests import conftest  # pylint: disable=g-import-not-at-top
+  with open(os.path.join(conftest.REPO_ROOT, 'pyproject.toml'), 'rb') as f:
+    project = tomllib.load(f)['project']
+  scripts = project['scripts']
+  assert set(scripts) == {'tftrain-mnist', 'tftrain-deep', 'tftrain-cifar10',
+                          'tftrain-compare', 'tftrain-lr-find',
+                          'tftrain-evaluate'}
+  assert 'tensorflow>=2.21' in project['dependencies']
+  assert os.path.exists(os.path.join(conftest.REPO_ROOT, 'tftrain', 'py.typed'))
+  for target in scripts.values():
+    module, _, attr = target.partition(':')
+    assert module.startswith('launch.') and attr == 'console'
+  code = ('import sys; sys.argv = ["/somewhere/bin/tftrain-cifar10", "--help"]; '
+          'from launch.cifar10 import console; console()')
+  out = subprocess.run([sys.executable, '-c', code], cwd=str(tmp_path),
+                       env=conftest.launcher_env(), capture_output=True,
+                       text=True, timeout=120)
+  assert out.returncode == 0, out.stderr
+  assert out.stdout.startswith('CIFAR-10 deep MLP')
+  assert "--batch_norm: Batch norm before or after the activation." in out.stdout
+  assert "(default: 'before')" in out.stdout

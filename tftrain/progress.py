@@ -19,15 +19,15 @@ PROGRESS_LOG_SECONDS = 60.0   # without a terminal: one progress line at most th
 
 
 def absl_logging_active() -> bool:
-  """Whether absl's log handler is installed (by app.run) and shows INFO."""
+  """Whether absl's log handler is installed (app.run does it)."""
   import logging as std_logging  # pylint: disable=g-import-not-at-top
-  return (logging.get_absl_handler() in std_logging.getLogger().handlers
-          and logging.level_info())
+  return logging.get_absl_handler() in std_logging.getLogger().handlers
 
 
 def say(message: str, *args) -> None:
-  """One line for the user: absl INFO under a launcher, else printed (a
-  notebook, a script or a test sees it without logging set-up)."""
+  """One line for the user: absl INFO under an absl app (shown at its
+  verbosity: the launchers' is INFO), else printed (a notebook, a script or a
+  test sees it without logging set-up)."""
   text = message % args if args else message
   if absl_logging_active():
     logging.info('%s', text)
