@@ -328,6 +328,16 @@ def report(result) -> int:
                    f'  (best epoch by --monitor: {result["best_epoch"]})')
   lines.append(f'test accuracy: {result["test_accuracy"]:.4f}  '
                f'test loss: {result["test_loss"]:.4f}')
+  if 'mc_test_accuracy' in result:
+    val = (f'val accuracy {result["mc_val_accuracy"]:.4f}  '
+           if 'mc_val_accuracy' in result else '')
+    lines.append(f'MC dropout ({result["mc_dropout_samples"]} samples): '
+                 f'{val}test accuracy {result["mc_test_accuracy"]:.4f}  '
+                 f'test loss {result["mc_test_loss"]:.4f}')
+  elif 'mc_dropout_samples' in FLAGS and FLAGS.mc_dropout_samples:
+    lines.append(f'MC dropout: none (--mc_dropout_samples='
+                 f'{FLAGS.mc_dropout_samples}, but the model has no dropout '
+                 'layers; add --dropout=RATE)')
   if 'health' in result:
     lines.append(result['health']['block'])
     lines.append(f'health report: {os.path.join(workdir, "health.md")}')

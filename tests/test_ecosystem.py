@@ -276,3 +276,45 @@ def test_a_run_on_tensorflows_in_memory_filesystem(tiny_cifar_data_dir,
   assert 'already complete' in capsys.readouterr().out
   assert isinstance(third.model, tf.keras.Model)   # from ram:// model.keras
   fs.rmtree('ram://tftrain-test')
+
+
+def test_launcher_report_prints_the_mc_dropout_metrics(capsys):
+  result = {'workdir': 'runs/x', 'status': 'completed', 'epochs_run': 2,
+            'wall_seconds': 3.0, 'test_accuracy': 0.5, 'test_loss': 1.5,
+            'mc_val_accuracy': 0.52, 'mc_test_accuracy': 0.51,
+            'mc_test_loss': 1.4, 'mc_dropout_samples': 10}
+  assert launch_flags.report(result) == 0
+  out = capsys.readouterr().out
+  assert ('MC dropout (10 samples): val accuracy 0.5200  test accuracy '
+          '0.5100  test loss 1.4000') in out
+
+
+@pytest.mark.parametrize('schedule, used', [('onecycle', 'minimum of smoothed'),
+                                            ('constant', 'divergence')])
+def test_lr_finder_plot_says_which_suggestion_the_run_used(schedule, used,
+                                                           monkeypatch,
+                                                           tmp_path):
+  import numpy as np  # pylint: disable=g-import-not-at-top
+  from tftrain import lr_finder  # pylint: disable=g-import-not-at-top
+  from tftrain import report  # pylint: disable=g-import-not-at-top
+  lrs = np.geomspace(1e-4, 1.0, 60)
+  losses = 2.0 - np.log10(lrs / 1e-4) * 0.3 + np.maximum(
+      0, np.log10(lrs) + 1) ** 2 * 20
+  result = lr_finder.Result(
+      lrs=lrs, losses=losses, smoothed=lr_finder.smooth(losses, 0.5),
+      suggestions=lr_finder.suggestions_for(lrs, losses, 'diverged'),
+      default='divergence', stop_reason='diverged', min_lr=0.05, min_loss=0.9,
+      schedule=schedule)
+  labels = {}
+  real = report.figure_png
+
+  def capture(fig):
+    labels['texts'] = [t.get_text() for t in fig.axes[0].get_legend().texts]
+    return real(fig)
+  monkeypatch.setattr(report, 'figure_png', capture)
+  lr_finder.plot(result, str(tmp_path / 'p.png'))
+  marked = [t for t in labels['texts'] if 'used by this run' in t]
+  assert len(marked) == 1 and marked[0].startswith(used), labels['texts']
+  assert not any('(default)' in t for t in labels['texts'])
+  assert result.summary()['used'] == ('onecycle_max' if schedule == 'onecycle'
+                                      else 'divergence')

@@ -112,10 +112,22 @@ class Result:
           'suggestion; lower --lr_find_start or raise --lr_find_max_steps.')
     return float(value)
 
+  @property
+  def used(self) -> str:
+    """Which rule `suggestion` follows: 'onecycle_max' (the smoothed-loss
+    minimum, for 1cycle) or the `default` (--lr_suggestion) rule's name."""
+    if self.schedule == 'onecycle':
+      return 'onecycle_max'
+    if self.suggestions.get(self.default) is not None:
+      return self.default
+    return next((n for n in SUGGESTIONS
+                 if self.suggestions.get(n) is not None), self.default)
+
   def summary(self) -> Dict[str, Any]:
     """A JSON-able digest (what `lr_finder.json` holds)."""
     return {
         'suggestion': self.suggestion, 'default': self.default,
+        'used': self.used,
         'schedule': self.schedule, 'onecycle_max': self.onecycle_max,
         'suggestions': {k: (None if v is None else float(v))
                         for k, v in self.suggestions.items()},
@@ -418,8 +430,10 @@ def plot(result: Result, path: str) -> None:
           label='loss per batch')
   ax.plot(lrs, smoothed, color='C0', lw=2.0,
           label=f'smoothed (EMA, beta={result.settings.get("beta", "?")})')
+  onecycle = result.schedule == 'onecycle'
   ax.axvline(result.min_lr, color='k', ls='--', lw=1.0,
-             label=f'minimum of smoothed loss (1cycle peak): '
+             label=f'minimum of smoothed loss (1cycle peak'
+             f'{", used by this run" if onecycle else ""}): '
              f'lr={result.min_lr:.3g}')
   if result.stop_reason in ('diverged', 'non_finite'):
     ax.axvline(lrs[-1], color='C4', ls=':', lw=1.2,
@@ -433,10 +447,12 @@ def plot(result: Result, path: str) -> None:
     if lr is None:
       continue
     y = float(np.interp(np.log10(lr), np.log10(lrs), smoothed))
-    default = ' (default)' if name == result.default else ''
+    note = ''
+    if name == result.default:   # --lr_suggestion: used unless 1cycle
+      note = (' (--lr_suggestion; not used: 1cycle peaks at the minimum)'
+              if onecycle else ' (--lr_suggestion, used by this run)')
     ax.plot([lr], [y], marker=markers[name], color=colors[name], ms=10,
-            ls='none', markeredgecolor='k',
-            label=f'{name}{default}: lr={lr:.3g}')
+            ls='none', markeredgecolor='k', label=f'{name}{note}: lr={lr:.3g}')
   ax.set_xscale('log')
   # The interesting part is below the start loss; the blow-up is clipped.
   fin_s = smoothed[np.isfinite(smoothed)]
