@@ -31,9 +31,15 @@ launch_flags.define_flags(**SEED_DEFAULTS)
 # mean/std. Measured on CIFAR-10: val accuracy 0.548 at the best-val-loss
 # epoch with it, 0.504 without.
 FLAGS.set_default('standardize', 'true')
+flags.adopt_module_key_flags(launch_flags)   # --help lists them
 
 
 main = launch_flags.train_main('cifar10')
+
+
+def console():
+  """The `tftrain-cifar10` console script (pyproject.toml)."""
+  launch_flags.run(main)
 
 
 if __name__ == '__main__':

@@ -50,6 +50,7 @@ flags.DEFINE_string('preset', None,
 flags.DEFINE_list('only', [],
                   'Run only variants matching these shell patterns '
                   "(e.g. 'bn-before_*,*_opt-sgd').")
+flags.adopt_module_key_flags(launch_flags)   # --help lists them
 
 
 def parse_learning_rates(items, defaults):
@@ -64,7 +65,8 @@ def parse_learning_rates(items, defaults):
       rate = -1.0
     if not name or not rate > 0:
       raise errors.ConfigError(
-          'learning_rates', item, 'must be name=positive number, e.g. adam=1e-3.')
+          'learning_rates', item, 'must be name=positive number, e.g. adam=1e-3.',
+          from_flags=True)
     rates[name] = rate
   return rates
 
@@ -81,7 +83,8 @@ def grid_axes():
     axis, _, values = item.partition('=')
     if not values or axis in axes:
       raise errors.ConfigError('grid', item,
-                               'give a new axis as field=value,value.')
+                               'give a new axis as field=value,value.',
+                               from_flags=True)
     axes[axis], names[axis] = values.split(','), 'grid'
   return axes, names
 
@@ -116,6 +119,11 @@ def main(argv):
     print(f'TensorBoard (HParams tab): tensorboard --logdir {workdir}')
     return 0
   launch_flags.run_main(body)
+
+
+def console():
+  """The `tftrain-compare` console script (pyproject.toml)."""
+  launch_flags.run(main)
 
 
 if __name__ == '__main__':

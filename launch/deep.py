@@ -28,6 +28,7 @@ launch_flags.define_flags(dataset='mnist', model='deep_mlp', depth=100,
                           decay_rate=0.1, decay_epochs=3.0, batch_size=32,
                           epochs=5, patience=0, log_every_steps=100,
                           histogram_every_steps=500)
+flags.adopt_module_key_flags(launch_flags)   # --help lists them
 
 
 def parse_activations(value: str):
@@ -40,7 +41,7 @@ def parse_activations(value: str):
     raise errors.ConfigError(
         'activation', value,
         'give one or a comma list of distinct names from '
-        f'{", ".join(config_lib.ACTIVATIONS)}.')
+        f'{", ".join(config_lib.ACTIVATIONS)}.', from_flags=True)
   return names
 
 
@@ -85,6 +86,11 @@ def main(argv):
     print(f'TensorBoard: tensorboard --logdir {workdir}')
     return 0
   launch_flags.run_main(body)
+
+
+def console():
+  """The `tftrain-deep` console script (pyproject.toml)."""
+  launch_flags.run(main)
 
 
 if __name__ == '__main__':

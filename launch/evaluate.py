@@ -30,10 +30,12 @@ def main(argv):
     from tftrain import errors  # pylint: disable=g-import-not-at-top
     if not FLAGS.workdir:
       raise errors.ConfigError('workdir', None,
-                               'name the run directory to evaluate.')
+                               'name the run directory to evaluate.',
+                               from_flags=True)
     if FLAGS.mc_dropout_samples < 0:
       raise errors.ConfigError('mc_dropout_samples',
-                               FLAGS.mc_dropout_samples, 'must be >= 0.')
+                               FLAGS.mc_dropout_samples, 'must be >= 0.',
+                               from_flags=True)
     from tftrain import export  # pylint: disable=g-import-not-at-top
     out = export.evaluate(FLAGS.workdir, FLAGS.data_dir, FLAGS.raw_data_dir,
                           FLAGS.mc_dropout_samples)
@@ -46,6 +48,11 @@ def main(argv):
             f'{out["mc_test_loss"]:.4f}')
     return 0
   launch_flags.run_main(body)
+
+
+def console():
+  """The `tftrain-evaluate` console script (pyproject.toml)."""
+  launch_flags.run(main)
 
 
 if __name__ == '__main__':

@@ -1,8 +1,10 @@
 """Flags shared by the launchers, validated at the edge, turned into a Config.
 
-Launchers call `define_flags(**defaults)` and then `run_main(body)`: every
-library error becomes one line on stderr naming the flag, value and fix, with a
-non-zero exit status and no traceback (`--verbose` shows it).
+Launchers call `define_flags(**defaults)`, adopt this module's flags as their
+key flags (`flags.adopt_module_key_flags(launch_flags)`, so `--help` lists
+them, grouped by `FLAG_GROUPS`) and then `run_main(body)`: every library error
+becomes one line on stderr naming the flag, value and fix, with a non-zero exit
+status and no traceback (`--verbose` shows it).
 """
 
 import dataclasses
@@ -24,6 +26,33 @@ FLAGS = flags.FLAGS
 
 
 _TRISTATE = {'auto': None, 'true': True, 'false': False}
+
+# `--help` headings, in order, and the flags under each (Config fields and the
+# launcher-only flags). A flag named nowhere is listed under its launcher's
+# own heading (e.g. launch.compare's --grid_* flags).
+FLAG_GROUPS = {
+    'data': ('dataset', 'data_dir', 'raw_data_dir', 'validation_size',
+             'standardize', 'batch_size', 'eval_batch_size'),
+    'model': ('model', 'hidden', 'depth', 'width', 'filters', 'activation',
+              'kernel_initializer', 'batch_norm', 'dropout', 'dropout_kind',
+              'dropout_placement'),
+    'optimizer': ('optimizer', 'learning_rate', 'momentum', 'beta_1', 'beta_2',
+                  'weight_decay'),
+    'schedule': ('schedule', 'cycle_momentum', 'decay_rate', 'decay_epochs',
+                 'boundaries_epochs', 'piecewise_factors', 'lr_find_start',
+                 'lr_find_end', 'lr_find_factor', 'lr_find_max_steps',
+                 'lr_find_stop_factor', 'lr_find_beta', 'lr_suggestion'),
+    'training': ('epochs', 'patience', 'monitor', 'seed', 'deterministic',
+                 'steps_per_loop', 'jit_compile', 'max_steps_per_epoch',
+                 'eval_test_every_epoch', 'mc_dropout_samples'),
+    'observability': ('log_every_steps', 'histogram_every_steps', 'grad_norms',
+                      'activation_stats', 'trace_graph', 'stop_on_error',
+                      'progress', 'profile_steps'),
+    'distribution': ('strategy', 'cpu_replicas', 'mixed_precision'),
+    'run': ('workdir', 'overwrite', 'repair', 'verbose'),
+}
+_GROUP_OF = {name: group for group, names in FLAG_GROUPS.items()
+             for name in names}
 
 
 def _kind(field) -> str:
@@ -74,13 +103,17 @@ def config_from_flags(flag_values=FLAGS, **overrides) -> config_lib.Config:
   """The Config the flags describe (raises ConfigError on a bad value)."""
   if flag_values.cpu_replicas < 0:
     raise errors.ConfigError('cpu_replicas', flag_values.cpu_replicas,
-                             'must be >= 0.')
+                             'must be >= 0.', from_flags=True)
   values = {field.name: config_lib.parse_field(field.name,
                                                flag_values[field.name].value)
             for field in dataclasses.fields(config_lib.Config)
             if field.name not in overrides}
   values.update(overrides)
-  return config_lib.Config(**values)
+  try:
+    return config_lib.Config(**values)
+  except errors.ConfigError as e:
+    e.from_flags = True      # the user wrote --name=value
+    raise
 
 
 # The run directory this process chose, and whether it existed then.
@@ -147,6 +180,8 @@ def run_main(body):
   except Exception as e:  # pylint: disable=broad-except
     if not isinstance(e, errors.USER_ERRORS):
       raise
+    if isinstance(e, errors.ConfigError):
+      e.from_flags = True    # every Config field is a flag of the same name
     _remove_failed_start(e)
     if FLAGS.verbose:
       traceback.print_exc()
@@ -171,14 +206,73 @@ def train_main(launcher: str):
   return main
 
 
-def run(main):
-  """app.run with quiet TensorFlow logs.
+def _flag_help(flag) -> str:
+  """One flag as absl's help shows it: name, help, default."""
+  name = f'--[no]{flag.name}' if flag.boolean else f'--{flag.name}'
+  text = f'{name}: {flag.help}'
+  if flag.default_as_str:
+    text += f'\n(default: {flag.default_as_str})'
+  return flags.text_wrap(text, indent='    ', firstline_indent='  ')
+
+
+def help_text(module: str, doc: str = '', flag_values=FLAGS) -> str:
+  """`--help`: the launcher's docstring and its key flags by `FLAG_GROUPS`.
+
+  Args:
+    module: the launcher's module name as absl registers its key flags
+      (`sys.argv[0]` for `python -m launch.x`, else e.g. 'launch.x').
+    doc: the launcher's docstring.
+    flag_values: the FlagValues holding the flags.
+  """
+  by_group = {}
+  own = module.rsplit('/', 1)[-1].rsplit('.', 1)[-1]
+  if own == 'py':     # a path: launch/deep.py
+    own = module.rsplit('/', 1)[-1][:-3]
+  for flag in flag_values.get_key_flags_for_module(module):
+    by_group.setdefault(_GROUP_OF.get(flag.name, own), []).append(flag)
+  order = [g for g in FLAG_GROUPS if g in by_group]
+  order += sorted(g for g in by_group if g not in FLAG_GROUPS)
+  lines = [doc.rstrip(), '', 'flags:']
+  for group in order:
+    lines.append(f'\n{group}:')
+    names = FLAG_GROUPS.get(group, ())
+    lines.extend(_flag_help(f) for f in sorted(
+        by_group[group], key=lambda f: (f.name not in names,
+                                        names.index(f.name) if f.name in names
+                                        else 0, f.name)))
+  lines.append('\nTry --helpfull to get a list of all flags (absl, TensorFlow).')
+  return '\n'.join(lines)
+
+
+_HELP_FLAGS = ('--help', '-help', '-?', '--helpshort', '-helpshort')
+
+# The launcher `run` is running: its module name (absl's key) and docstring.
+_launcher = {}
+
+
+def run(main, module_name=None):
+  """app.run with quiet TensorFlow logs and a grouped `--help`.
 
   TensorFlow's C++ log lines (start-up notes, and the errors it logs before
   raising them as Python exceptions, e.g. a lost multi-worker peer) are
   hidden unless --verbose or $TF_CPP_MIN_LOG_LEVEL says otherwise; the
   errors themselves reach the user as one line each.
+
+  Args:
+    main: the launcher's `main(argv)`.
+    module_name: the launcher's `__name__` (default: the caller's), whose
+      key flags and docstring `--help` shows; '__main__' for `python -m`.
   """
+  if module_name is None:
+    module_name = sys._getframe(1).f_globals['__name__']  # pylint: disable=protected-access
+  module = sys.modules.get(module_name)
+  _launcher['doc'] = (module.__doc__ or '') if module else ''
+  # absl names the flags of `python -m launch.x` after sys.argv[0].
+  _launcher['module'] = sys.argv[0] if module_name == '__main__' else module_name
+  from tftrain import signals  # pylint: disable=g-import-not-at-top
+  # A second Ctrl-C / SIGTERM ends a launcher at once (the library raises
+  # KeyboardInterrupt instead, which a notebook survives).
+  signals.SignalGuard.on_second_signal = lambda signum: os._exit(128 + signum)  # pylint: disable=protected-access
   logging.set_verbosity(logging.INFO)
   # INFO from tftrain and the launchers; only warnings from TF/TFDS internals.
   logging.get_absl_handler().addFilter(
@@ -188,7 +282,12 @@ def run(main):
 
 
 def _parse_flags(argv):
-  """absl flag parsing with a one-line error (absl's own prints two)."""
+  """absl flag parsing with a one-line error (absl's own prints two) and
+  the grouped `--help` (exit status 0)."""
+  args = argv[1:argv.index('--')] if '--' in argv else argv[1:]
+  if 'module' in _launcher and any(a in _HELP_FLAGS for a in args):
+    print(help_text(_launcher['module'], _launcher['doc']))
+    sys.exit(0)
   try:
     argv = FLAGS(argv)
   except flags.Error as e:
@@ -229,6 +328,16 @@ def report(result) -> int:
                    f'  (best epoch by --monitor: {result["best_epoch"]})')
   lines.append(f'test accuracy: {result["test_accuracy"]:.4f}  '
                f'test loss: {result["test_loss"]:.4f}')
+  if 'mc_test_accuracy' in result:
+    val = (f'val accuracy {result["mc_val_accuracy"]:.4f}  '
+           if 'mc_val_accuracy' in result else '')
+    lines.append(f'MC dropout ({result["mc_dropout_samples"]} samples): '
+                 f'{val}test accuracy {result["mc_test_accuracy"]:.4f}  '
+                 f'test loss {result["mc_test_loss"]:.4f}')
+  elif 'mc_dropout_samples' in FLAGS and FLAGS.mc_dropout_samples:
+    lines.append(f'MC dropout: none (--mc_dropout_samples='
+                 f'{FLAGS.mc_dropout_samples}, but the model has no dropout '
+                 'layers; add --dropout=RATE)')
   if 'health' in result:
     lines.append(result['health']['block'])
     lines.append(f'health report: {os.path.join(workdir, "health.md")}')

@@ -20,6 +20,7 @@ from launch import flags as launch_flags
 FLAGS = flags.FLAGS
 launch_flags.define_flags(dataset='mnist', model='mlp', optimizer='sgd',
                           batch_size=32)
+flags.adopt_module_key_flags(launch_flags)   # --help lists them
 
 
 def main(argv):
@@ -58,6 +59,11 @@ def main(argv):
     print('\n'.join(lines))
     return 0
   launch_flags.run_main(body)
+
+
+def console():
+  """The `tftrain-lr-find` console script (pyproject.toml)."""
+  launch_flags.run(main)
 
 
 if __name__ == '__main__':

@@ -12,9 +12,15 @@ FLAGS = flags.FLAGS
 launch_flags.define_flags(dataset='mnist', model='mlp', optimizer='sgd',
                           learning_rate=0.3, batch_size=32, epochs=30,
                           patience=10)
+flags.adopt_module_key_flags(launch_flags)   # --help lists them
 
 
 main = launch_flags.train_main('mnist')
+
+
+def console():
+  """The `tftrain-mnist` console script (pyproject.toml)."""
+  launch_flags.run(main)
 
 
 if __name__ == '__main__':

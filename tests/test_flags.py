@@ -60,3 +60,66 @@ def test_choices_are_listed_in_the_help():
   launch_flags.define_flags(flag_values=fv)
   assert 'One of: auto, constant, exponential, piecewise, onecycle.' in (
       fv['schedule'].help)
+
+
+def test_help_lists_the_launchers_own_flags_grouped():
+  """`python -m launch.deep --help` shows its flags under group headings
+  (absl key flags adopted from launch/flags.py), exit status 0."""
+  import subprocess  # pylint: disable=g-import-not-at-top
+  import sys  # pylint: disable=g-import-not-at-top
+  from tests import conftest  # pylint: disable=g-import-not-at-top
+  out = subprocess.run([sys.executable, '-m', 'launch.deep', '--help'],
+                       cwd=conftest.REPO_ROOT, env=conftest.launcher_env(),
+                       capture_output=True, text=True, timeout=120)
+  assert out.returncode == 0, out.stderr
+  text = out.stdout
+  assert text.startswith('Vanishing/exploding gradients made visible')
+  headings = ['data:', 'model:', 'optimizer:', 'schedule:', 'observability:',
+              'distribution:']
+  positions = [text.index(f'\n{h}\n') for h in headings]
+  assert positions == sorted(positions)
+  model = text[positions[1]:positions[2]]
+  assert '--activation: Hidden-layer activation.' in model
+  assert "(default: 'selu')" in model       # the launcher's own default
+  assert '--learning_rate:' in text[positions[2]:positions[3]]
+  assert '--log_every_steps:' in text[positions[4]:positions[5]]
+  assert '--strategy:' in text[positions[5]:]
+  assert '--workdir:' in text and 'tensorflow' not in text.split('flags:')[1][:200]
+
+
+def test_every_config_field_has_a_help_group():
+  grouped = {n for names in launch_flags.FLAG_GROUPS.values() for n in names}
+  missing = [f.name for f in dataclasses.fields(config_lib.Config)
+             if f.name not in grouped]
+  # A field named in no group is listed under the launcher's own heading.
+  assert not missing, missing
+
+
+def test_console_scripts_point_at_each_launchers_entry(tmp_path):
+  """pyproject.toml's console scripts resolve, and one run as an installed
+  script would (argv[0] a path elsewhere) shows the launcher's --help."""
+  import os  # pylint: disable=g-import-not-at-top
+  import subprocess  # pylint: disable=g-import-not-at-top
+  import sys  # pylint: disable=g-import-not-at-top
+  import tomllib  # pylint: disable=g-import-not-at-top
+  from tests import conftest  # pylint: disable=g-import-not-at-top
+  with open(os.path.join(conftest.REPO_ROOT, 'pyproject.toml'), 'rb') as f:
+    project = tomllib.load(f)['project']
+  scripts = project['scripts']
+  assert set(scripts) == {'tftrain-mnist', 'tftrain-deep', 'tftrain-cifar10',
+                          'tftrain-compare', 'tftrain-lr-find',
+                          'tftrain-evaluate'}
+  assert 'tensorflow>=2.21' in project['dependencies']
+  assert os.path.exists(os.path.join(conftest.REPO_ROOT, 'tftrain', 'py.typed'))
+  for target in scripts.values():
+    module, _, attr = target.partition(':')
+    assert module.startswith('launch.') and attr == 'console'
+  code = ('import sys; sys.argv = ["/somewhere/bin/tftrain-cifar10", "--help"]; '
+          'from launch.cifar10 import console; console()')
+  out = subprocess.run([sys.executable, '-c', code], cwd=str(tmp_path),
+                       env=conftest.launcher_env(), capture_output=True,
+                       text=True, timeout=120)
+  assert out.returncode == 0, out.stderr
+  assert out.stdout.startswith('CIFAR-10 deep MLP')
+  assert "--batch_norm: Batch norm before or after the activation." in out.stdout
+  assert "(default: 'before')" in out.stdout

@@ -10,6 +10,8 @@ from tftrain import progress
 
 def test_progress_bar_on_a_terminal_else_throttled_log_lines(monkeypatch,
                                                             caplog):
+  # Under a launcher (absl's handler installed): absl INFO lines.
+  monkeypatch.setattr(progress, 'absl_logging_active', lambda: True)
   config = config_lib.Config(epochs=2)
   sums = np.array([5.0, 4.0, 10.0])            # loss sum, correct, count
   monkeypatch.setattr(progress, 'is_terminal', lambda: False)
@@ -30,3 +32,14 @@ def test_progress_bar_on_a_terminal_else_throttled_log_lines(monkeypatch,
   bar.start_epoch(0, 0)
   assert bar.bar is not None
   assert progress.Progress(config.replace(progress=False), 10).bar_enabled is False
+
+
+def test_without_absl_set_up_the_lines_are_printed(capsys):
+  """A notebook or a script has no absl handler: the lines are printed."""
+  assert not progress.absl_logging_active()
+  config = config_lib.Config(epochs=2)
+  p = progress.Progress(config, steps_per_epoch=10)
+  p.end_epoch({'epoch': 1, 'loss': 0.5, 'accuracy': 0.75}, 10, 100.0)
+  out = capsys.readouterr().out
+  assert out.startswith('epoch 1/2 step 10 loss=0.5000 accuracy=0.7500 ')
+  assert out.count('\n') == 1

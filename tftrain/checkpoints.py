@@ -9,10 +9,8 @@ a full disk, a damaged dataset) to one-line errors.
 """
 
 import glob
-import json
 import os
 import re
-import shutil
 from typing import Any, Dict, List, Optional, Tuple
 
 import numpy as np
@@ -122,15 +120,13 @@ def save(manager, number, workdir: str, what: str = 'a checkpoint') -> None:
 
 def _remove_partial(prefix: str, latest: Optional[str]) -> None:
   """Deletes the files of the checkpoint `prefix` (never `latest`'s)."""
-  for path in glob.glob(glob.escape(prefix) + '[._]*'):
+  try:
+    paths = tf.io.gfile.glob(glob.escape(prefix) + '[._]*')
+  except tf.errors.OpError:
+    paths = []
+  for path in paths:
     if latest is None or not path.startswith(latest + '.'):
-      if os.path.isdir(path):
-        shutil.rmtree(path, ignore_errors=True)
-      else:
-        try:
-          os.remove(path)
-        except OSError:
-          pass
+      workdir_lib.remove_tree(path)
 
 
 def restore(ckpt, manager) -> bool:
@@ -142,8 +138,8 @@ def restore(ckpt, manager) -> bool:
   """
   path = manager.latest_checkpoint
   if path is None:
-    if os.path.isdir(manager.directory) and any(
-        n.startswith('ckpt') for n in os.listdir(manager.directory)):
+    if tf.io.gfile.isdir(manager.directory) and any(
+        n.startswith('ckpt') for n in tf.io.gfile.listdir(manager.directory)):
       raise errors.CheckpointError(
           f'{manager.directory} holds checkpoint files but no readable '
           "'checkpoint' index; nothing was changed: start fresh with a new "
@@ -170,8 +166,10 @@ def resume_dir(exp: experiment_lib.Experiment) -> str:
   """The run directory every worker resumes from: the chief's when visible."""
   if exp.is_chief:
     return exp.workdir
-  chief_dir = os.path.dirname(os.path.abspath(exp.workdir))
-  if os.path.isdir(os.path.join(chief_dir, workdir_lib.CHECKPOINTS)):
+  workdir = exp.workdir.rstrip('/')
+  chief_dir = os.path.dirname(os.path.abspath(workdir)
+                              if workdir_lib.is_local(workdir) else workdir)
+  if tf.io.gfile.isdir(os.path.join(chief_dir, workdir_lib.CHECKPOINTS)):
     return chief_dir
   return exp.workdir
 
@@ -199,7 +197,7 @@ def resume(exp: experiment_lib.Experiment, ckpt, manager, state
   """
   source_dir, restore_from = resume_dir(exp), manager
   if source_dir != exp.workdir:
-    shutil.rmtree(manager.directory, ignore_errors=True)
+    workdir_lib.remove_tree(manager.directory)
     manager = tf.train.CheckpointManager(ckpt, manager.directory,
                                          max_to_keep=3)
     restore_from = tf.train.CheckpointManager(
@@ -208,14 +206,13 @@ def resume(exp: experiment_lib.Experiment, ckpt, manager, state
   resumed = restore(ckpt, restore_from)
   history = []
   path = history_path(source_dir)
-  if resumed and os.path.exists(path):
+  if resumed and tf.io.gfile.exists(path):
     try:
-      with open(path) as f:
-        # history.json is written just before each epoch checkpoint: a run
-        # that stopped between the two has one record more than its
-        # checkpoint.
-        history = json.load(f)[:int(state['epoch'].numpy())]
-    except (OSError, ValueError, TypeError) as e:
+      # history.json is written just before each epoch checkpoint: a run
+      # that stopped between the two has one record more than its
+      # checkpoint.
+      history = workdir_lib.read_json(path)[:int(state['epoch'].numpy())]
+    except (OSError, ValueError, TypeError, tf.errors.OpError) as e:
       raise errors.CheckpointError(
           f'{path} cannot be read ({type(e).__name__}); nothing was changed: '
           'restore it, or start fresh with a new --workdir.') from e

@@ -6,13 +6,16 @@ a `Trainer.observed_step`, and the logger writing what each call measured.
 `calls` cuts a stretch of steps into such calls, ending on multiples of
 `--steps_per_loop` (where the hooks run), and yields each one's output;
 `run_hooks` hands it to the hooks. The training loop (`loop._Run.train_epoch`)
-and the benchmarks train through these three.
+and the benchmarks train through these three. A `ProfileWindow` traces the
+calls of `--profile_steps` with `tf.profiler`.
 """
 
 import time
 from typing import Any, Dict, Iterator, Optional, Sequence, Tuple
 
+from absl import logging
 import numpy as np
+import tensorflow as tf
 
 from tftrain import summaries
 from tftrain import trainer as trainer_lib
@@ -61,26 +64,81 @@ def run_steps(trainer: trainer_lib.Trainer, iterator, num_steps: int,
   return total
 
 
+class ProfileWindow:
+  """A `tf.profiler` trace of global steps [start, end] into `logdir`.
+
+  `calls` ends a compiled call after step start - 1 and after step end
+  (`breaks`), starts the profiler before the call holding `start` and stops
+  it after the one holding `end`, so the trace holds exactly those steps.
+  TensorBoard's Profile tab reads `<logdir>/plugins/profile/<time>/`.
+  """
+
+  def __init__(self, steps: Sequence[int], logdir: str):
+    self.start, self.end = int(steps[0]), int(steps[1])
+    self.logdir = logdir
+    self.active = False
+    self.done = False
+
+  @property
+  def breaks(self) -> Tuple[int, int]:
+    return self.start - 1, self.end
+
+  def before_call(self, next_step: int) -> None:
+    """Starts tracing if the call starting at global step `next_step` is in
+    the window."""
+    if self.active or self.done or not self.start <= next_step <= self.end:
+      return
+    try:
+      tf.profiler.experimental.start(self.logdir)
+    except (tf.errors.AlreadyExistsError, tf.errors.UnavailableError) as e:
+      logging.warning('--profile_steps: not traced, another profiler is '
+                      'running (%s).', type(e).__name__)
+      self.done = True
+      return
+    self.active = True
+
+  def after_call(self, step: int) -> None:
+    """Stops tracing once global step `step` reached the window's end."""
+    if self.active and step >= self.end:
+      self.stop()
+
+  def stop(self) -> None:
+    if self.active:
+      tf.profiler.experimental.stop()
+      self.active = False
+      self.done = True
+      from tftrain import progress  # pylint: disable=g-import-not-at-top
+      progress.say('profile: steps %d-%d traced into %s/plugins/profile/ '
+                   "(TensorBoard's Profile tab: pip install "
+                   "'tftrain[profile]')", self.start, self.end, self.logdir)
+
+
 def call_length(global_step: int, steps_left: int, steps_per_loop: int,
                 logger: Optional[summaries.StepLogger] = None,
-                first: bool = False) -> int:
+                first: bool = False, breaks: Sequence[int] = ()) -> int:
   """Steps of the next compiled call.
 
   Calls end on multiples of `steps_per_loop` (global steps), where the hooks
-  run; a `first` call trains only (compiling the observed step too would
-  delay the first numbers by a second trace).
+  run, and at each global step of `breaks`; a `first` call trains only
+  (compiling the observed step too would delay the first numbers by a second
+  trace).
   """
   n = min(steps_per_loop - global_step % steps_per_loop, steps_left)
   if first and logger is not None:
     k = logger.steps_to_observation(global_step)
     n = min(n, k - 1) if k and k > 1 else n
+  for b in breaks:
+    if global_step < b < global_step + n:
+      n = b - global_step
   return n
 
 
 def calls(trainer: trainer_lib.Trainer, iterator, num_steps: int,
           steps_per_loop: int, logger: Optional[summaries.StepLogger] = None,
-          first: bool = False) -> Iterator[Tuple[Dict[str, Any], float]]:
-  """Trains `num_steps` steps in calls of `call_length` steps.
+          first: bool = False, profile: Optional[ProfileWindow] = None
+          ) -> Iterator[Tuple[Dict[str, Any], float]]:
+  """Trains `num_steps` steps in calls of `call_length` steps (traced by
+  `profile` where its window says).
 
   Yields:
     (`run_steps`' output, its seconds) after each call; the caller may stop
@@ -90,10 +148,14 @@ def calls(trainer: trainer_lib.Trainer, iterator, num_steps: int,
   global_step = int(trainer.optimizer.iterations.numpy())
   while done < num_steps:
     n = call_length(global_step, num_steps - done, steps_per_loop, logger,
-                    first and not done)
+                    first and not done, profile.breaks if profile else ())
+    if profile is not None:
+      profile.before_call(global_step + 1)
     start = time.perf_counter()
     out = run_steps(trainer, iterator, n, logger)
     seconds = time.perf_counter() - start
+    if profile is not None:
+      profile.after_call(out['step'])
     done += n
     global_step = out['step']
     yield out, seconds

@@ -133,6 +133,11 @@ class Config:
   deterministic: bool = _field(
       False, 'Deterministic TF ops: a resumed run then ends with the same '
       'metrics as an uninterrupted one (may be slower on GPU).')
+  overwrite: bool = _field(
+      False, 'Start fresh in an existing --workdir: its old run is moved '
+      'aside to <workdir>.old-<time> (nothing is deleted). Without it an '
+      'existing run is resumed, or refused if it was trained with other '
+      'settings.')
   steps_per_loop: int = _field(
       100, 'Train steps per tf.function call (in-graph loop).')
   jit_compile: bool = _field(False, 'XLA-compile the train step.')
@@ -155,6 +160,10 @@ class Config:
       True, 'Log activation statistics (saturated/dead units) on a probe '
       'batch.')
   trace_graph: bool = _field(True, "Write the model's graph for TensorBoard.")
+  profile_steps: Tuple[int, ...] = _field(
+      (), 'START,END: a tf.profiler trace of global steps START..END into the '
+      "run directory, for TensorBoard's Profile tab (pip install "
+      "'tftrain[profile]'); empty: off.")
   stop_on_error: bool = _field(
       False, 'Stop at the first health error found while training (the '
       'checkpoint and the report are kept).')
@@ -184,6 +193,10 @@ class Config:
       'none', 'Keras mixed-precision policy.', MIXED_PRECISION)
 
   def __post_init__(self):
+    if self.overwrite and self.strategy == 'multi_worker':
+      raise ConfigError('overwrite', True, 'is not supported with '
+                        '--strategy=multi_worker (every worker would move the '
+                        'run); choose a new --workdir.')
     if not (isinstance(self.dataset, str) and self.dataset
             and all(c.isalnum() or c in '_./:-' for c in self.dataset)):
       raise ConfigError('dataset', self.dataset,
@@ -208,6 +221,13 @@ class Config:
       if not values or any(not isinstance(h, int) or h <= 0 for h in values):
         raise ConfigError(name, ','.join(map(str, values)),
                           'must be a comma list of positive integers.')
+    steps = self.profile_steps
+    if steps and (len(steps) != 2 or any(
+        not isinstance(s, int) or isinstance(s, bool) or s < 1 for s in steps)
+                  or steps[0] > steps[1]):
+      raise ConfigError('profile_steps', ','.join(map(str, steps)),
+                        'give START,END: global steps 1 <= START <= END, '
+                        'e.g. 100,110 (empty: off).')
     for name in ('validation_size', 'patience', 'histogram_every_steps',
                  'mc_dropout_samples'):
       value = getattr(self, name)
@@ -301,6 +321,17 @@ class Config:
 
 FIELD_TYPES = {f.name: f.type for f in dataclasses.fields(Config)}
 
+# Fields a resume may change: they change what a run logs or evaluates, where
+# its data is read from or how fast it runs, not what it trains. A resume
+# with another value of any other field is refused (`record.check_resume`);
+# `epochs` may change unless the schedule spans the run (1cycle).
+RESUME_SAFE_FIELDS = frozenset({
+    'log_every_steps', 'histogram_every_steps', 'grad_norms',
+    'activation_stats', 'trace_graph', 'stop_on_error', 'progress',
+    'profile_steps', 'eval_batch_size', 'eval_test_every_epoch',
+    'mc_dropout_samples', 'steps_per_loop', 'jit_compile', 'strategy',
+    'data_dir', 'raw_data_dir', 'overwrite'})
+
 
 def _parse_text(kinds, text: str):
   for kind in kinds:
@@ -351,3 +382,24 @@ def parse_field(name: str, value: Any) -> Any:
       ('none', 'auto') if bool in kinds else ('none',)):
     return None
   return _parse_text(kinds, value)
+
+
+def format_field(name: str, value: Any) -> Optional[str]:
+  """Config field `name`'s value as flag text: the inverse of `parse_field`.
+
+  Returns:
+    The text `--name=<text>` takes back to `value` (tuples as comma lists,
+    bools as true/false, an Optional[bool]'s None as 'auto', an Optional
+    text's None as 'none', floats exactly), or None when no flag text means
+    `value` (None of an Optional number: its flag is left at its default).
+  """
+  shape, kinds = field_type(name)
+  if shape == 'tuple':
+    return ','.join(repr(v) if isinstance(v, float) else str(v) for v in value)
+  if value is None:
+    if bool in kinds:
+      return 'auto'
+    return 'none' if str in kinds else None
+  if isinstance(value, bool):
+    return 'true' if value else 'false'
+  return repr(value) if isinstance(value, float) else str(value)

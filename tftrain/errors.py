@@ -10,12 +10,61 @@ from typing import Optional
 
 
 class ConfigError(ValueError):
-  """A bad configuration value; `field` is the flag/field to fix."""
+  """A bad configuration value; `field` is the flag/field to fix.
 
-  def __init__(self, field: str, value, fix: str):
+  Spelled as the Python argument (`num_classes=None: ...`) unless
+  `from_flags`: launchers set it on the errors they print, so the command
+  line reads `--num_classes=None: ...`.
+  """
+
+  def __init__(self, field: str, value, fix: str, from_flags: bool = False):
     self.field = field
     self.value = value
-    super().__init__(f'--{field}={value!s}: {fix}')
+    self.fix = fix
+    self.from_flags = from_flags
+    super().__init__(field, value, fix)
+
+  def __str__(self):
+    if self.from_flags:
+      return f'--{self.field}={self.value!s}: {self.fix}'
+    return f'{self.field}={self.value!r}: {self.fix}'
+
+
+def _flag_text(value) -> str:
+  if isinstance(value, (tuple, list)):
+    return ','.join(map(str, value))
+  if isinstance(value, bool):
+    return str(value).lower()
+  return str(value)
+
+
+class ConfigMismatchError(ConfigError):
+  """An existing run was trained with other values of fields that change
+  the training; `changes` is [(field, the run's value, the given value)]."""
+
+  def __init__(self, workdir: str, changes, from_flags: bool = False):
+    self.workdir = workdir
+    self.changes = list(changes)
+    super().__init__('workdir', workdir, 'holds a run trained with other '
+                     'settings', from_flags)
+
+  def __str__(self):
+    if self.from_flags:
+      diffs = ', '.join(f'--{f}={_flag_text(new)} (the run has '
+                        f'{_flag_text(old)})' for f, old, new in self.changes)
+      return (f'--workdir={self.workdir}: holds a run trained with other '
+              f'settings: {diffs}; rerun with the run\'s values, choose a new '
+              '--workdir, or add --overwrite to start fresh (the old run is '
+              'moved aside).')
+    diffs = ', '.join(f'{f}={new!r} (the run has {old!r})'
+                      for f, old, new in self.changes)
+    return (f'workdir={self.workdir!r} holds a run trained with other '
+            f'settings: {diffs}; pass the run\'s values, a new workdir, or '
+            'Config(overwrite=True) to start fresh (the old run is moved '
+            'aside).')
+
+  def __reduce__(self):
+    return (type(self), (self.workdir, self.changes, self.from_flags))
 
 
 class DataError(RuntimeError):

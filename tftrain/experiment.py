@@ -9,10 +9,13 @@ What a run derives from it lives here too: the schedule at a chosen peak
 datasets and the final metrics.
 """
 
+import contextlib
 import dataclasses
 import os
+import random
 from typing import Any, Callable, Dict, List, Optional, Sequence
 
+import numpy as np
 import tensorflow as tf
 
 from tftrain import config as config_lib
@@ -189,6 +192,31 @@ def build_experiment(config: config_lib.Config, workdir: str,
       records_path=os.path.join(run_dir, workdir_lib.OBSERVATIONS))
   return Experiment(config, strategy, trainer, cached, info, steps_per_epoch,
                     writers, is_chief, run_dir, logger, datasets is not None)
+
+
+@contextlib.contextmanager
+def global_state_restored():
+  """Restores what building a run sets process-wide, once the run is over.
+
+  `build_experiment` sets the Keras mixed-precision policy
+  (`--mixed_precision`), may turn on TF op determinism (`--deterministic`) and
+  seeds the global RNGs (`--seed`). Afterwards the policy, op determinism and
+  Python's and NumPy's global RNG states are as they were; TensorFlow's and
+  Keras's global seeds stay at `config.seed` (the seed the Config asked for;
+  `tf.keras.utils.set_random_seed`).
+  """
+  from tensorflow.python.framework import config as tf_config  # pylint: disable=g-import-not-at-top
+  policy = tf.keras.mixed_precision.global_policy()
+  determinism = tf_config.is_op_determinism_enabled()
+  python_rng, numpy_rng = random.getstate(), np.random.get_state()
+  try:
+    yield
+  finally:
+    tf.keras.mixed_precision.set_global_policy(policy)
+    if not determinism and tf_config.is_op_determinism_enabled():
+      tf_config.disable_op_determinism()
+    random.setstate(python_rng)
+    np.random.set_state(numpy_rng)
 
 
 def use_peak_learning_rate(exp: Experiment, learning_rate: float) -> None:

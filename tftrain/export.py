@@ -1,6 +1,7 @@
 """Export: a trained model that loads without tftrain's code or flags.
 
-`export(model, data_info, workdir)` writes `<workdir>/export/`:
+`export(model, data_info, workdir)` writes `<workdir>/export/` (replacing an
+older one whole: atomically on a local filesystem):
   saved_model/   a TF SavedModel whose `serving_default` signature takes raw
                  uint8 images [batch, H, W, C] and returns `logits` and
                  `probabilities` (the scaling to [0, 1] and the training
@@ -12,9 +13,7 @@ Load with `tf.saved_model.load(path).signatures['serving_default']` or
 `tf.keras.models.load_model(path)`.
 """
 
-import json
 import os
-import shutil
 from typing import Dict
 
 import tensorflow as tf
@@ -48,9 +47,9 @@ def export(model: tf.keras.Model, data_info, workdir: str,
            dataset: str = None) -> Dict[str, str]:
   """Writes `workdir/export/` (replacing an older export atomically)."""
   final = os.path.join(workdir, EXPORT_DIR)
-  tmp = final + '.tmp'
-  shutil.rmtree(tmp, ignore_errors=True)
-  os.makedirs(tmp)
+  tmp = workdir_lib.staging_dir(final)
+  workdir_lib.remove_tree(tmp)
+  tf.io.gfile.makedirs(tmp)
   serving = _Serving(model, tuple(data_info.image_shape), data_info.mean,
                      data_info.std)
   tf.saved_model.save(serving, os.path.join(tmp, 'saved_model'),
@@ -69,10 +68,14 @@ def export(model: tf.keras.Model, data_info, workdir: str,
           'std': list(data_info.std) if data_info.std else None,
           'dropout': models.has_dropout(model)}
   workdir_lib.write_json(os.path.join(tmp, 'export.json'), meta)
-  shutil.rmtree(final, ignore_errors=True)
-  os.replace(tmp, final)
+  workdir_lib.replace_dir(tmp, final)
   return {'dir': final, 'saved_model': os.path.join(final, 'saved_model'),
           'keras': os.path.join(final, 'model.keras')}
+
+
+def keras_path(workdir: str) -> str:
+  """Where a completed run's `.keras` model is."""
+  return os.path.join(workdir, EXPORT_DIR, 'model.keras')
 
 
 def _metrics(probs, labels):
@@ -93,12 +96,11 @@ def evaluate(workdir: str, data_dir=None, raw_data_dir=None,
   from tftrain import data  # pylint: disable=g-import-not-at-top
   root = os.path.join(workdir, EXPORT_DIR)
   meta_path = os.path.join(root, 'export.json')
-  if not os.path.exists(meta_path):
+  if not tf.io.gfile.exists(meta_path):
     raise errors.WorkdirError(
         f'--workdir={workdir}: no export/ in it; a completed run writes one '
         '(rerun the training command to finish the run).')
-  with open(meta_path) as f:
-    meta = json.load(f)
+  meta = workdir_lib.read_json(meta_path)
   data_dir = data.prepare(meta['dataset'], data_dir, raw_data_dir)
   test = tfds.load(meta['dataset'], split=split, data_dir=data_dir,
                    as_supervised=True, download=False).batch(batch_size)

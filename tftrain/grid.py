@@ -14,7 +14,6 @@ test_accuracy, so `tensorboard --logdir root` shows a row per variant.
 import dataclasses
 import fnmatch
 import itertools
-import json
 import numbers
 import os
 import time
@@ -71,15 +70,15 @@ def _with_rates(base, named, rates, flags) -> List[Variant]:
       if e.field not in flags:
         raise
       value = f'{e.field}={e.value}' if flags[e.field] == 'grid' else e.value
-      raise errors.ConfigError(flags[e.field], value,
-                               str(e).split(': ', 1)[-1]) from None
+      raise errors.ConfigError(flags[e.field], value, e.fix,
+                               from_flags=True) from None
     variants.append(Variant(name, overrides))
   names = [v.name for v in variants]
   for key in rates:
     if key not in config_lib.OPTIMIZERS and key not in names:
       raise errors.ConfigError(
           'learning_rates', key, 'is neither an optimizer nor a variant; '
-          f'variants: {", ".join(sorted(names))}.')
+          f'variants: {", ".join(sorted(names))}.', from_flags=True)
   return variants
 
 
@@ -100,7 +99,7 @@ def expand(grid: Mapping[str, Sequence[Any]], base: config_lib.Config,
     if axis not in _FIELDS or not values:
       raise errors.ConfigError('grid', axis, 'is not a Config field.'
                                if axis not in _FIELDS else
-                               'needs at least one value.')
+                               'needs at least one value.', from_flags=True)
   flags = {a: (flags or {}).get(a, f'grid_{a}') for a in grid}
   named = []
   for values in itertools.product(*grid.values()):
@@ -122,7 +121,8 @@ def preset(name: str, base: config_lib.Config,
   overridden)."""
   if name not in presets.PRESETS:
     raise errors.ConfigError('preset', name,
-                             f'choose one of {", ".join(presets.PRESETS)}.')
+                             f'choose one of {", ".join(presets.PRESETS)}.',
+                             from_flags=True)
   return _with_rates(base, presets.PRESETS[name], learning_rates or {}, {})
 
 
@@ -136,7 +136,7 @@ def select(variants: Sequence[Variant], patterns: Sequence[str]) -> List[Variant
     if not any(fnmatch.fnmatchcase(v.name, pattern) for v in variants):
       raise errors.ConfigError(
           'only', pattern, 'matches no variant; choose from '
-          f'{", ".join(v.name for v in variants)}.')
+          f'{", ".join(v.name for v in variants)}.', from_flags=True)
   return [v for v in variants if not patterns
           or any(fnmatch.fnmatchcase(v.name, p) for p in patterns)]
 
@@ -338,13 +338,12 @@ def write_hparams_config(root: str, variants: Sequence[Variant]) -> Dict:
 
 def write_hparams_run(run_dir: str, hparams: Mapping[str, Any],
                       row: Mapping[str, Any], start_time_secs: float) -> None:
-  """One run's hparam values and its `RUN_METRICS` scalars (None: skipped)."""
+  """One run's `RUN_METRICS` scalars (None: skipped). Its hparam values are
+  the HParams session every run writes (`record.write_hparams`: every Config
+  field; the tab shows the grid's axes, `write_hparams_config`)."""
+  del hparams, start_time_secs   # the run's session holds them
   writer = tf.summary.create_file_writer(run_dir)
   with writer.as_default(step=0):
-    hp.hparams({hparams[k]: v if isinstance(v, numbers.Real) else str(v)
-                for k, v in row['overrides'].items()},
-               trial_id=os.path.basename(run_dir.rstrip('/')),
-               start_time_secs=start_time_secs)
     for tag in RUN_METRICS:
       if row.get(tag) is not None:
         tf.summary.scalar(tag, float(row[tag]))
@@ -367,16 +366,15 @@ def run_variant(base: config_lib.Config, variant: Variant, root: str,
   clock = lambda exp, event, out: event == 'epoch' and stamps.append(
       time.time() - start)
   previous = {}
-  if os.path.exists(summary_path):
-    with open(summary_path) as f:
-      previous = json.load(f)
+  if tf.io.gfile.exists(summary_path):
+    previous = workdir_lib.read_json(summary_path)
   try:
     result = loop.train_and_evaluate(base.replace(**variant.overrides), run_dir,
                                      [clock], hook_factory=hook_factory)
   except errors.NonFiniteError as e:   # one diverging variant ≠ no grid
     logging.warning('variant %s diverged: %s', variant.name, e)
-    with open(os.path.join(run_dir, workdir_lib.METRICS_JSON)) as f:
-      result = json.load(f)
+    result = workdir_lib.read_json(os.path.join(run_dir,
+                                                workdir_lib.METRICS_JSON))
   history, earlier = result.get('history', []), previous.get('wall_seconds', [])
   if earlier and len(earlier) + len(stamps) == len(history):
     stamps = earlier + [earlier[-1] + s for s in stamps]
@@ -403,7 +401,7 @@ def run(base: config_lib.Config, variants: Sequence[Variant], root: str,
   per-run hooks (`loop.train_and_evaluate`). Returns {'rows', 'results' (name
   -> train_and_evaluate's result), 'paths', 'wall_seconds'}.
   """
-  os.makedirs(root, exist_ok=True)
+  tf.io.gfile.makedirs(root)
   hparams = write_hparams_config(root, variants)
   started, rows, results, paths = time.time(), [], {}, {}
   for i, variant in enumerate(variants, 1):

@@ -27,17 +27,47 @@ from tftrain import experiment
 from tftrain import export
 from tftrain import lr_finder
 from tftrain import progress as progress_lib
+from tftrain import record
 from tftrain import signals
 from tftrain import summaries
 from tftrain import workdir as workdir_lib
+
+
+class Result(dict):
+  """`train_and_evaluate`'s result: the metrics dict metrics.json holds (it
+  reads and JSON-serializes as before), plus `.model`, the trained Keras
+  model (for a run that was already complete, loaded from its
+  export/model.keras on first use; None if it has none)."""
+
+  def __init__(self, metrics=(), model=None, model_path: Optional[str] = None):
+    super().__init__(metrics)
+    self._model = model
+    self._model_path = model_path
+
+  @property
+  def model(self):
+    if self._model is None and self._model_path:
+      import tensorflow as tf  # pylint: disable=g-import-not-at-top
+      if tf.io.gfile.exists(self._model_path):
+        self._model = tf.keras.models.load_model(self._model_path)
+      self._model_path = None
+    return self._model
+
+  def __reduce__(self):     # pickles and copies as the metrics alone
+    return (Result, (dict(self),))
 
 
 def train_and_evaluate(config: config_lib.Config, workdir: str,
                        hooks: Sequence[experiment.Hook] = (), model=None,
                        datasets=None, num_classes: Optional[int] = None,
                        hook_factory: Optional[experiment.HookFactory] = None
-                       ) -> Dict[str, Any]:
+                       ) -> 'Result':
   """Trains `config` in `workdir` (resuming if it holds a checkpoint).
+
+  An existing run is resumed when its config.json matches `config` in every
+  field that changes the training (a changed logging field is allowed and
+  said), refused otherwise (`errors.ConfigMismatchError`), returned as it is
+  when it is already complete, or moved aside with `config.overwrite`.
 
   Args:
     config: the run's Config.
@@ -55,17 +85,30 @@ def train_and_evaluate(config: config_lib.Config, workdir: str,
       inside the workdir lock, and its hooks run after `hooks`.
 
   Returns:
-    Final metrics (also written to `workdir/metrics.json`): test_loss,
+    A `Result`: the final metrics (also written to `workdir/metrics.json`)
+    with the trained model as `.model`. The metrics: test_loss,
     test_accuracy, best validation metric and epoch, history per epoch,
     wall time, and 'status' (completed | early_stopped | interrupted;
     'interrupted_in': 'lr_finder' when a signal stopped the LR finder).
 
+  Process-wide state the run sets (mixed-precision policy, op determinism,
+  Python's and NumPy's RNG states) is restored afterwards; TensorFlow's global
+  seed stays at `config.seed` (`experiment.global_state_restored`).
+
   Raises:
     errors.ConfigError, errors.DataError (both before the workdir is
-    created), errors.WorkdirError (DiskFullError: no space left),
+    created), errors.ConfigMismatchError (the workdir holds a run trained
+    with other settings), errors.WorkdirError (DiskFullError: no space left),
     CheckpointError, NonFiniteError, WorkerLostError: each with a one-line
     message.
   """
+  with experiment.global_state_restored():
+    return _train_and_evaluate(config, workdir, hooks, model, datasets,
+                               num_classes, hook_factory)
+
+
+def _train_and_evaluate(config, workdir, hooks, model, datasets, num_classes,
+                        hook_factory) -> 'Result':
   strategy = distribute.create_strategy(config.strategy)
   # Before the workdir is created or touched.
   experiment.preflight(config, strategy, user_data=datasets is not None)
@@ -74,6 +117,26 @@ def train_and_evaluate(config: config_lib.Config, workdir: str,
   lock = (workdir_lib.WorkdirLock(workdir) if chief
           else contextlib.nullcontext())
   with lock:
+    started = time.time()
+    saved_config = record.read_config(workdir)
+    if config.overwrite and chief:
+      moved = workdir_lib.move_aside(workdir)
+      if moved:
+        progress_lib.say('%s: overwrite: the old run was moved to %s; '
+                         'starting fresh.', workdir, moved)
+      saved_config = None
+    elif saved_config is not None:
+      for note in record.check_resume(config, workdir, saved_config):
+        progress_lib.say(note)
+      done = record.completed_metrics(config, workdir)
+      if done is not None:
+        metrics, date = done
+        progress_lib.say(
+            '%s: already complete (metrics from %s); returning them. To '
+            'train again: a new workdir, or overwrite (--overwrite, '
+            'Config(overwrite=True)) to start fresh.', workdir, date)
+        return Result(dict(metrics, already_complete=True),
+                      model_path=export.keras_path(workdir))
     try:
       exp = experiment.build_experiment(config, workdir, strategy, model,
                                         datasets, num_classes)
@@ -82,6 +145,11 @@ def train_and_evaluate(config: config_lib.Config, workdir: str,
       if mapped is None:
         raise
       raise mapped from e
+    if chief:
+      record.write_run_files(config, workdir, saved_config is None, started,
+                             model is not None or datasets is not None)
+      if saved_config is None:
+        summaries.write_layout(exp.writers[summaries.TRAIN])
     if hook_factory is not None:
       hooks = [*hooks, *hook_factory(exp)]
     result = run(exp, hooks)
@@ -143,7 +211,7 @@ class _Run:
     (self.ckpt, self.manager, self.best_manager,
      self.state) = checkpoints.make_checkpoint(exp)
     self.history: List[Dict[str, Any]] = []
-    self.result: Dict[str, Any] = {'workdir': exp.workdir}
+    self.result = Result({'workdir': exp.workdir}, model=exp.trainer.model)
     self.started = time.time()
     self.has_val = 'validation' in exp.datasets
     self.monitor_sign = 1.0 if self.config.monitor == 'val_accuracy' else -1.0
@@ -152,6 +220,9 @@ class _Run:
     self.guard: Optional[signals.SignalGuard] = None
     self.live: Optional[checkup.LiveCheck] = None
     self.eval_ds = experiment.eval_datasets(exp)
+    self.profile = (chunks.ProfileWindow(self.config.profile_steps,
+                                         exp.workdir)
+                    if self.config.profile_steps and exp.is_chief else None)
 
   @property
   def step(self) -> int:
@@ -208,6 +279,13 @@ class _Run:
 
   def train(self) -> str:
     """The epochs; returns the status (completed, early_stopped, interrupted)."""
+    try:
+      return self._train_epochs()
+    finally:
+      if self.profile is not None:
+        self.profile.stop()     # a run that ended inside the window
+
+  def _train_epochs(self) -> str:
     epoch = int(self.state['epoch'].numpy())
     while epoch < self.config.epochs:
       stats = self.train_epoch(epoch)
@@ -238,7 +316,8 @@ class _Run:
     try:
       for out, seconds in chunks.calls(
           self.trainer, iterator, exp.steps_per_epoch - step_in_epoch,
-          config.steps_per_loop, exp.logger, first=self.first_loop):
+          config.steps_per_loop, exp.logger, first=self.first_loop,
+          profile=self.profile):
         step_in_epoch += out['steps_run']
         self._after_call(epoch, step_in_epoch, out, seconds, stats)
         if self._stopping():

@@ -24,10 +24,10 @@ import contextlib
 import csv
 import dataclasses
 import glob
+import io
 import math
 import os
 import random
-import shutil
 import time
 from typing import Any, Callable, Dict, List, Optional
 
@@ -38,6 +38,7 @@ import tensorflow as tf
 from tftrain import config as config_lib
 from tftrain import data
 from tftrain import errors
+from tftrain import progress
 from tftrain import schedules
 from tftrain import signals
 from tftrain import workdir as workdir_lib
@@ -111,10 +112,22 @@ class Result:
           'suggestion; lower --lr_find_start or raise --lr_find_max_steps.')
     return float(value)
 
+  @property
+  def used(self) -> str:
+    """Which rule `suggestion` follows: 'onecycle_max' (the smoothed-loss
+    minimum, for 1cycle) or the `default` (--lr_suggestion) rule's name."""
+    if self.schedule == 'onecycle':
+      return 'onecycle_max'
+    if self.suggestions.get(self.default) is not None:
+      return self.default
+    return next((n for n in SUGGESTIONS
+                 if self.suggestions.get(n) is not None), self.default)
+
   def summary(self) -> Dict[str, Any]:
     """A JSON-able digest (what `lr_finder.json` holds)."""
     return {
         'suggestion': self.suggestion, 'default': self.default,
+        'used': self.used,
         'schedule': self.schedule, 'onecycle_max': self.onecycle_max,
         'suggestions': {k: (None if v is None else float(v))
                         for k, v in self.suggestions.items()},
@@ -417,8 +430,10 @@ def plot(result: Result, path: str) -> None:
           label='loss per batch')
   ax.plot(lrs, smoothed, color='C0', lw=2.0,
           label=f'smoothed (EMA, beta={result.settings.get("beta", "?")})')
+  onecycle = result.schedule == 'onecycle'
   ax.axvline(result.min_lr, color='k', ls='--', lw=1.0,
-             label=f'minimum of smoothed loss (1cycle peak): '
+             label=f'minimum of smoothed loss (1cycle peak'
+             f'{", used by this run" if onecycle else ""}): '
              f'lr={result.min_lr:.3g}')
   if result.stop_reason in ('diverged', 'non_finite'):
     ax.axvline(lrs[-1], color='C4', ls=':', lw=1.2,
@@ -432,10 +447,12 @@ def plot(result: Result, path: str) -> None:
     if lr is None:
       continue
     y = float(np.interp(np.log10(lr), np.log10(lrs), smoothed))
-    default = ' (default)' if name == result.default else ''
+    note = ''
+    if name == result.default:   # --lr_suggestion: used unless 1cycle
+      note = (' (--lr_suggestion; not used: 1cycle peaks at the minimum)'
+              if onecycle else ' (--lr_suggestion, used by this run)')
     ax.plot([lr], [y], marker=markers[name], color=colors[name], ms=10,
-            ls='none', markeredgecolor='k',
-            label=f'{name}{default}: lr={lr:.3g}')
+            ls='none', markeredgecolor='k', label=f'{name}{note}: lr={lr:.3g}')
   ax.set_xscale('log')
   # The interesting part is below the start loss; the blow-up is clipped.
   fin_s = smoothed[np.isfinite(smoothed)]
@@ -455,17 +472,17 @@ def plot(result: Result, path: str) -> None:
   # Lower left is empty: the curve starts high and ends on the right.
   ax.legend(loc='lower left', fontsize=9, framealpha=0.9)
   fig.tight_layout()
-  fig.savefig(path)
-  plt.close(fig)
+  workdir_lib.write_text(path, report.figure_png(fig), 'wb')
 
 
 def write_csv(result: Result, path: str) -> None:
-  with open(path, 'w', newline='') as f:
-    writer = csv.writer(f)
-    writer.writerow(['step', 'lr', 'loss', 'smoothed_loss'])
-    for i, (lr, loss, sm) in enumerate(
-        zip(result.lrs, result.losses, result.smoothed)):
-      writer.writerow([i, repr(float(lr)), repr(float(loss)), repr(float(sm))])
+  buf = io.StringIO()
+  writer = csv.writer(buf)
+  writer.writerow(['step', 'lr', 'loss', 'smoothed_loss'])
+  for i, (lr, loss, sm) in enumerate(
+      zip(result.lrs, result.losses, result.smoothed)):
+    writer.writerow([i, repr(float(lr)), repr(float(loss)), repr(float(sm))])
+  workdir_lib.write_text(path, buf.getvalue())
 
 
 def write_summaries(result: Result, logdir: str, png_path: str) -> None:
@@ -478,7 +495,7 @@ def write_summaries(result: Result, logdir: str, png_path: str) -> None:
         tf.summary.scalar(TAG_LOSS, loss, step=i)
       if math.isfinite(sm):
         tf.summary.scalar(TAG_SMOOTHED, sm, step=i)
-    with open(png_path, 'rb') as f:
+    with tf.io.gfile.GFile(png_path, 'rb') as f:
       image = tf.image.decode_png(f.read(), channels=4)
     tf.summary.image(TAG_PLOT, image[tf.newaxis], step=0)
   writer.flush()
@@ -486,31 +503,36 @@ def write_summaries(result: Result, logdir: str, png_path: str) -> None:
 
 
 def _write_outputs(result: Result, outdir: str) -> None:
-  """PNG, CSV, JSON and events into a temporary folder, then renamed to `outdir`."""
-  outdir = os.path.abspath(outdir)
-  os.makedirs(os.path.dirname(outdir), exist_ok=True)
+  """PNG, CSV, JSON and events into a temporary folder, then renamed to
+  `outdir` (written in place where folders cannot be renamed: ram://, gs://)."""
+  fs = tf.io.gfile
+  if workdir_lib.is_local(outdir):
+    outdir = os.path.abspath(outdir)
+  fs.makedirs(os.path.dirname(outdir))
   # Left by a process that was killed while writing (the workdir lock makes
   # sure no other finder is writing here now).
-  for stale in glob.glob(glob.escape(outdir) + '.tmp-*') + glob.glob(
+  for stale in fs.glob(glob.escape(outdir) + '.tmp-*') + fs.glob(
       glob.escape(outdir) + '.old-*'):
-    shutil.rmtree(stale, ignore_errors=True)
-  tmp = f'{outdir}.tmp-{os.getpid()}'
-  os.makedirs(tmp)
+    workdir_lib.remove_tree(stale)
+  tmp = workdir_lib.staging_dir(outdir, f'tmp-{os.getpid()}')
+  if tmp == outdir:     # no folder renames here: written in place
+    workdir_lib.remove_tree(outdir)
+  fs.makedirs(tmp)
   try:
     plot(result, os.path.join(tmp, PNG))
     write_csv(result, os.path.join(tmp, CSV))
     write_summaries(result, tmp, os.path.join(tmp, PNG))
     workdir_lib.write_json(os.path.join(tmp, JSON), result.summary(),
                            sort_keys=True)
-    if os.path.exists(outdir):   # a finder run before an unfinished start
+    if tmp != outdir and fs.exists(outdir):   # an earlier, unfinished start
       old = f'{outdir}.old-{os.getpid()}'
-      os.rename(outdir, old)
-      os.rename(tmp, outdir)
-      shutil.rmtree(old, ignore_errors=True)
-    else:
-      os.rename(tmp, outdir)
+      fs.rename(outdir, old)
+      fs.rename(tmp, outdir)
+      workdir_lib.remove_tree(old)
+    elif tmp != outdir:
+      fs.rename(tmp, outdir)
   except BaseException:
-    shutil.rmtree(tmp, ignore_errors=True)
+    workdir_lib.remove_tree(tmp)
     raise
 
 
@@ -572,7 +594,7 @@ def find(exp, outdir: str, num_steps: Optional[int] = None,
                                outdir) from None
     result = _result(config, lrs, losses, smoothed, reason, settings,
                      time.time() - started)
-    logging.info('LR finder: %d steps (%s) in %.1f s; suggestions %s',
+    progress.say('LR finder: %d steps (%s) in %.1f s; suggestions %s',
                  len(lrs), reason, result.seconds,
                  {k: v and round(v, 5) for k, v in result.suggestions.items()})
     if getattr(exp, 'is_chief', True):

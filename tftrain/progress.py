@@ -1,4 +1,9 @@
-"""Training progress: the Keras bar on a terminal, else quiet log lines."""
+"""Training progress: the Keras bar on a terminal, else quiet log lines.
+
+The lines go through `say`: absl's INFO log under a launcher (app.run installs
+absl's handler), else `print`, so a notebook or a plain script sees one line
+per epoch without any logging set-up.
+"""
 
 import os
 import sys
@@ -11,6 +16,23 @@ import tensorflow as tf
 from tftrain import config as config_lib
 
 PROGRESS_LOG_SECONDS = 60.0   # without a terminal: one progress line at most this often
+
+
+def absl_logging_active() -> bool:
+  """Whether absl's log handler is installed (app.run does it)."""
+  import logging as std_logging  # pylint: disable=g-import-not-at-top
+  return logging.get_absl_handler() in std_logging.getLogger().handlers
+
+
+def say(message: str, *args) -> None:
+  """One line for the user: absl INFO under an absl app (shown at its
+  verbosity: the launchers' is INFO), else printed (a notebook, a script or a
+  test sees it without logging set-up)."""
+  text = message % args if args else message
+  if absl_logging_active():
+    logging.info('%s', text)
+  else:
+    print(text, flush=True)
 
 
 def is_terminal() -> bool:
@@ -84,26 +106,25 @@ class Progress:
     if (now - self._last_log >= self.log_seconds
         and step_in_epoch < self.steps_per_epoch):
       self._last_log = now
-      logging.info('progress: epoch %d step %d/%d (global step %d) loss=%.4f '
-                   'accuracy=%.4f examples/s=%.0f eta %s', self.epoch + 1,
-                   step_in_epoch, self.steps_per_epoch, global_step, loss,
-                   accuracy, speed, self.eta(step_in_epoch))
+      say('progress: epoch %d step %d/%d (global step %d) loss=%.4f '
+          'accuracy=%.4f examples/s=%.0f eta %s', self.epoch + 1,
+          step_in_epoch, self.steps_per_epoch, global_step, loss, accuracy,
+          speed, self.eta(step_in_epoch))
 
   def end_epoch(self, record, global_step: int,
                 examples_per_second: float) -> None:
     """Logs the epoch's one line: its record, throughput and ETA."""
-    logging.info('epoch %d/%d step %d %s examples/s=%.0f eta %s',
-                 record['epoch'], self.epochs, global_step,
-                 ' '.join(f'{k}={v:.4f}' for k, v in record.items()
-                          if k != 'epoch'),
-                 examples_per_second, self.eta(self.steps_per_epoch))
+    say('epoch %d/%d step %d %s examples/s=%.0f eta %s', record['epoch'],
+        self.epochs, global_step,
+        ' '.join(f'{k}={v:.4f}' for k, v in record.items() if k != 'epoch'),
+        examples_per_second, self.eta(self.steps_per_epoch))
     self._last_log = time.time()
 
   @staticmethod
   def first_call_done(steps: int) -> None:
     """Logs how long the start took (up to the first compiled call's end)."""
-    logging.info('first training loop done: %d steps, %.1f s after launch',
-                 steps, seconds_since_launch())
+    say('first training loop done: %d steps, %.1f s after launch', steps,
+        seconds_since_launch())
 
 
 def seconds_since_launch() -> float:

@@ -9,10 +9,13 @@ place the matplotlib backend is chosen ('Agg': files only, no display), and
 
 import csv
 import dataclasses
+import io
 import math
 from typing import Any, Callable, List, Mapping, Optional, Sequence, Tuple, Union
 
 import numpy as np
+
+from tftrain import workdir as workdir_lib
 
 Curve = Tuple[Sequence[float], Sequence[float]]
 Format = Union[str, Callable[[Any], str]]   # a format spec or value -> text
@@ -85,15 +88,16 @@ def write_table(rows: Sequence[Mapping[str, Any]], path_md: Optional[str],
   """
   columns = list(columns or columns_of(rows))
   if path_md:
-    with open(path_md, 'w') as f:
-      f.write(markdown_table(rows, columns, **markdown) + '\n' + notes)
+    workdir_lib.write_text(
+        path_md, markdown_table(rows, columns, **markdown) + '\n' + notes)
   if path_csv:
-    with open(path_csv, 'w', newline='') as f:
-      writer = csv.DictWriter(f, fieldnames=columns, extrasaction='ignore')
-      writer.writeheader()
-      for row in rows:
-        writer.writerow({c: '' if row.get(c) is None else row.get(c)
-                         for c in columns})
+    buf = io.StringIO()
+    writer = csv.DictWriter(buf, fieldnames=columns, extrasaction='ignore')
+    writer.writeheader()
+    for row in rows:
+      writer.writerow({c: '' if row.get(c) is None else row.get(c)
+                       for c in columns})
+    workdir_lib.write_text(path_csv, buf.getvalue())
   return columns
 
 
@@ -188,6 +192,5 @@ def plot_panels(panels: Sequence[Panel], path: str, suptitle: str = '',
   if suptitle:
     fig.suptitle(suptitle, fontsize=12)
   fig.tight_layout(rect=rect)
-  fig.savefig(path)
-  plt.close(fig)
+  workdir_lib.write_text(path, figure_png(fig), 'wb')
   return path

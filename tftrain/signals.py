@@ -1,10 +1,12 @@
-"""SIGINT/SIGTERM guard: the first signal asks for a clean stop, a second exits.
+"""SIGINT/SIGTERM guard: the first signal asks for a clean stop, a second
+interrupts at once.
 
 Used by the training loop (checkpoint, then stop) and the LR finder (restore
-the model, write nothing, raise `errors.Interrupted`).
+the model, write nothing, raise `errors.Interrupted`). The second signal
+raises KeyboardInterrupt: a notebook's kernel survives it. Only launchers end
+the process at once (`SignalGuard.on_second_signal`, set by launch/flags.py).
 """
 
-import os
 import signal
 import threading
 
@@ -12,13 +14,18 @@ from absl import logging
 
 
 class SignalGuard:
-  """First SIGINT/SIGTERM asks the loop to checkpoint and stop; a second exits.
+  """First SIGINT/SIGTERM asks the loop to checkpoint and stop; a second one
+  calls `on_second_signal(signum)` if set (a launcher exits there), else
+  raises KeyboardInterrupt.
 
   Guards nest: an inner guard (e.g. the LR finder's, inside `run`) shares the
   outermost one's state and handlers, so a signal is never lost between them.
   """
 
   _active = None    # the guard whose handlers are installed
+  # What a second signal does before KeyboardInterrupt is raised; launchers
+  # set it to end the process at once. The library never exits.
+  on_second_signal = None
 
   def __init__(self):
     self._signum = None
@@ -41,11 +48,13 @@ class SignalGuard:
 
   def _handle(self, signum, frame):
     del frame
-    if self._signum is not None:
-      os._exit(128 + signum)   # second signal: exit at once
+    if self._signum is not None:     # second signal: stop at once
+      if SignalGuard.on_second_signal is not None:
+        SignalGuard.on_second_signal(signum)  # pylint: disable=not-callable
+      raise KeyboardInterrupt(f'signal {signum} received twice')
     self._signum = signum
     logging.warning('Signal %d: stopping cleanly at the next safe point '
-                    '(training checkpoints first); send it again to exit at '
+                    '(training checkpoints first); send it again to stop at '
                     'once.', signum)
 
   def __exit__(self, *exc):

@@ -8,6 +8,9 @@ Tags (nested names become TensorBoard groups):
                 activation_std/act_NNN, activation_saturated/act_NNN or
                 activation_dead/act_NNN, grad_norm_vs_depth (image)
   validation/:  epoch_loss, epoch_accuracy
+
+`write_layout` adds TensorBoard's Custom Scalars layout (once per run): the
+epoch metrics, then one chart per per-layer quantity with every layer on it.
 """
 
 import json
@@ -21,6 +24,8 @@ from tensorboard.compat.proto import summary_pb2
 from tensorboard.compat.proto import tensor_pb2
 from tensorboard.compat.proto import tensor_shape_pb2
 from tensorboard.compat.proto import types_pb2
+from tensorboard.plugins.custom_scalar import layout_pb2
+from tensorboard.plugins.custom_scalar import metadata as custom_scalar_metadata
 from tensorboard.plugins.histogram import metadata as histogram_metadata
 from tensorboard.plugins.scalar import metadata as scalar_metadata
 import tensorflow as tf
@@ -257,10 +262,10 @@ class StepLogger:
 
 def read_records(path: str) -> List[Dict]:
   """Observations appended by `StepLogger`, one per step (a rerun's last wins)."""
-  if not path or not os.path.exists(path):
+  if not path or not tf.io.gfile.exists(path):
     return []
   by_step = {}
-  with open(path) as f:
+  with tf.io.gfile.GFile(path, 'r') as f:
     for line in f:
       try:
         record = json.loads(line)
@@ -290,6 +295,54 @@ def write_epoch_scalars(writers, record: Dict[str, float],
     write_scalars(writers[VALIDATION], record['epoch'], {
         'epoch_loss': record['val_loss'],
         'epoch_accuracy': record['val_accuracy']})
+
+
+# Custom Scalars: (chart title, tag regexes) per category, first shown first.
+# Each regex matches a tag from its start (TensorBoard's `re.match`); series
+# are drawn per tag, and built-in layer names are numbered in depth order
+# (dense_000, ..., logits; act_000, ...).
+LAYOUT = (
+    ('epoch metrics (train and validation)', (
+        ('epoch_loss', (r'epoch_loss$',)),
+        ('epoch_accuracy', (r'epoch_accuracy$',)),
+        ('loss and learning rate per step', (r'loss$', r'learning_rate$')),
+    )),
+    ('every layer, input to output', (
+        ('grad_norm: gradient norm per layer', (r'grad_norm/(?!global$).*',)),
+        ('update_ratio: ||dW|| / ||W|| per layer', (r'update_ratio/.*',)),
+        ('weight_norm per layer', (r'weight_norm/.*',)),
+        ('activation_std per layer (probe batch)', (r'activation_std/.*',)),
+        ('activation_saturated: fraction of saturated units',
+         (r'activation_saturated/.*',)),
+        ('activation_dead: fraction of dead units', (r'activation_dead/.*',)),
+    )),
+)
+
+
+def scalars_layout() -> layout_pb2.Layout:
+  """The Custom Scalars layout of `LAYOUT`: one multiline chart each."""
+  layout = layout_pb2.Layout()
+  for title, charts in LAYOUT:
+    category = layout.category.add(title=title)
+    for chart_title, regexes in charts:
+      category.chart.add(title=chart_title,
+                         multiline=layout_pb2.MultilineChartContent(
+                             tag=list(regexes)))
+  return layout
+
+
+def write_layout(writer) -> None:
+  """Writes `scalars_layout` (TensorBoard's Custom Scalars tab) at step 0."""
+  tensor = tensor_pb2.TensorProto(
+      dtype=types_pb2.DT_STRING,
+      string_val=[scalars_layout().SerializeToString()])
+  proto = summary_pb2.Summary()
+  proto.value.add(tag=custom_scalar_metadata.CONFIG_SUMMARY_TAG,
+                  metadata=custom_scalar_metadata.create_summary_metadata(),
+                  tensor=tensor)
+  with writer.as_default():
+    tf.summary.experimental.write_raw_pb(proto.SerializeToString(), step=0)
+  writer.flush()
 
 
 def trace_model_graph(writer, model, example_batch):

@@ -1,12 +1,26 @@
 """The run directory: its file names, writability, a lock a dead process
-cannot hold, a full disk, and the one JSON writer and JSON-lines appender."""
+cannot hold, a full disk, and the one JSON writer and JSON-lines appender.
+
+Every run file goes through `tf.io.gfile`, so a workdir may be any filesystem
+TensorFlow has (`gs://...`, `ram://...` in tests), not only a local folder.
+The pid lock needs a local filesystem and is skipped, with a note, elsewhere.
+"""
 
 import errno
 import json
 import os
 import socket
+import time
+from typing import Optional
 
 from tftrain import errors
+
+
+def gfile():
+  """`tf.io.gfile`, imported on first use (launchers import this module for
+  the file names before TensorFlow loads)."""
+  import tensorflow as tf  # pylint: disable=g-import-not-at-top
+  return tf.io.gfile
 
 # The files and folders of a run directory.
 METRICS_JSON = 'metrics.json'          # the result (also partial: diverged, interrupted)
@@ -17,23 +31,60 @@ CHECKPOINTS = 'checkpoints'            # the latest checkpoints (resume)
 BEST = 'best'                          # the best epoch's weights
 LR_FINDER = 'lr_finder'                # the LR finder's outputs
 GRAD_NORM_HEATMAP = 'grad_norm_heatmap.png'
+CONFIG_JSON = 'config.json'            # the resolved Config (dataclasses.asdict)
+FLAGS_TXT = 'flags.txt'                # the Config as flags: --flagfile replays it
 LOCK = '.lock'
+
+
+def is_local(path: str) -> bool:
+  """Whether `path` is on the local filesystem (no `scheme://` but file://)."""
+  return '://' not in path or path.startswith('file://')
 
 
 def write_json(path: str, obj, sort_keys: bool = False) -> None:
   """Writes `obj` as indented JSON, atomically (a reader never sees half a
   file; numpy scalars are written as floats)."""
+  write_text(path, json.dumps(obj, indent=2, sort_keys=sort_keys,
+                              default=float))
+
+
+def read_json(path: str):
+  """The JSON value in `path`."""
+  with gfile().GFile(path, 'r') as f:
+    return json.loads(f.read())
+
+
+def read_text(path: str) -> str:
+  with gfile().GFile(path, 'r') as f:
+    return f.read()
+
+
+def write_text(path: str, text, mode: str = 'w') -> None:
+  """Writes `text` (str, or bytes with mode 'wb') to `path` atomically."""
+  fs = gfile()
   tmp = path + '.tmp'
-  with open(tmp, 'w') as f:
-    json.dump(obj, f, indent=2, sort_keys=sort_keys, default=float)
-  os.replace(tmp, path)
+  with fs.GFile(tmp, mode) as f:
+    f.write(text)
+  fs.rename(tmp, path, overwrite=True)
 
 
 def append_jsonl(path: str, record) -> None:
   """Appends `record` as one JSON line (a line cut short by a kill is skipped
   by the readers)."""
-  with open(path, 'a') as f:
+  with gfile().GFile(path, 'a') as f:
     f.write(json.dumps(record) + '\n')
+
+
+def remove_tree(path: str) -> None:
+  """Deletes the folder or file `path` if it exists (errors ignored)."""
+  fs = gfile()
+  try:
+    if fs.isdir(path):
+      fs.rmtree(path)
+    elif fs.exists(path):
+      fs.remove(path)
+  except Exception:  # pylint: disable=broad-except
+    pass   # as shutil.rmtree(ignore_errors=True)
 
 
 _NO_SPACE_ERRNOS = (errno.ENOSPC, errno.EDQUOT)
@@ -54,16 +105,70 @@ def is_disk_full(error: BaseException) -> bool:
 
 def ensure_writable(workdir: str) -> None:
   """Creates `workdir` if needed and checks that files can be written in it."""
+  import tensorflow as tf  # pylint: disable=g-import-not-at-top
+  fs = tf.io.gfile
   try:
-    os.makedirs(workdir, exist_ok=True)
+    fs.makedirs(workdir)
     probe = os.path.join(workdir, f'.write_probe.{os.getpid()}')
-    with open(probe, 'w') as f:
+    with fs.GFile(probe, 'w') as f:
       f.write('ok')
-    os.remove(probe)
-  except OSError as e:
+    fs.remove(probe)
+  except (OSError, tf.errors.OpError) as e:
+    reason = getattr(e, 'strerror', None) or errors.first_line(e)
     raise errors.WorkdirError(
-        f'--workdir={workdir}: cannot be created or written ({e.strerror}); '
+        f'--workdir={workdir}: cannot be created or written ({reason}); '
         'choose a writable folder.') from e
+
+
+def staging_dir(final: str, tag: str = 'tmp') -> str:
+  """Where to write a folder that replaces `final` whole: `final.<tag>` on a
+  local filesystem (`replace_dir` then renames it, atomically), `final`
+  itself elsewhere (object stores and ram:// cannot rename a folder)."""
+  return f'{final}.{tag}' if is_local(final) else final
+
+
+def replace_dir(staged: str, final: str) -> None:
+  """Puts the folder `staging_dir` gave in place of `final`."""
+  if staged != final:
+    remove_tree(final)
+    gfile().rename(staged, final)
+
+
+def move(src: str, dst: str) -> None:
+  """Moves the file or folder `src` to `dst` (file by file where folders
+  cannot be renamed)."""
+  fs = gfile()
+  if is_local(src) or not fs.isdir(src):
+    fs.rename(src, dst)
+    return
+  for root, _, files in fs.walk(src):
+    target = os.path.join(dst, os.path.relpath(root, src))
+    fs.makedirs(target)
+    for name in files:
+      fs.rename(os.path.join(root, name), os.path.join(target, name))
+  remove_tree(src)
+
+
+def move_aside(workdir: str) -> Optional[str]:
+  """Moves everything in `workdir` but the lock to `<workdir>.old-<time>`.
+
+  Returns:
+    The folder the old run is now in (None: `workdir` held nothing).
+  """
+  fs = gfile()
+  entries = [e.rstrip('/') for e in fs.listdir(workdir)]
+  entries = [e for e in entries if e != LOCK]
+  if not entries:
+    return None
+  base = f'{workdir.rstrip("/")}.old-{time.strftime("%Y%m%d-%H%M%S")}'
+  dest, n = base, 1
+  while fs.exists(dest):
+    n += 1
+    dest = f'{base}-{n}'
+  fs.makedirs(dest)
+  for entry in entries:
+    move(os.path.join(workdir, entry), os.path.join(dest, entry))
+  return dest
 
 
 def _pid_alive(pid: int) -> bool:
@@ -77,13 +182,25 @@ def _pid_alive(pid: int) -> bool:
 
 
 class WorkdirLock:
-  """`workdir/.lock` holding the owner's pid; stale locks (dead pid) are taken over."""
+  """`workdir/.lock` holding the owner's pid; stale locks (dead pid) are taken over.
+
+  Only on a local filesystem: an object store (`gs://`) has no exclusive
+  create, so there the lock is skipped with a logged note (one run per
+  workdir is then up to you).
+  """
 
   def __init__(self, workdir: str):
     self.path = os.path.join(workdir, LOCK)
     self._held = False
+    self.skipped = not is_local(workdir)
 
   def acquire(self) -> None:
+    if self.skipped:
+      from absl import logging  # pylint: disable=g-import-not-at-top
+      logging.warning('--workdir=%s: not a local filesystem, so no pid lock '
+                      'guards it; make sure no other run uses it.',
+                      os.path.dirname(self.path))
+      return
     me = {'pid': os.getpid(), 'host': socket.gethostname()}
     for _ in range(2):
       try:
