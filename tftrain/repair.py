@@ -682,7 +682,7 @@ def rebuild(model: tf.keras.Model, change: Optional[ModelChange],
           [tf.keras.Input(shape=model.input_shape[1:])] + new_model.layers[:-1],
           name=model.name)
     else:
-      new_model = tf.keras.Model(new_model.inputs,
+      new_model = tf.keras.Model(new_model.input,
                                  new_model.get_layer(output.name).input,
                                  name=model.name)
   if copy_weights and not (params.get('kernel_initializer')
