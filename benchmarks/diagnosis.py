@@ -22,7 +22,7 @@ of the first finding (the live checks log it while training). Writes
 benchmarks/results/diagnosis.md|json and exits 1 when a target is missed.
 
 `--repair` then repairs every broken case (`tftrain.repair.repair` on its run
-directory, errors only) and scores it (`repair_scores`): the repair rate
+directory: its errors, or its warnings when it has no error) and scores it (`repair_scores`): the repair rate
 (broken cases whose repaired run reaches the healthy twin's mean test
 accuracy minus 1 point, with the original's final budget), the same rate for
 a random-remedy baseline (as many candidates as the repair tried, drawn at
@@ -449,7 +449,12 @@ def repair_case(base: str, fault: str, arrays, root: str, twin_acc: float
   name = f'{base}-{fault}-0'
   workdir = os.path.join(root, name)
   config, build, datasets = case_inputs(base, fault, 0, arrays)
-  config = config.replace(repair='errors')
+  # --repair=errors, or =warnings when the report has no error (a broken
+  # run whose report only warns is still to be repaired).
+  with open(os.path.join(workdir, health_lib.HEALTH_JSON)) as f:
+    severities = {x['severity'] for x in json.load(f)['findings']}
+  config = config.replace(
+      repair='errors' if 'error' in severities else 'warnings')
   start = time.perf_counter()
   rep = repair_lib.repair(config, workdir, None, model=build,
                           datasets=datasets, num_classes=10)['repair']
@@ -474,7 +479,7 @@ def repair_case(base: str, fault: str, arrays, root: str, twin_acc: float
   limit = twin_acc - 0.01
   comp = rep.get('compute') or {}
   return {
-      'case': name, 'fault': fault,
+      'case': name, 'fault': fault, 'mode': config.repair,
       'level': 'data' if FAULTS[fault].data else 'config/model',
       'twin_acc': twin_acc,
       'broken_acc': rep['before_after'][0].get('test_accuracy'),
@@ -527,7 +532,8 @@ def repair_scores(rows, twins, arrays, root) -> bool:
   return common.report(
       'diagnosis_repair', 'Repair benchmark: broken cases repaired vs a '
       'random-remedy baseline (same compute)', out,
-      ['case', 'level', 'twin_acc', 'broken_acc', 'findings', 'candidates',
+      ['case', 'level', 'mode', 'twin_acc', 'broken_acc', 'findings',
+       'candidates',
        'chosen', 'repaired_acc', 'repaired', 'repair_x', 'random_picks',
        'random_chosen', 'random_acc', 'random_repaired', 'random_x',
        'seconds', 'random_seconds'], targets)

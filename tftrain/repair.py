@@ -1031,9 +1031,10 @@ def format_block(rep: Dict[str, Any]) -> str:
     lines.append(f'  {c["name"]:<18} {c["description"]}: {trial}{mark}')
   for row in rep.get('before_after', []):
     lines.append(f'  {row["run"]:<18} {row["status"]}: val_accuracy '
-                 f'{_fmt(row["val_accuracy"])}, test accuracy '
-                 f'{_fmt(row["test_accuracy"])}; health: '
-                 f'{row["health"] or "no problems found"}')
+                 f'{_fmt(row.get("val_accuracy"))}, test accuracy '
+                 f'{_fmt(row.get("test_accuracy"))}; health: '
+                 f'{row.get("health") or "no problems found"}'
+                 + (f' ({row["error"]})' if row.get('error') else ''))
   comp = rep.get('compute')
   if comp and comp.get('multiple') is not None:
     lines.append(f'  extra compute: {comp["trial_runs"]} trials '
@@ -1130,7 +1131,7 @@ def _summary(rep) -> str:
            'not_improved': 'not improved'}[rep['status']]
 
   def acc(row, key):
-    return 'diverged' if row['status'] == 'diverged' else _fmt(row[key])
+    return 'diverged' if row['status'] == 'diverged' else _fmt(row.get(key))
   return (f'{words} by {chosen} ({len(rep["candidates"])} candidate'
           f'{"s" * (len(rep["candidates"]) != 1)} for {kinds}): val_accuracy '
           f'{acc(before, "val_accuracy")} -> {acc(after, "val_accuracy")}, '
