@@ -3,6 +3,7 @@
   python -m benchmarks.diagnosis            # the whole suite (~30 min, 2 cores)
   python -m benchmarks.diagnosis --quick    # a few cases (the slow test)
   python -m benchmarks.diagnosis --only=mlp/softmax_output,mlp/unscaled
+  python -m benchmarks.diagnosis --repair   # also repair each broken case
 
 Every case goes through the public API (`train_and_evaluate` with `model=` and
 `datasets=`): a base model (MNIST MLP, 20-layer CIFAR-10 net with and without
@@ -19,6 +20,16 @@ Scores: detection recall (broken cases with any finding), false alarms
 whose kind fits the fault, out of all findings on broken cases) and the step
 of the first finding (the live checks log it while training). Writes
 benchmarks/results/diagnosis.md|json and exits 1 when a target is missed.
+
+`--repair` then repairs every broken case (`tftrain.repair.repair` on its run
+directory: its errors, or its warnings when it has no error) and scores it (`repair_scores`): the repair rate
+(broken cases whose repaired run reaches the healthy twin's mean test
+accuracy minus 1 point, with the original's final budget), the same rate for
+a random-remedy baseline (as many candidates as the repair tried, drawn at
+random from every remedy that applies to the case's model, through the same
+short trials and final run: the same compute) and the compute of each as a
+multiple of the original budget. Writes
+benchmarks/results/diagnosis_repair.md|json.
 """
 
 import dataclasses
@@ -28,6 +39,7 @@ import os
 import sys
 import tempfile
 import time
+import zlib
 from typing import Any, Callable, Dict, Optional
 
 from absl import app
@@ -44,6 +56,7 @@ from tftrain import errors
 from tftrain import health as health_lib
 from tftrain import loop
 from tftrain import models
+from tftrain import repair as repair_lib
 from tftrain import workdir as workdir_lib
 
 flags.DEFINE_bool('quick', False, 'A few MNIST MLP cases and one twin seed.')
@@ -53,6 +66,8 @@ flags.DEFINE_string('workdir', None, 'Where the runs go (default: a temp dir).')
 flags.DEFINE_bool('rescore', False, 'Train nothing: judge the runs already in '
                   '--workdir again with the current detectors (their saved '
                   'records; the live first-finding step is the saved one).')
+flags.DEFINE_bool('repair', False, 'Also repair every broken case and score '
+                  'the repairs against a random-remedy baseline.')
 FLAGS = flags.FLAGS
 
 SIZES = {'mnist': (8000, 2000, 2000), 'cifar10': (10000, 2000, 2000)}
@@ -415,7 +430,137 @@ def main(argv):
       'Diagnosis benchmark: broken runs and healthy twins', table,
       ['case', 'fault', 'test_acc', 'verdict', 'findings', 'first_step',
        'seconds'], targets)
+  if FLAGS.repair:
+    ok = repair_scores(rows, twins, arrays, root) and ok
   sys.exit(0 if ok else 1)
+
+
+# --------------------------------------------------------------- repair --
+
+REPAIR_RATE = 0.80        # config/model-level broken cases repaired
+RANDOM_MARGIN = 0.20      # repair rate above the random baseline's, at least
+MAX_COMPUTE = 3.0         # mean multiple of the original budget
+
+
+def case_inputs(base: str, fault: str, seed: int, arrays):
+  """The Config, model function and datasets of a case, as `run_case`
+  builds them."""
+  cfg = {**COMMON, **BASES[base], 'seed': seed}
+  op = FAULTS[fault]
+  if op.config:
+    cfg = op.config(cfg)
+  if op.data:
+    arrays = op.data(arrays, seed)
+  elif base in STANDARDIZED:
+    arrays = standardized(arrays)
+  config = config_lib.Config(**cfg)
+
+  def build(shape, classes):
+    m = models.build_model(config, shape, classes)
+    return op.model(m) if op.model else m
+  return config, build, to_datasets(arrays)
+
+
+def _final_accuracy(searched) -> float:
+  final = searched.get('final')
+  acc = final.get('test_accuracy') if final else None
+  return acc if acc is not None and math.isfinite(acc) else math.nan
+
+
+def repair_case(base: str, fault: str, arrays, root: str, twin_acc: float
+                ) -> Dict[str, Any]:
+  """Repairs one broken case and runs the random-remedy baseline on it."""
+  name = f'{base}-{fault}-0'
+  workdir = os.path.join(root, name)
+  config, build, datasets = case_inputs(base, fault, 0, arrays)
+  # --repair=errors, or =warnings when the report has no error (a broken
+  # run whose report only warns is still to be repaired).
+  with open(os.path.join(workdir, health_lib.HEALTH_JSON)) as f:
+    severities = {x['severity'] for x in json.load(f)['findings']}
+  config = config.replace(
+      repair='errors' if 'error' in severities else 'warnings')
+  start = time.perf_counter()
+  rep = repair_lib.repair(config, workdir, None, model=build,
+                          datasets=datasets, num_classes=10)['repair']
+  seconds = time.perf_counter() - start
+  final = rep['before_after'][-1] if len(rep['before_after']) > 1 else {}
+  acc = final.get('test_accuracy')
+  acc = acc if acc is not None else math.nan
+  # The baseline: as many candidates as the repair tried, drawn from every
+  # remedy that applies to this model, through the same trials and final.
+  subject = repair_lib.subject(config, workdir, None, build, datasets, 10)
+  pool = repair_lib.all_candidates(config, subject.info)
+  k = min(len(rep['candidates']), len(pool))
+  rng = np.random.default_rng(zlib.crc32(name.encode()))
+  picks = [pool[i] for i in rng.choice(len(pool), k, replace=False)] if k \
+      else []
+  start = time.perf_counter()
+  searched = repair_lib.search(subject, picks,
+                               os.path.join(workdir, 'random_remedy'))
+  random_seconds = time.perf_counter() - start
+  random_comp = repair_lib.compute(subject, searched) if picks else {}
+  random_acc = _final_accuracy(searched)
+  limit = twin_acc - 0.01
+  comp = rep.get('compute') or {}
+  return {
+      'case': name, 'fault': fault, 'mode': config.repair,
+      'level': 'data' if FAULTS[fault].data else 'config/model',
+      'twin_acc': twin_acc,
+      'broken_acc': rep['before_after'][0].get('test_accuracy'),
+      'findings': ', '.join(f['kind'] for f in rep['findings']) or 'none',
+      'candidates': ', '.join(c['name'] for c in rep['candidates']) or 'none',
+      'chosen': rep.get('chosen') or '-', 'repaired_acc': acc,
+      'repaired': bool(acc >= limit), 'repair_x': comp.get('multiple'),
+      'random_picks': ', '.join(c.name for c in picks) or 'none',
+      'random_chosen': searched.get('chosen') or '-',
+      'random_acc': random_acc, 'random_repaired': bool(random_acc >= limit),
+      'random_x': random_comp.get('multiple'),
+      'seconds': seconds, 'random_seconds': random_seconds}
+
+
+def _rate(rows, key) -> float:
+  return sum(r[key] for r in rows) / max(len(rows), 1)
+
+
+def repair_scores(rows, twins, arrays, root) -> bool:
+  """Repairs every broken case of the diagnosis table; prints and writes
+  the repair table; True when every target is met."""
+  out = []
+  for row in rows:
+    if not row['verdict'].startswith('broken') or row.get('_error'):
+      continue      # (a case that raised has no run to repair)
+    base = row['case'].split('-')[0]
+    twin_acc = float(np.nanmean([r['test_accuracy'] for r in twins[base]]))
+    out.append(repair_case(base, row['fault'], arrays[BASES[base]['dataset']],
+                           root, twin_acc))
+    print(out[-1], flush=True)
+  level = [r for r in out if r['level'] == 'config/model']
+  multiples = [r['repair_x'] for r in out if r['repair_x'] is not None]
+  random_x = [r['random_x'] for r in out if r['random_x'] is not None]
+  mean_x = float(np.mean(multiples)) if multiples else 0.0
+  rate, random_rate = _rate(level, 'repaired'), _rate(level, 'random_repaired')
+  n_rep = sum(r['repaired'] for r in level)
+  n_rand = sum(r['random_repaired'] for r in level)
+  print(f'all broken cases: repair {_rate(out, "repaired"):.2f}, random '
+        f'{_rate(out, "random_repaired"):.2f} ({len(out)} cases); random '
+        f'baseline compute: mean '
+        f'{np.mean(random_x) if random_x else 0.0:.2f}x')
+  targets = [
+      common.target(f'repair rate, config/model-level faults ({n_rep}/'
+                    f'{len(level)})', rate, '>=', REPAIR_RATE),
+      common.target(f'repair rate minus random-remedy rate ({n_rep} vs '
+                    f'{n_rand} of {len(level)})', rate - random_rate, '>=',
+                    RANDOM_MARGIN),
+      common.target(f'extra compute, mean x the original budget '
+                    f'({len(multiples)} repairs)', mean_x, '<=', MAX_COMPUTE)]
+  return common.report(
+      'diagnosis_repair', 'Repair benchmark: broken cases repaired vs a '
+      'random-remedy baseline (same compute)', out,
+      ['case', 'level', 'mode', 'twin_acc', 'broken_acc', 'findings',
+       'candidates',
+       'chosen', 'repaired_acc', 'repaired', 'repair_x', 'random_picks',
+       'random_chosen', 'random_acc', 'random_repaired', 'random_x',
+       'seconds', 'random_seconds'], targets)
 
 
 if __name__ == '__main__':

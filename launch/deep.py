@@ -2,6 +2,7 @@
 
   python -m launch.deep --activation=sigmoid            # stays at chance
   python -m launch.deep --activation=selu               # trains
+  python -m launch.deep --activation=sigmoid --repair   # tries the remedies
   python -m launch.deep --activation=sigmoid,relu,elu,selu --workdir=runs/deep
   tensorboard --logdir runs/deep                        # one run per activation
 
@@ -65,6 +66,8 @@ def format_summary(activation, row, result) -> str:
     lines.append(f'  diverged at step {result.get("diverged_step")}')
   elif 'test_accuracy' in result:
     lines.append(f'  test accuracy {result["test_accuracy"]:.4f}')
+  if result.get('repair'):
+    lines.append('  ' + result['repair']['block'].replace('\n', '\n  '))
   return '\n'.join(lines)
 
 

@@ -281,6 +281,24 @@ def run(main, module_name=None):
   app.run(main, flags_parser=_parse_flags)
 
 
+def bare_flags(argv):
+  """`argv` with bare value flags spelled out: `--repair` -> `--repair=errors`
+  and `--norepair` -> `--repair=off` (Config fields whose metadata has a
+  'bare' value; absl's string flags need a value)."""
+  bare = {f.name: (f.metadata['bare'], f.default)
+          for f in dataclasses.fields(config_lib.Config)
+          if 'bare' in f.metadata}
+  out = []
+  for arg in argv:
+    name = arg.lstrip('-') if arg.startswith('--') else None
+    if name in bare:
+      arg = f'--{name}={bare[name][0]}'
+    elif name and name.startswith('no') and name[2:] in bare:
+      arg = f'--{name[2:]}={bare[name[2:]][1]}'
+    out.append(arg)
+  return out
+
+
 def _parse_flags(argv):
   """absl flag parsing with a one-line error (absl's own prints two) and
   the grouped `--help` (exit status 0)."""
@@ -289,7 +307,7 @@ def _parse_flags(argv):
     print(help_text(_launcher['module'], _launcher['doc']))
     sys.exit(0)
   try:
-    argv = FLAGS(argv)
+    argv = FLAGS(bare_flags(argv))
   except flags.Error as e:
     print(f'error: {e}; see --help.', file=sys.stderr)
     sys.exit(2)
@@ -310,6 +328,13 @@ def report(result) -> int:
     print(f'interrupted at step {result.get("interrupted_step")}; checkpoint '
           f'saved in {workdir}; rerun the same command to resume.')
     return 130
+  if result.get('status') == 'diverged':     # only returned with --repair
+    lines = [f'status: diverged at step {result.get("diverged_step")}']
+    for key in ('health', 'repair'):
+      if result.get(key):
+        lines.append(result[key]['block'])
+    print('\n'.join(lines))
+    return 0 if result.get('repair', {}).get('status') == 'repaired' else 1
   lines = [f'status: {result["status"]} after {result["epochs_run"]} epochs '
            f'({result["wall_seconds"]:.1f} s)']
   if 'learning_rate' in result:
@@ -341,6 +366,8 @@ def report(result) -> int:
   if 'health' in result:
     lines.append(result['health']['block'])
     lines.append(f'health report: {os.path.join(workdir, "health.md")}')
+  if result.get('repair'):
+    lines.append(result['repair']['block'])
   lines.append(f'metrics: {os.path.join(workdir, workdir_lib.METRICS_JSON)}')
   lines.append(f'TensorBoard: tensorboard --logdir {workdir}')
   print('\n'.join(lines))

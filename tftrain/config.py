@@ -30,6 +30,7 @@ STRATEGIES = ('default', 'one_device', 'mirrored', 'multi_worker')
 MIXED_PRECISION = ('none', 'mixed_float16', 'mixed_bfloat16')
 MONITORS = ('val_accuracy', 'val_loss')
 LR_SUGGESTIONS = ('divergence', 'minimum', 'steepest', 'valley')
+REPAIR = ('off', 'errors', 'warnings')
 
 
 def _positive(field, value, integer=False):
@@ -47,14 +48,18 @@ def _choice(field, value, choices):
     raise ConfigError(field, value, f'choose one of {", ".join(choices)}.')
 
 
-def _field(default, help: str, choices: Optional[Sequence[str]] = None):  # pylint: disable=redefined-builtin
+def _field(default, help: str, choices: Optional[Sequence[str]] = None,  # pylint: disable=redefined-builtin
+           bare: Optional[str] = None):
   """A Config field; its flag (same name, same default) is generated from it.
 
   `help` is the flag's help text; `choices` (validated in __post_init__ with
-  a one-line ConfigError) are listed in the help.
+  a one-line ConfigError) are listed in the help; `bare` is the value the
+  flag takes when given without one (`--repair` means `--repair=errors`).
   """
-  return dataclasses.field(default=default,
-                           metadata={'help': help, 'choices': choices})
+  metadata = {'help': help, 'choices': choices}
+  if bare is not None:
+    metadata['bare'] = bare
+  return dataclasses.field(default=default, metadata=metadata)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -169,6 +174,11 @@ class Config:
       'checkpoint and the report are kept).')
   progress: bool = _field(
       True, 'Progress bar on a terminal (one line per epoch otherwise).')
+  repair: str = _field(
+      'off', 'When the health report has an error (warnings: also a warning), '
+      "try the findings' remedies on a short budget and train the best one "
+      'in <workdir>/repair/<candidate>/ (tftrain.repair; a bare --repair '
+      'means errors).', REPAIR, bare='errors')
   # LR finder.
   lr_find_start: float = _field(1e-5, 'LR finder: first LR.')
   lr_find_end: float = _field(10.0, 'LR finder: last LR.')
@@ -206,6 +216,10 @@ class Config:
       value = getattr(self, field.name)
       if field.metadata.get('choices') and value is not None:
         _choice(field.name, value, field.metadata['choices'])
+    if self.repair != 'off' and self.strategy == 'multi_worker':
+      raise ConfigError('repair', self.repair,
+                        'is not supported with --strategy=multi_worker (each '
+                        'candidate run needs a new strategy); use off.')
     self._check_sizes()
     self._check_optimization()
     self._check_lr_finder()

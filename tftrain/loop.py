@@ -90,6 +90,8 @@ def train_and_evaluate(config: config_lib.Config, workdir: str,
     test_accuracy, best validation metric and epoch, history per epoch,
     wall time, and 'status' (completed | early_stopped | interrupted;
     'interrupted_in': 'lr_finder' when a signal stopped the LR finder).
+    With `config.repair` on, also 'repair' (`repair.maybe_repair`), and a
+    run that diverged returns its partial result instead of raising.
 
   Process-wide state the run sets (mixed-precision policy, op determinism,
   Python's and NumPy's RNG states) is restored afterwards; TensorFlow's global
@@ -152,8 +154,23 @@ def _train_and_evaluate(config, workdir, hooks, model, datasets, num_classes,
         summaries.write_layout(exp.writers[summaries.TRAIN])
     if hook_factory is not None:
       hooks = [*hooks, *hook_factory(exp)]
-    result = run(exp, hooks)
+    repairing = config.repair != 'off' and exp.is_chief
+    # A model object trains in place: repair restarts it from these weights.
+    initial_weights = (exp.trainer.model.get_weights()
+                       if repairing and hasattr(model, 'get_weights') else None)
+    try:
+      result = run(exp, hooks)
+    except errors.NonFiniteError:
+      if not repairing:
+        raise
+      result = None          # repair reads the partial metrics.json
   distribute.wait_for_all_workers(strategy)   # multi-worker: leave together
+  if repairing:
+    # repair.py trains through this function (import cycle broken here).
+    from tftrain import repair  # pylint: disable=g-import-not-at-top
+    result = repair.maybe_repair(config, workdir, result, model=model,
+                                 datasets=datasets, num_classes=num_classes,
+                                 initial_weights=initial_weights)
   return result
 
 
