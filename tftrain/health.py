@@ -800,7 +800,8 @@ def _budget_findings(run, t) -> List[Finding]:
         'from the inputs.', numbers={'train_accuracy': last['accuracy'],
                                     'val_accuracy': last['val_accuracy']},
         tag='epoch_accuracy', severity='error'))
-  elif last['val_accuracy'] - last['accuracy'] > t['val_above_train']:
+  elif (len(history) >= 2     # epoch 1's running accuracy lags behind
+        and last['val_accuracy'] - last['accuracy'] > t['val_above_train']):
     dropout = (run.get('model_facts') or {}).get('dropout', 0.0)
     kind = ('too_much_regularization' if dropout >= t['heavy_dropout']
             else 'label_noise')
