@@ -59,16 +59,22 @@ from tftrain import models
 from tftrain import repair as repair_lib
 from tftrain import workdir as workdir_lib
 
-flags.DEFINE_bool('quick', False, 'A few MNIST MLP cases and one twin seed.')
-flags.DEFINE_list('only', [], 'Run only these cases (base/operator).')
-flags.DEFINE_integer('seeds', 3, 'Seeds per healthy twin.')
-flags.DEFINE_string('workdir', None, 'Where the runs go (default: a temp dir).')
-flags.DEFINE_bool('rescore', False, 'Train nothing: judge the runs already in '
-                  '--workdir again with the current detectors (their saved '
-                  'records; the live first-finding step is the saved one).')
-flags.DEFINE_bool('repair', False, 'Also repair every broken case and score '
-                  'the repairs against a random-remedy baseline.')
 FLAGS = flags.FLAGS
+
+
+def define_flags():
+  """The benchmark's flags (defined only when it runs: launch.flags, imported
+  beside it in one process, defines --workdir too)."""
+  flags.DEFINE_bool('quick', False, 'A few MNIST MLP cases and one twin seed.')
+  flags.DEFINE_list('only', [], 'Run only these cases (base/operator).')
+  flags.DEFINE_integer('seeds', 3, 'Seeds per healthy twin.')
+  flags.DEFINE_string('workdir', None, 'Where the runs go (default: a temp dir).')
+  flags.DEFINE_bool('rescore', False, 'Train nothing: judge the runs already in '
+                    '--workdir again with the current detectors (their saved '
+                    'records; the live first-finding step is the saved one).')
+  flags.DEFINE_bool('repair', False, 'Also repair every broken case and score '
+                    'the repairs against a random-remedy baseline.')
+
 
 SIZES = {'mnist': (8000, 2000, 2000), 'cifar10': (10000, 2000, 2000)}
 COMMON = dict(progress=False, trace_graph=False, patience=0,
@@ -275,8 +281,8 @@ def to_datasets(arrays):
   return {k: tf.data.Dataset.from_tensor_slices(v) for k, v in arrays.items()}
 
 
-def run_case(base: str, fault: Optional[str], seed: int, arrays, root: str
-             ) -> Dict[str, Any]:
+def run_case(base: str, fault: Optional[str], seed: int, arrays, root: str,
+             rescore: bool = False) -> Dict[str, Any]:
   """One training run through the public API; its outcome and findings."""
   cfg = {**COMMON, **BASES[base], 'seed': seed}
   op = FAULTS[fault] if fault else Fault(())
@@ -292,7 +298,7 @@ def run_case(base: str, fault: Optional[str], seed: int, arrays, root: str
     m = models.build_model(config, shape, classes)
     return op.model(m) if op.model else m
   name = f'{base}-{fault or "healthy"}-{seed}'
-  if FLAGS.rescore:
+  if rescore:
     return rescore(root, name)
   start = time.perf_counter()
   try:
@@ -377,7 +383,8 @@ def main(argv):
     key = dataset
     if key not in arrays:
       arrays[key] = load_arrays(dataset)
-    runs = [run_case(base, None, s, arrays[key], root) for s in range(seeds)]
+    runs = [run_case(base, None, s, arrays[key], root, FLAGS.rescore)
+            for s in range(seeds)]
     twins[base] = runs
     accs = [r['test_accuracy'] for r in runs]
     for r in runs:
@@ -389,7 +396,7 @@ def main(argv):
     twin_acc = float(np.nanmean(accs))
     for case in [c for c in cases if c.startswith(base + '/')]:
       fault = case.split('/')[1]
-      out = run_case(base, fault, 0, arrays[key], root)
+      out = run_case(base, fault, 0, arrays[key], root, FLAGS.rescore)
       v = verdict(out, twin_acc)
       fits = [k for k in out['findings'] if k in FAULTS[fault].kinds]
       rows.append({'case': out['case'], 'fault': fault,
@@ -564,4 +571,5 @@ def repair_scores(rows, twins, arrays, root) -> bool:
 
 
 if __name__ == '__main__':
+  define_flags()
   app.run(main)
