@@ -299,7 +299,7 @@ def run_case(base: str, fault: Optional[str], seed: int, arrays, root: str,
     return op.model(m) if op.model else m
   name = f'{base}-{fault or "healthy"}-{seed}'
   if rescore:
-    return rescore(root, name)
+    return rescore_saved(root, name)
   start = time.perf_counter()
   try:
     result = loop.train_and_evaluate(
@@ -328,7 +328,7 @@ def run_case(base: str, fault: Optional[str], seed: int, arrays, root: str,
           'seconds': time.perf_counter() - start}
 
 
-def rescore(root: str, name: str) -> Dict[str, Any]:
+def rescore_saved(root: str, name: str) -> Dict[str, Any]:
   """A saved run's outcome, judged again from its records."""
   workdir = os.path.join(root, name)
   with open(os.path.join(workdir, workdir_lib.METRICS_JSON)) as f:
