@@ -1,6 +1,5 @@
 """Shared helpers for benchmarks: machine info, tables, targets, MNIST setup."""
 
-import json
 import os
 import platform
 import statistics
@@ -10,11 +9,13 @@ from typing import Dict, List, Sequence
 
 import tensorflow as tf
 
+from tftrain import chunks
 from tftrain import data
 from tftrain import models
 from tftrain import report as report_lib
 from tftrain import summaries
 from tftrain import trainer as trainer_lib
+from tftrain import workdir as workdir_lib
 
 RESULTS_DIR = os.path.join(os.path.dirname(os.path.abspath(__file__)), 'results')
 
@@ -46,9 +47,9 @@ def report(name: str, title: str, rows: List[Dict], columns: Sequence[str],
   os.makedirs(RESULTS_DIR, exist_ok=True)
   with open(os.path.join(RESULTS_DIR, f'{name}.md'), 'w') as f:
     f.write(text)
-  with open(os.path.join(RESULTS_DIR, f'{name}.json'), 'w') as f:
-    json.dump({'machine': machine(), 'rows': rows, 'targets': targets}, f,
-              indent=2, default=float)
+  workdir_lib.write_json(os.path.join(RESULTS_DIR, f'{name}.json'),
+                         {'machine': machine(), 'rows': rows,
+                          'targets': targets})
   return ok
 
 
@@ -103,7 +104,7 @@ def build_optimizer(kind: str):
 
 
 class TftrainRunner:
-  """A warm tftrain Trainer driven by `loop.train_steps` (the launchers' loop).
+  """A warm tftrain Trainer driven by `chunks` (the launchers' step loop).
 
   `run(epoch, steps, logging)` trains `steps` steps of epoch `epoch`'s data
   order with the step logger on or off (one model, one data stream, so a
@@ -113,8 +114,6 @@ class TftrainRunner:
 
   def __init__(self, cached, kind: str, batch: int, config, logdir=None,
                hooks=()):
-    from tftrain import loop  # pylint: disable=g-import-not-at-top
-    self._train_steps = loop.train_steps
     self.cached, self.batch, self.config = cached, batch, config
     model = build_model(kind)
     self.trainer = trainer_lib.Trainer(
@@ -132,16 +131,11 @@ class TftrainRunner:
 
   def run(self, epoch: int, steps: int, logging: bool = True) -> int:
     it = iter(data.train_batches(self.cached, self.batch, 0, epoch).take(steps))
-    done = 0
-    while done < steps:
-      n = min(self.config.steps_per_loop, steps - done)
-      out = self._train_steps(self.trainer, it, n,
-                              self.logger if logging else None)
-      done += n
+    for out, _ in chunks.calls(self.trainer, it, steps,
+                               self.config.steps_per_loop,
+                               self.logger if logging else None):
       if logging:
-        step = int(self.trainer.optimizer.iterations.numpy())
-        for hook in self.hooks:
-          hook(self.exp, 'train', dict(out, step=step, epoch=epoch))
+        chunks.run_hooks(self.hooks, self.exp, out, epoch)
     return steps * self.batch
 
 

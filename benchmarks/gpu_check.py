@@ -72,15 +72,15 @@ def build(kind, strategy, batch, mixed=False, jit=False, seed=0):
 
 def throughput(ds, kind, batch, steps, repeats, mixed, jit):
   import tensorflow as tf  # pylint: disable=g-import-not-at-top
-  from tftrain import loop  # pylint: disable=g-import-not-at-top
+  from tftrain import chunks  # pylint: disable=g-import-not-at-top
   trainer, logger = build(kind, tf.distribute.get_strategy(), batch, mixed, jit)
   batches = ds.repeat().batch(batch, drop_remainder=True).prefetch(4)
   it = iter(batches)
-  loop.train_steps(trainer, it, 50, logger)             # warm-up, tracing
+  chunks.run_steps(trainer, it, 50, logger)             # warm-up, tracing
   best = 0.0
   for _ in range(repeats):
     start = time.perf_counter()
-    loop.train_steps(trainer, it, steps, logger)
+    chunks.run_steps(trainer, it, steps, logger)
     best = max(best, steps * batch / (time.perf_counter() - start))
   return best
 
@@ -89,14 +89,14 @@ def mirrored_matches(ds, kind, batch, steps):
   """Losses and eval metrics: default strategy vs two-device mirrored."""
   import numpy as np  # pylint: disable=g-import-not-at-top
   import tensorflow as tf  # pylint: disable=g-import-not-at-top
-  from tftrain import distribute, loop  # pylint: disable=g-import-not-at-top
+  from tftrain import chunks, distribute  # pylint: disable=g-import-not-at-top
   out = {}
   for name in ('default', 'mirrored'):
     strategy = distribute.create_strategy(name)
     trainer, logger = build(kind, strategy, batch, seed=1)
     train = ds.batch(batch, drop_remainder=True).take(steps)
     it = iter(strategy.experimental_distribute_dataset(train))
-    result = loop.train_steps(trainer, it, steps, logger)
+    result = chunks.run_steps(trainer, it, steps, logger)
     metrics = trainer.evaluate(strategy.experimental_distribute_dataset(
         ds.batch(batch)))
     out[name] = (strategy.num_replicas_in_sync, result['losses'], metrics)

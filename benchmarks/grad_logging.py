@@ -51,7 +51,7 @@ def model_variants(cached, kind, steps):
   logdir = tempfile.mkdtemp(prefix='bench-grad-logging-')
   hooks = []
   if kind == 'deep':
-    images, labels = next(iter(cached.batch(128)))   # loop.PROBE_SIZE
+    images, labels = next(iter(cached.batch(128)))   # probes.PROBE_SIZE
     hooks.append(probes.DepthProbe(images, labels, 500, 'selu'))
   runner = common.TftrainRunner(cached, kind, 32, base, logdir, hooks)
   every = common.TftrainRunner(cached, kind, 32, base.replace(

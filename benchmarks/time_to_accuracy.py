@@ -22,6 +22,7 @@ from absl import flags
 
 from benchmarks import common
 from tftrain import config as config_lib
+from tftrain import experiment
 from tftrain import loop
 
 FLAGS = flags.FLAGS
@@ -52,7 +53,7 @@ def time_to_accuracy(overrides, target, seed):
       dataset='mnist', data_dir=FLAGS.data_dir, raw_data_dir=FLAGS.raw_data_dir,
       patience=0, progress=False, eval_test_every_epoch=True, seed=seed,
       trace_graph=False, **overrides)
-  exp = loop.build_experiment(config, tempfile.mkdtemp(prefix='bench-tta-'))
+  exp = experiment.build_experiment(config, tempfile.mkdtemp(prefix='bench-tta-'))
   for d in exp.datasets.values():      # caches filled outside the clock
     for _ in d.batch(10000):
       pass

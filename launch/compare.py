@@ -46,7 +46,7 @@ flags.DEFINE_list('learning_rates', [],
 flags.DEFINE_string('preset', None,
                     'A named variant list instead of the grid: chapter11 '
                     '(no BN, BN, SELU, SELU + alpha dropout with MC dropout, '
-                    '1cycle; tftrain.grid.PRESETS).')
+                    '1cycle; tftrain.presets.PRESETS).')
 flags.DEFINE_list('only', [],
                   'Run only variants matching these shell patterns '
                   "(e.g. 'bn-before_*,*_opt-sgd').")
@@ -54,7 +54,7 @@ flags.DEFINE_list('only', [],
 
 def parse_learning_rates(items, defaults):
   """`defaults` updated by the name=rate items of --learning_rates."""
-  from tftrain import config as config_lib  # pylint: disable=g-import-not-at-top
+  from tftrain import errors  # pylint: disable=g-import-not-at-top
   rates = dict(defaults)
   for item in items:
     name, _, value = item.partition('=')
@@ -63,7 +63,7 @@ def parse_learning_rates(items, defaults):
     except ValueError:
       rate = -1.0
     if not name or not rate > 0:
-      raise config_lib.ConfigError(
+      raise errors.ConfigError(
           'learning_rates', item, 'must be name=positive number, e.g. adam=1e-3.')
     rates[name] = rate
   return rates
@@ -71,7 +71,7 @@ def parse_learning_rates(items, defaults):
 
 def grid_axes():
   """{Config field: values} of the --grid_* and --grid flags; their flags."""
-  from tftrain import config as config_lib  # pylint: disable=g-import-not-at-top
+  from tftrain import errors  # pylint: disable=g-import-not-at-top
   axes = {'batch_norm': FLAGS.grid_batch_norm,
           'optimizer': FLAGS.grid_optimizer}
   if FLAGS.grid_activation:
@@ -80,8 +80,8 @@ def grid_axes():
   for item in FLAGS.grid:
     axis, _, values = item.partition('=')
     if not values or axis in axes:
-      raise config_lib.ConfigError('grid', item,
-                                   'give a new axis as field=value,value.')
+      raise errors.ConfigError('grid', item,
+                               'give a new axis as field=value,value.')
     axes[axis], names[axis] = values.split(','), 'grid'
   return axes, names
 

@@ -9,7 +9,7 @@ Each activation trains in <workdir>/<activation>/ with per-layer gradient
 norms (every --log_every_steps), gradient/weight histograms, activation
 statistics and a gradient-norm-vs-depth image (every --histogram_every_steps);
 <workdir> gets grad_norm_vs_depth.png, val_accuracy.png, comparison.md/.csv
-and TensorBoard HParams data (a grid over activation: tftrain.grid).
+and TensorBoard HParams data (a grid over activation: tftrain.studies).
 SELU standardizes the inputs by default (--standardize=auto).
 
 Defaults: Nadam 1e-4 decayed x0.1 every 3 epochs (exponential schedule),
@@ -33,10 +33,11 @@ launch_flags.define_flags(dataset='mnist', model='deep_mlp', depth=100,
 def parse_activations(value: str):
   """The comma list of --activation, each validated (ConfigError names choices)."""
   from tftrain import config as config_lib  # pylint: disable=g-import-not-at-top
+  from tftrain import errors  # pylint: disable=g-import-not-at-top
   names = [a.strip() for a in value.split(',') if a.strip()]
   bad = [a for a in names if a not in config_lib.ACTIVATIONS]
   if not names or bad or len(set(names)) != len(names):
-    raise config_lib.ConfigError(
+    raise errors.ConfigError(
         'activation', value,
         'give one or a comma list of distinct names from '
         f'{", ".join(config_lib.ACTIVATIONS)}.')
@@ -71,11 +72,11 @@ def main(argv):
   launch_flags.setup_devices()
 
   def body():
-    from tftrain import grid  # pylint: disable=g-import-not-at-top
+    from tftrain import studies  # pylint: disable=g-import-not-at-top
     activations = parse_activations(FLAGS.activation)
     config = launch_flags.config_from_flags(activation=activations[0])
     workdir = launch_flags.default_workdir('deep')
-    out = grid.compare_activations(config, activations, workdir)
+    out = studies.compare_activations(config, activations, workdir)
     for row, activation in zip(out['table'], activations):
       print(format_summary(activation, row, out['results'][activation]))
     files = out['paths']

@@ -27,13 +27,13 @@ def main(argv):
   del argv
 
   def body():
-    from tftrain import config as config_lib  # pylint: disable=g-import-not-at-top
+    from tftrain import errors  # pylint: disable=g-import-not-at-top
     if not FLAGS.workdir:
-      raise config_lib.ConfigError('workdir', None,
-                                   'name the run directory to evaluate.')
+      raise errors.ConfigError('workdir', None,
+                               'name the run directory to evaluate.')
     if FLAGS.mc_dropout_samples < 0:
-      raise config_lib.ConfigError('mc_dropout_samples',
-                                   FLAGS.mc_dropout_samples, 'must be >= 0.')
+      raise errors.ConfigError('mc_dropout_samples',
+                               FLAGS.mc_dropout_samples, 'must be >= 0.')
     from tftrain import export  # pylint: disable=g-import-not-at-top
     out = export.evaluate(FLAGS.workdir, FLAGS.data_dir, FLAGS.raw_data_dir,
                           FLAGS.mc_dropout_samples)

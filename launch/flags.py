@@ -11,13 +11,14 @@ import os
 import shutil
 import sys
 import traceback
-import typing
 
 from absl import app
 from absl import flags
 from absl import logging
 
 from tftrain import config as config_lib
+from tftrain import errors
+from tftrain import workdir as workdir_lib
 
 FLAGS = flags.FLAGS
 
@@ -26,18 +27,18 @@ _TRISTATE = {'auto': None, 'true': True, 'false': False}
 
 
 def _kind(field) -> str:
-  """How a Config field is spelled on the command line."""
-  t = field.type
-  args = typing.get_args(t)
-  if typing.get_origin(t) is tuple:
+  """How a Config field is spelled on the command line (from its type,
+  `config.field_type`)."""
+  shape, kinds = config_lib.field_type(field.name)
+  if shape == 'tuple':
     return 'list'
-  if typing.get_origin(t) is typing.Union:
-    if bool in args:
+  if shape == 'union':
+    if bool in kinds:
       return 'tristate'          # Optional[bool]: auto / true / false
-    if str in args or float not in args and int not in args:
+    if str in kinds or float not in kinds and int not in kinds:
       return 'string'            # learning_rate (number or 'auto'), paths
-    return 'integer' if int in args else 'float'
-  return {bool: 'bool', int: 'integer', float: 'float'}.get(t, 'string')
+    return 'integer' if int in kinds else 'float'
+  return {bool: 'bool', int: 'integer', float: 'float'}.get(kinds[0], 'string')
 
 
 def define_flags(flag_values=FLAGS, **defaults):
@@ -72,8 +73,8 @@ def define_flags(flag_values=FLAGS, **defaults):
 def config_from_flags(flag_values=FLAGS, **overrides) -> config_lib.Config:
   """The Config the flags describe (raises ConfigError on a bad value)."""
   if flag_values.cpu_replicas < 0:
-    raise config_lib.ConfigError('cpu_replicas', flag_values.cpu_replicas,
-                                 'must be >= 0.')
+    raise errors.ConfigError('cpu_replicas', flag_values.cpu_replicas,
+                             'must be >= 0.')
   values = {field.name: config_lib.parse_field(field.name,
                                                flag_values[field.name].value)
             for field in dataclasses.fields(config_lib.Config)
@@ -99,7 +100,8 @@ def default_workdir(launcher: str) -> str:
 
 def _holds_results(path: str) -> bool:
   for _, _, files in os.walk(path):
-    if any(f in ('checkpoint', 'metrics.json') for f in files):
+    # 'checkpoint': the index tf.train.CheckpointManager writes.
+    if any(f in ('checkpoint', workdir_lib.METRICS_JSON) for f in files):
       return True
   return False
 
@@ -114,7 +116,6 @@ def _remove_failed_start(error) -> None:
   path = _chosen_workdir.get('path')
   if path is None or _chosen_workdir.get('existed') or not os.path.isdir(path):
     return
-  from tftrain import errors  # pylint: disable=g-import-not-at-top
   if isinstance(error, errors.START_ERRORS) and not _holds_results(path):
     shutil.rmtree(path, ignore_errors=True)
 
@@ -129,10 +130,10 @@ def setup_devices():
 def run_main(body):
   """Runs `body()` (returns an exit code) turning known errors into one line.
 
-  Exit status: 2 for a bad flag, 1 for data, workdir, lock, checkpoint,
-  divergence, full-disk or lost-worker errors, 130 for an interruption.
-  `tftrain.errors` imports TensorFlow, so it is imported only for errors
-  other than ConfigError: a bad flag is reported without TF's start-up cost.
+  Exit status (`errors.exit_code`): 2 for a bad flag, 1 for data, workdir,
+  lock, checkpoint, divergence, full-disk or lost-worker errors, 130 for an
+  interruption. `tftrain.errors` does not import TensorFlow, so a bad flag is
+  reported without TF's start-up cost.
   """
   try:
     code = body()
@@ -144,20 +145,14 @@ def run_main(body):
           'last checkpoint.', file=sys.stderr)
     sys.exit(130)
   except Exception as e:  # pylint: disable=broad-except
-    if isinstance(e, config_lib.ConfigError):
-      status = 2
-    else:
-      from tftrain import errors  # pylint: disable=g-import-not-at-top
-      if not isinstance(e, errors.USER_ERRORS):
-        raise
-      status = errors.exit_code(e)
+    if not isinstance(e, errors.USER_ERRORS):
+      raise
     _remove_failed_start(e)
     if FLAGS.verbose:
       traceback.print_exc()
-    message = str(e).splitlines()[0] if str(e) else type(e).__name__
-    print(f'error: {message}', file=sys.stderr)
+    print(f'error: {errors.first_line(e)}', file=sys.stderr)
     sys.stderr.flush()
-    sys.exit(status)
+    sys.exit(errors.exit_code(e))
   sys.exit(code or 0)
 
 
@@ -237,7 +232,7 @@ def report(result) -> int:
   if 'health' in result:
     lines.append(result['health']['block'])
     lines.append(f'health report: {os.path.join(workdir, "health.md")}')
-  lines.append(f'metrics: {os.path.join(workdir, "metrics.json")}')
+  lines.append(f'metrics: {os.path.join(workdir, workdir_lib.METRICS_JSON)}')
   lines.append(f'TensorBoard: tensorboard --logdir {workdir}')
   print('\n'.join(lines))
   return 0

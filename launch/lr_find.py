@@ -29,15 +29,16 @@ def main(argv):
   def body():
     config = launch_flags.config_from_flags(trace_graph=False)  # before TF
     # pylint: disable=g-import-not-at-top
-    from tftrain import loop
+    from tftrain import experiment
     from tftrain import lr_finder
     from tftrain import workdir as workdir_lib
     workdir = launch_flags.default_workdir('lr_find')
-    loop.check_config(config)      # data and split sizes, before the workdir
+    experiment.preflight(config)   # data and split sizes, before the workdir
     workdir_lib.ensure_writable(workdir)
     with workdir_lib.WorkdirLock(workdir):
-      exp = loop.build_experiment(config, workdir)
-      result = lr_finder.find(exp, os.path.join(workdir, 'lr_finder'))
+      exp = experiment.build_experiment(config, workdir)
+      result = lr_finder.find(exp, os.path.join(workdir,
+                                                workdir_lib.LR_FINDER))
     summary = result.summary()
     lines = [f'LR finder: {summary["steps"]} steps '
              f'({summary["first_lr"]:.3g} -> {summary["last_lr"]:.3g}), '

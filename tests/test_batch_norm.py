@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
+from tests.test_models import dense_layers
 from tftrain import models
 from tftrain import trainer as trainer_lib
 
@@ -32,10 +33,10 @@ def test_layer_order_and_bias(placement, order, bias):
                           kernel_initializer='he_normal', batch_norm=placement,
                           seed=1)
   assert kinds(model) == ['flatten'] + order * 3 + ['dense']
-  hidden = models.dense_layers(model)[:-1]
+  hidden = dense_layers(model)[:-1]
   assert [l.use_bias for l in hidden] == [bias] * 3
   assert all((l.bias is not None) == bias for l in hidden)
-  assert models.dense_layers(model)[-1].use_bias     # logits keep their bias
+  assert dense_layers(model)[-1].use_bias     # logits keep their bias
   bns = [l.name for l in model.layers
          if isinstance(l, tf.keras.layers.BatchNormalization)]
   assert bns == ([] if placement == 'none' else ['bn_000', 'bn_001', 'bn_002'])

@@ -8,6 +8,7 @@ import os
 import pytest
 
 from launch import deep
+from tftrain import errors
 from tftrain import config as config_lib
 from tests import testing
 
@@ -16,7 +17,7 @@ def test_parse_activations_validates_each_name():
   assert deep.parse_activations('sigmoid, relu,selu') == ['sigmoid', 'relu',
                                                           'selu']
   for bad in ('sigmoid,softplus', '', 'relu,relu'):
-    with pytest.raises(config_lib.ConfigError) as e:
+    with pytest.raises(errors.ConfigError) as e:
       deep.parse_activations(bad)
     assert str(e.value).startswith(f'--activation={bad}:')
     assert 'sigmoid, tanh, relu, leaky_relu, elu, selu, gelu, swish' in str(

@@ -17,6 +17,7 @@ import tensorflow as tf
 from tests import conftest
 
 from tftrain import config as config_lib
+from tftrain import experiment
 from tftrain import loop
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -26,7 +27,7 @@ MIRRORED_SCRIPT = r'''
 import json, sys
 from tftrain import distribute
 distribute.configure_cpu_replicas(2)
-from tftrain import config as config_lib, loop
+from tftrain import config as config_lib, experiment, loop
 data_dir, workdir = sys.argv[1], sys.argv[2]
 out = {}
 for strategy in ('default', 'mirrored'):
@@ -35,7 +36,7 @@ for strategy in ('default', 'mirrored'):
       hidden=(32, 16), optimizer='momentum', learning_rate=0.05, batch_size=20,
       epochs=2, patience=0, steps_per_loop=5, progress=False, seed=7,
       strategy=strategy, histogram_every_steps=5)
-  exp = loop.build_experiment(config, f'{workdir}/{strategy}')
+  exp = experiment.build_experiment(config, f'{workdir}/{strategy}')
   losses = []
   hook = lambda exp, event, o: losses.extend(o['losses'].tolist()) if event == 'train' else None
   result = loop.run(exp, [hook])
@@ -114,7 +115,7 @@ def test_mixed_precision_keeps_float32_master_weights(tiny_cifar_data_dir, tmp_p
       epochs=3, patience=0, steps_per_loop=5, progress=False,
       mixed_precision='mixed_float16')
   try:
-    exp = loop.build_experiment(config, str(tmp_path / 'run'))
+    exp = experiment.build_experiment(config, str(tmp_path / 'run'))
     model = exp.trainer.model
     assert all(v.dtype == tf.float32 for v in model.trainable_variables)
     assert model.get_layer('dense_000').compute_dtype == 'float16'

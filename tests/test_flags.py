@@ -7,6 +7,7 @@ import pytest
 
 from launch import flags as launch_flags
 from tftrain import config as config_lib
+from tftrain import errors
 
 
 def parsed(*argv, **defaults):
@@ -48,7 +49,7 @@ def test_flag_text_becomes_typed_config_values():
     (['--learning_rate=fast'], "--learning_rate=fast: must be a positive number or 'auto'."),
 ])
 def test_bad_values_name_the_flag_value_and_fix(argv, message):
-  with pytest.raises(config_lib.ConfigError) as e:
+  with pytest.raises(errors.ConfigError) as e:
     parsed(*argv)
   assert str(e.value).startswith(message)
   assert '\n' not in str(e.value)

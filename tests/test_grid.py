@@ -11,6 +11,7 @@ import pytest
 import tensorflow as tf
 
 from tftrain import config as config_lib
+from tftrain import errors
 from tftrain import grid as grid_lib
 from tests.conftest import REPO_ROOT, launcher_env
 from tests import testing
@@ -59,7 +60,7 @@ def test_a_grid_over_learning_rate_keeps_its_values():
 ])
 def test_bad_grid_fails_before_training_naming_the_flag(grid, rates, flag):
   flags = {'depth': 'grid', 'dropout': 'grid'}   # the generic --grid flag
-  with pytest.raises(config_lib.ConfigError) as info:
+  with pytest.raises(errors.ConfigError) as info:
     grid_lib.expand(grid, BASE, rates, flags)
   assert str(info.value).startswith(flag) and '\n' not in str(info.value)
 
@@ -75,9 +76,9 @@ def test_any_config_field_is_an_axis_and_flag_text_is_parsed():
   assert grid[0].overrides == {'depth': 3, 'hidden': (30, 10),
                                'kernel_initializer': None,
                                'standardize': True, 'learning_rate': 'auto'}
-  assert grid_lib.parse_value('dropout', '0.25') == 0.25
-  assert grid_lib.parse_value('max_steps_per_epoch', 'None') is None
-  assert grid_lib.parse_value('batch_norm', 'before') == 'before'
+  assert config_lib.parse_field('dropout', '0.25') == 0.25
+  assert config_lib.parse_field('max_steps_per_epoch', 'None') is None
+  assert config_lib.parse_field('batch_norm', 'before') == 'before'
 
 
 def test_activation_axis_takes_each_activations_initializer():
@@ -112,7 +113,7 @@ def test_select_by_pattern_and_unknown_pattern():
       'bn-none_opt-sgd', 'bn-before_opt-sgd', 'bn-before_opt-momentum',
       'bn-before_opt-nesterov', 'bn-before_opt-adam', 'bn-before_opt-nadam']
   assert grid_lib.select(grid, []) == grid
-  with pytest.raises(config_lib.ConfigError, match='--only=bn-after'):
+  with pytest.raises(errors.ConfigError, match='--only=bn-after'):
     grid_lib.select(grid, ['bn-after*'])
 
 

@@ -7,9 +7,9 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from tftrain import checkup
 from tftrain import config as config_lib
 from tftrain import loop
+from tftrain import workdir as workdir_lib
 from tests import testing
 
 
@@ -30,7 +30,7 @@ def test_learns_and_writes_metrics_checkpoints_and_summaries(tiny_cifar_data_dir
   assert history[-1]['loss'] < 0.7 * history[0]['loss']
   assert result['test_accuracy'] > 0.5          # brightness encodes the label
   assert result['status'] == 'completed'
-  with open(os.path.join(workdir, 'metrics.json')) as f:
+  with open(os.path.join(workdir, workdir_lib.METRICS_JSON)) as f:
     saved = json.load(f)
   assert saved['test_accuracy'] == pytest.approx(result['test_accuracy'])
   assert tf.train.latest_checkpoint(os.path.join(workdir, 'checkpoints'))
@@ -46,41 +46,6 @@ def test_learns_and_writes_metrics_checkpoints_and_summaries(tiny_cifar_data_dir
   val_scalars = testing.read_scalars(os.path.join(workdir, 'validation'))
   assert len(val_scalars['epoch_accuracy']) == 4
   assert not os.path.exists(os.path.join(workdir, '.lock'))
-
-
-def test_resume_restores_step_weights_and_optimizer_slots(tiny_cifar_data_dir, tmp_path):
-  workdir = str(tmp_path / 'run')
-  first = loop.build_experiment(small_config(tiny_cifar_data_dir, epochs=1), workdir)
-  loop.run(first)
-  second = loop.build_experiment(small_config(tiny_cifar_data_dir, epochs=2), workdir)
-  ckpt, manager, _, state = loop._make_checkpoint(second)
-  assert loop._restore(ckpt, manager)
-  assert int(state['epoch'].numpy()) == 1
-  assert int(second.trainer.optimizer.iterations.numpy()) == 10
-  # Weights equal the best-restored model of run 1? No: the checkpoint holds the
-  # last-epoch training state; with 1 epoch they coincide with run 1's model.
-  for a, b in zip(first.trainer.model.variables, second.trainer.model.variables):
-    np.testing.assert_array_equal(a.numpy(), b.numpy())
-  slots_1 = [v.numpy() for v in first.trainer.optimizer.variables]
-  slots_2 = [v.numpy() for v in second.trainer.optimizer.variables]
-  assert len(slots_1) == len(slots_2) > 2
-  for a, b in zip(slots_1, slots_2):
-    np.testing.assert_array_equal(a, b)
-  # Rerunning the launcher's entry point on the workdir continues at epoch 2.
-  result = loop.train_and_evaluate(small_config(tiny_cifar_data_dir, epochs=2), workdir)
-  assert result['resumed'] and [h['epoch'] for h in result['history']] == [1, 2]
-
-
-def test_resumed_run_equals_uninterrupted_run(tiny_cifar_data_dir, tmp_path):
-  straight = loop.train_and_evaluate(small_config(tiny_cifar_data_dir, epochs=2),
-                                     str(tmp_path / 'a'))
-  loop.train_and_evaluate(small_config(tiny_cifar_data_dir, epochs=1), str(tmp_path / 'b'))
-  resumed = loop.train_and_evaluate(small_config(tiny_cifar_data_dir, epochs=2),
-                                    str(tmp_path / 'b'))
-  assert resumed['resumed']
-  assert resumed['test_loss'] == pytest.approx(straight['test_loss'], rel=1e-5)
-  assert resumed['history'][-1]['loss'] == pytest.approx(
-      straight['history'][-1]['loss'], rel=1e-5)
 
 
 def sabotage_after_each_epoch():
@@ -154,7 +119,7 @@ def test_health_report_flags_vanishing_gradients(tiny_cifar_data_dir, tmp_path):
   tags = testing.read_tags(os.path.join(workdir, 'train'))
   assert tags['health'] == 'text' and tags['grad_norm_heatmap'] == 'images'
   assert 'activation_saturated/act_029' in tags   # the automatic probe
-  records = [json.loads(l) for l in open(os.path.join(workdir,
-                                                      checkup.OBSERVATIONS))]
+  records = [json.loads(l) for l in open(os.path.join(
+      workdir, workdir_lib.OBSERVATIONS))]
   assert [r['step'] for r in records] == list(range(2, 21, 2))
   assert all(len(r['grad_norms']) == 31 for r in records)

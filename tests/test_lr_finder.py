@@ -14,6 +14,7 @@ import tensorflow as tf
 from tftrain import checkup
 from tftrain import config as config_lib
 from tftrain import data
+from tftrain import experiment
 from tftrain import loop
 from tftrain import lr_finder
 from tftrain import schedules
@@ -49,7 +50,7 @@ def swept(tiny_mnist_data_dir, tmp_path_factory):
   """An Experiment trained a few steps, its state before, and a finder run."""
   workdir = str(tmp_path_factory.mktemp('finder'))
   seed_all(11)     # whatever other tests seeded: the same sweep every time
-  exp = loop.build_experiment(small_config(tiny_mnist_data_dir), workdir)
+  exp = experiment.build_experiment(small_config(tiny_mnist_data_dir), workdir)
   # Train a little first: non-zero slots and a non-zero step counter.
   batches = data.train_batches(exp.datasets['train'], 20, 1, 0)
   exp.trainer.train_steps(iter(exp.strategy.experimental_distribute_dataset(

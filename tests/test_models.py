@@ -8,6 +8,11 @@ from tftrain import config as config_lib
 from tftrain import models
 
 
+def dense_layers(model):
+  """The Dense layers in depth order (hidden layers, then `logits`)."""
+  return [l for l in model.layers if isinstance(l, tf.keras.layers.Dense)]
+
+
 @pytest.mark.parametrize('activation, expected', [
     ('sigmoid', 'glorot_uniform'), ('tanh', 'glorot_uniform'),
     ('relu', 'he_normal'), ('leaky_relu', 'he_normal'), ('elu', 'he_normal'),
@@ -48,7 +53,7 @@ def test_kernel_std_follows_the_initializer(activation, initializer,
 def test_layer_names_sort_by_depth_and_activation_is_applied():
   model = models.deep_mlp((4, 4, 1), depth=12, width=8, activation='tanh',
                           seed=1)
-  dense = models.dense_layers(model)
+  dense = dense_layers(model)
   names = [l.name for l in dense]
   assert names == [f'dense_{i:03d}' for i in range(12)] + ['logits']
   assert sorted(names[:-1]) == names[:-1]        # TensorBoard order == depth
@@ -85,7 +90,7 @@ def test_build_model_uses_depth_width_and_initializer():
   config = config_lib.Config(model='deep_mlp', depth=7, width=9,
                              activation='elu', kernel_initializer='he_uniform')
   model = models.build_model(config, (4, 4, 1), 10)
-  dense = models.dense_layers(model)
+  dense = dense_layers(model)
   assert len(dense) == 8
   assert all(l.kernel.shape[-1] == 9 for l in dense[:-1])
   assert type(dense[0].kernel_initializer).__name__ == 'HeUniform'

@@ -5,6 +5,7 @@ import pytest
 import tensorflow as tf
 
 from tftrain import config as config_lib
+from tftrain import errors
 from tftrain import optimizers
 from tftrain import schedules
 
@@ -74,7 +75,7 @@ def test_unknown_name_is_one_line_listing_the_choices():
 
 
 def test_config_rejects_an_unknown_optimizer_naming_the_flag():
-  with pytest.raises(config_lib.ConfigError, match='--optimizer=adamax'):
+  with pytest.raises(errors.ConfigError, match='--optimizer=adamax'):
     config_lib.Config(optimizer='adamax')
 
 

@@ -11,17 +11,14 @@ failed start never changes an existing run's files.
 """
 
 import concurrent.futures
-import errno
 import glob
 import hashlib
 import json
-import logging
 import os
 import re
 import shutil
 import signal
 import subprocess
-import sys
 import time
 
 import numpy as np
@@ -354,24 +351,6 @@ def test_sigkill_mid_epoch_then_resume_matches(reference, tiny_mnist_data_dir,
 
 
 
-def test_second_signal_exits_at_once():
-  code = (
-      'import os, signal, time\n'
-      'from tftrain import loop\n'
-      'with loop.SignalGuard() as guard:\n'
-      '  os.kill(os.getpid(), signal.SIGTERM)\n'
-      '  print("first", guard.signum, flush=True)\n'
-      '  os.kill(os.getpid(), signal.SIGINT)\n'
-      '  time.sleep(30)\n'
-      '  print("not reached", flush=True)\n')
-  start = time.time()
-  result = subprocess.run([sys.executable, '-c', code],
-                          cwd=conftest.REPO_ROOT, env=conftest.launcher_env(),
-                          capture_output=True, text=True, timeout=120)
-  assert result.stdout.split() == ['first', str(int(signal.SIGTERM))]
-  assert result.returncode == 128 + signal.SIGINT
-  assert time.time() - start < 25
-
 # --------------------------------------------- divergence and failed starts --
 
 @pytest.mark.slow
@@ -463,28 +442,18 @@ def test_unprepared_data_without_raw_dir_or_network_fails_before_the_workdir(
     tmp_path, monkeypatch):
   from tftrain import config as config_lib  # pylint: disable=g-import-not-at-top
   from tftrain import data  # pylint: disable=g-import-not-at-top
+  from tftrain import errors  # pylint: disable=g-import-not-at-top
   from tftrain import loop  # pylint: disable=g-import-not-at-top
   monkeypatch.delenv(data.RAW_DATA_ENV, raising=False)
   monkeypatch.setattr(data, '_network_reachable', lambda urls: False)
   workdir = tmp_path / 'run'
   config = config_lib.Config(data_dir=str(tmp_path / 'tfds'))
-  with pytest.raises(data.DataError) as e:
+  with pytest.raises(errors.DataError) as e:
     loop.train_and_evaluate(config, str(workdir))
   message = str(e.value)
   assert 'download host is unreachable' in message and '--raw_data_dir' in message
   assert 'train-images-idx3-ubyte.gz' in message and '\n' not in message
   assert not workdir.exists()
-
-
-def test_split_size_checks_use_the_prepared_metadata(tiny_mnist_data_dir):
-  from tftrain import config as config_lib  # pylint: disable=g-import-not-at-top
-  from tftrain import loop  # pylint: disable=g-import-not-at-top
-  config = config_lib.Config(data_dir=tiny_mnist_data_dir, validation_size=100)
-  loop.check_config(config.replace(batch_size=500))   # exactly the split: fine
-  with pytest.raises(config_lib.ConfigError, match=r'--batch_size=501: .* 500'):
-    loop.check_config(config.replace(batch_size=501))
-  with pytest.raises(config_lib.ConfigError, match=r'--validation_size=600: .* 600'):
-    loop.check_config(config.replace(validation_size=600))
 
 
 # --------------------------------------------------------- quiet, piped logs --
@@ -513,46 +482,21 @@ def test_piped_run_logs_one_line_per_epoch(tiny_mnist_data_dir, tmp_path,
   assert len(result.stdout.splitlines()) <= 12, result.stdout
 
 
-def test_progress_bar_on_a_terminal_else_throttled_log_lines(monkeypatch,
-                                                            caplog):
-  from tftrain import config as config_lib  # pylint: disable=g-import-not-at-top
-  from tftrain import loop  # pylint: disable=g-import-not-at-top
-  config = config_lib.Config(epochs=2)
-  sums = np.array([5.0, 4.0, 10.0])            # loss sum, correct, count
-  monkeypatch.setattr(loop, '_is_terminal', lambda: False)
-  quiet = loop._Progress(config, steps_per_epoch=10, log_seconds=3600)
-  quiet.start_epoch(0, 0)
-  assert quiet.bar is None
-  every = loop._Progress(config, steps_per_epoch=10, log_seconds=0.0)
-  every.start_epoch(0, 0)
-  with caplog.at_level(logging.INFO, logger='absl'):
-    quiet.update(5, 5, 1.0, sums, 10.0, 5)
-    every.update(5, 5, 1.0, sums, 10.0, 5)
-  lines = [r.getMessage() for r in caplog.records if 'progress:' in r.getMessage()]
-  # 15 steps left (5 of epoch 1, 10 of epoch 2) at 0.2 s per step.
-  assert lines == ['progress: epoch 1 step 5/10 (global step 5) loss=0.5000 '
-                   'accuracy=0.4000 examples/s=10 eta 3s']
-  monkeypatch.setattr(loop, '_is_terminal', lambda: True)
-  bar = loop._Progress(config, steps_per_epoch=10)
-  bar.start_epoch(0, 0)
-  assert bar.bar is not None
-  assert loop._Progress(config.replace(progress=False), 10).bar_enabled is False
-
-
 # ------------------------------------------------------- LR finder, stopped --
 
 def _small_experiment(data_dir, workdir, **overrides):
   from tftrain import config as config_lib  # pylint: disable=g-import-not-at-top
-  from tftrain import loop  # pylint: disable=g-import-not-at-top
+  from tftrain import experiment  # pylint: disable=g-import-not-at-top
   values = dict(data_dir=data_dir, validation_size=100, batch_size=10,
                 hidden=(16,), steps_per_loop=1, learning_rate='auto',
                 progress=False, epochs=1, patience=0, seed=3)
   values.update(overrides)
-  return loop.build_experiment(config_lib.Config(**values), workdir)
+  return experiment.build_experiment(config_lib.Config(**values), workdir)
 
 
 def test_lr_finder_stopped_restores_the_model_and_writes_nothing(
     tiny_mnist_data_dir, tmp_path):
+  from tftrain import errors  # pylint: disable=g-import-not-at-top
   from tftrain import lr_finder  # pylint: disable=g-import-not-at-top
   exp = _small_experiment(tiny_mnist_data_dir, str(tmp_path / 'run'))
   outdir = os.path.join(exp.workdir, 'lr_finder')
@@ -565,7 +509,7 @@ def test_lr_finder_stopped_restores_the_model_and_writes_nothing(
     checks.append(1)
     return len(checks) >= 3
 
-  with pytest.raises(lr_finder.Interrupted) as e:
+  with pytest.raises(errors.Interrupted) as e:
     lr_finder.find(exp, outdir, should_stop=stop_on_third_check)
   assert e.value.steps_done == 2          # two one-step calls ran
   assert 'interrupted during the LR finder' in str(e.value)
@@ -676,120 +620,12 @@ def test_ctrl_c_during_launch_lr_find_is_one_line(tiny_mnist_data_dir, tmp_path)
   assert not os.path.exists(os.path.join(workdir, '.lock'))
 
 
-# ---------------------------------------------------------------- full disk --
-
-def _no_space(kind, path):
-  if kind == 'oserror':
-    return OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), path)
-  import tensorflow as tf  # pylint: disable=g-import-not-at-top
-  return tf.errors.ResourceExhaustedError(
-      None, None, f'{path}; No space left on device')
-
-
-@pytest.mark.parametrize('kind,where,fail_at', [
-    ('oserror', 'checkpoint', 1),             # the very first checkpoint
-    ('resource_exhausted', 'checkpoint', 2),
-    ('resource_exhausted', 'summary', 2),
-])
-def test_full_disk_stops_with_one_line_keeps_the_checkpoint_and_resumes(
-    kind, where, fail_at, tiny_mnist_data_dir, tmp_path, monkeypatch):
-  import tensorflow as tf  # pylint: disable=g-import-not-at-top
-  from tftrain import config as config_lib  # pylint: disable=g-import-not-at-top
-  from tftrain import loop  # pylint: disable=g-import-not-at-top
-  from tftrain import summaries  # pylint: disable=g-import-not-at-top
-  from tftrain import workdir as workdir_lib  # pylint: disable=g-import-not-at-top
-  config = config_lib.Config(
-      data_dir=tiny_mnist_data_dir, validation_size=100, batch_size=20,
-      hidden=(16,), learning_rate=0.1, epochs=3, patience=0, steps_per_loop=5,
-      progress=False, seed=3)
-  steps_per_epoch = 500 // 20
-  workdir = str(tmp_path / 'run')
-  ckpt_dir = os.path.join(workdir, 'checkpoints')
-  calls = []
-  if where == 'checkpoint':
-    real_save = tf.train.CheckpointManager.save
-
-    def save(self, *a, **kw):
-      if self.directory == ckpt_dir:
-        calls.append(1)
-        if len(calls) == fail_at:
-          # What a full disk leaves: a partial data file, no index update.
-          number = kw['checkpoint_number']
-          partial = os.path.join(ckpt_dir, f'ckpt-{number}.data-00000-of-00001')
-          os.makedirs(ckpt_dir, exist_ok=True)
-          with open(partial, 'wb') as f:
-            f.write(b'\0' * 100)
-          raise _no_space(kind, partial)
-      return real_save(self, *a, **kw)
-    monkeypatch.setattr(tf.train.CheckpointManager, 'save', save)
-  else:
-    real_write = summaries.write_scalars
-
-    def write_scalars(writer, step, values, **kw):
-      if 'epoch_learning_rate' in values:     # the train writer, once per epoch
-        calls.append(1)
-        if len(calls) == fail_at:
-          raise _no_space(kind, os.path.join(workdir, 'train', 'events'))
-      return real_write(writer, step, values, **kw)
-    monkeypatch.setattr(summaries, 'write_scalars', write_scalars)
-
-  with pytest.raises(workdir_lib.DiskFullError) as e:
-    loop.train_and_evaluate(config, workdir)
-  message = str(e.value)
-  assert '\n' not in message
-  assert message.startswith(f'--workdir={workdir}: no space left on the device')
-  assert message.endswith('free space and rerun the same command to resume.')
-  assert not os.path.exists(os.path.join(workdir, '.lock'))
-  latest = tf.train.latest_checkpoint(ckpt_dir)
-  if fail_at == 1:
-    assert latest is None and 'no checkpoint was written yet' in message
-    assert not glob.glob(os.path.join(ckpt_dir, 'ckpt-*'))   # partial removed
-  else:
-    # The previous (epoch 1) checkpoint is still the latest, and readable.
-    assert latest.endswith(f'ckpt-{steps_per_epoch}')
-    assert f'the last checkpoint (ckpt-{steps_per_epoch}) is kept' in message
-    reader = tf.train.load_checkpoint(latest)
-    assert reader.get_tensor('epoch/.ATTRIBUTES/VARIABLE_VALUE') == 1
-    assert not glob.glob(os.path.join(ckpt_dir, f'ckpt-{2 * steps_per_epoch}*'))
-
-  # Space freed: the same call resumes and completes.
-  monkeypatch.undo()
-  result = loop.train_and_evaluate(config, workdir)
-  assert result['status'] == 'completed'
-  assert result['resumed'] == (fail_at > 1)
-  assert [h['epoch'] for h in result['history']] == [1, 2, 3]
-  assert tf.train.latest_checkpoint(ckpt_dir).endswith(
-      f'ckpt-{3 * steps_per_epoch}')
-
-
-def test_disk_full_is_one_line_through_the_launcher():
-  """run_main prints a DiskFullError as one line with exit status 1."""
-  code = (
-      'import sys\n'
-      'from absl import app\n'
-      'from launch import flags as launch_flags\n'
-      'launch_flags.define_flags()\n'
-      'from tftrain import workdir\n'
-      'def body():\n'
-      '  raise workdir.DiskFullError("--workdir=w: no space left on the device '
-      'while writing x; free space and rerun the same command to resume.")\n'
-      'app.run(lambda argv: launch_flags.run_main(body), argv=[sys.argv[0]])\n')
-  result = subprocess.run([sys.executable, '-c', code], cwd=conftest.REPO_ROOT,
-                          env=conftest.launcher_env(), capture_output=True,
-                          text=True, timeout=120)
-  assert result.returncode == 1
-  assert result.stderr.strip().splitlines()[-1] == (
-      'error: --workdir=w: no space left on the device while writing x; free '
-      'space and rerun the same command to resume.')
-  assert 'Traceback' not in result.stderr
-
-
 # ------------------------------------------------- data damaged in place --
 
 def test_damaged_prepared_record_is_one_line(tiny_mnist_data_dir, tmp_path):
   """Same size, bad CRC: found only when read, still a one-line DataError."""
   from tftrain import config as config_lib  # pylint: disable=g-import-not-at-top
-  from tftrain import data  # pylint: disable=g-import-not-at-top
+  from tftrain import errors  # pylint: disable=g-import-not-at-top
   from tftrain import loop  # pylint: disable=g-import-not-at-top
   data_dir = str(tmp_path / 'tfds')
   shutil.copytree(tiny_mnist_data_dir, data_dir)
@@ -800,7 +636,7 @@ def test_damaged_prepared_record_is_one_line(tiny_mnist_data_dir, tmp_path):
   config = config_lib.Config(data_dir=data_dir, validation_size=100,
                              batch_size=20, hidden=(8,), epochs=1,
                              progress=False, activation_stats=False)
-  with pytest.raises(data.DataError) as e:
+  with pytest.raises(errors.DataError) as e:
     loop.train_and_evaluate(config, str(tmp_path / 'run'))
   message = str(e.value)
   assert message.startswith('dataset mnist: a prepared file is damaged')

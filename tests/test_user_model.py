@@ -9,9 +9,9 @@ import pytest
 import tensorflow as tf
 
 import tftrain
-from tftrain import checkup
 from tftrain import config as config_lib
 from tftrain import loop
+from tftrain import workdir as workdir_lib
 from tests import testing
 
 README = os.path.join(os.path.dirname(os.path.dirname(__file__)), 'README.md')
@@ -122,7 +122,7 @@ def test_user_model_with_xla_or_mixed_precision(tmp_path, options):
     tf.keras.mixed_precision.set_global_policy('float32')
   assert result['history'][-1]['loss'] < result['history'][0]['loss']
   assert 'val_accuracy' not in result and 0 <= result['test_accuracy'] <= 1
-  records = [json.loads(l) for l in open(tmp_path / 'run' / checkup.OBSERVATIONS)]
+  records = [json.loads(l) for l in open(tmp_path / 'run' / workdir_lib.OBSERVATIONS)]
   assert [r['step'] for r in records] == [4, 8, 12, 16]
   assert all(np.isfinite(r['grad_norms']).all() and len(r['grad_norms']) == 3
              for r in records)

@@ -7,6 +7,7 @@ import subprocess
 
 import pytest
 
+from tftrain import errors
 from tftrain import workdir as workdir_lib
 
 
@@ -46,7 +47,7 @@ def test_ensure_writable_keeps_existing_files(tmp_path):
 def test_workdir_under_a_file_is_a_one_line_error(tmp_path):
   blocker = tmp_path / 'file'
   blocker.write_text('x')
-  with pytest.raises(workdir_lib.WorkdirError) as e:
+  with pytest.raises(errors.WorkdirError) as e:
     workdir_lib.ensure_writable(str(blocker / 'run'))
   message = str(e.value)
   assert message.startswith(f'--workdir={blocker}/run: cannot be created')
@@ -63,7 +64,7 @@ def test_lock_writes_owner_and_release_removes_it(tmp_path):
 
 def test_second_lock_is_refused_while_the_owner_lives(tmp_path, live_pid):
   write_lock(str(tmp_path), live_pid)
-  with pytest.raises(workdir_lib.WorkdirError) as e:
+  with pytest.raises(errors.WorkdirError) as e:
     workdir_lib.WorkdirLock(str(tmp_path)).acquire()
   assert f'in use by another run (pid {live_pid})' in str(e.value)
   assert f'--workdir={tmp_path}' in str(e.value)
@@ -87,7 +88,7 @@ def test_unreadable_lock_is_taken_over(tmp_path, content):
 
 def test_lock_from_another_host_is_not_taken_over(tmp_path, dead_pid):
   write_lock(str(tmp_path), dead_pid, host='elsewhere.example')
-  with pytest.raises(workdir_lib.WorkdirError, match='on elsewhere.example'):
+  with pytest.raises(errors.WorkdirError, match='on elsewhere.example'):
     workdir_lib.WorkdirLock(str(tmp_path)).acquire()
   assert (tmp_path / '.lock').exists()
 
@@ -100,5 +101,5 @@ def test_release_never_removes_a_lock_another_process_now_holds(
   write_lock(str(tmp_path), live_pid)
   first.release()
   assert json.loads((tmp_path / '.lock').read_text())['pid'] == live_pid
-  with pytest.raises(workdir_lib.WorkdirError):
+  with pytest.raises(errors.WorkdirError):
     workdir_lib.WorkdirLock(str(tmp_path)).acquire()

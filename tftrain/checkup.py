@@ -1,19 +1,159 @@
-"""The end-of-run checkup: a run's recorded series -> `health.analyze` -> report.
+"""The run's checkup: recorded series -> `health.analyze` -> report.
 
+`model_facts` records, before the first step, what the model and the data
+are (output activation and range, input scale, frozen layers, layers with no
+activation between them) into model_facts.json; `LiveCheck` is the hook that
+writes them and runs the health checks while the run trains (each quarter of
+the first epoch, then every epoch), logging each new finding at once;
 `health_run_record` gathers what `health.analyze` reads from the run's files
-(observations.jsonl, activations.jsonl) and its result; `write_health` writes
-health.md/.json, the Text summary and the depth x time heatmap.
+(observations.jsonl, activations.jsonl, model_facts.json) and its result;
+`write_health` writes health.md/.json, the Text summary and the depth x time
+heatmap.
 """
 
+import json
 import os
-from typing import Any, Dict
+from typing import Any, Dict, List, Optional
 
+from absl import logging
+import numpy as np
 import tensorflow as tf
 
 from tftrain import probes
 from tftrain import summaries
+from tftrain import workdir as workdir_lib
 
-OBSERVATIONS = 'observations.jsonl'      # per observed step (StepLogger)
+# The run-file names live in tftrain.workdir; `checkup.OBSERVATIONS` is kept
+# for code written before they moved there.
+OBSERVATIONS = workdir_lib.OBSERVATIONS
+FACTS = 'model_facts.json'               # model and data facts (LiveCheck)
+
+_MIXING = (tf.keras.layers.Dense, tf.keras.layers.Conv1D,
+           tf.keras.layers.Conv2D, tf.keras.layers.Conv3D)
+_TRANSPARENT = (tf.keras.layers.Flatten, tf.keras.layers.Reshape,
+                tf.keras.layers.Dropout, tf.keras.layers.BatchNormalization,
+                tf.keras.layers.LayerNormalization, tf.keras.layers.InputLayer,
+                tf.keras.layers.AveragePooling2D,
+                tf.keras.layers.GlobalAveragePooling2D)
+
+
+def flat_layers(model) -> List[tf.keras.layers.Layer]:
+  """`model`'s layers with nested models expanded, in order."""
+  out = []
+  for layer in model.layers:
+    if getattr(layer, 'layers', None):
+      out += flat_layers(layer)
+    else:
+      out.append(layer)
+  return out
+
+
+def linear_pairs(layers) -> List[List[str]]:
+  """[a, b]: a Dense/Conv layer b fed by a linear Dense/Conv layer a with
+  only linear layers (dropout, batch norm, reshapes) between them."""
+  pairs, previous = [], None
+  for layer in layers:
+    act = probes.activation_name(layer)
+    if isinstance(layer, _MIXING):
+      if previous is not None:
+        pairs.append([previous, layer.name])
+      previous = layer.name if act is None else None
+    elif act is not None or not isinstance(
+        layer, _TRANSPARENT + (tf.keras.layers.Activation,)):
+      previous = None
+  return pairs
+
+
+def model_facts(exp) -> Dict[str, Any]:
+  """What the model and its inputs are, from the model and the probe batch."""
+  model = exp.trainer.model
+  images, _ = probes.probe_batch(exp)
+  outputs = tf.cast(model(images, training=False), tf.float32).numpy()
+  x = tf.cast(images, tf.float32).numpy()
+  layers = flat_layers(model) if not _subclassed(model) else []
+  weighted = [l for l in layers if l.weights] if layers else []
+  last = layers[-1] if layers else None
+  rows = outputs.reshape(len(outputs), -1)
+  dropout = [float(getattr(l, 'rate', 0.0)) for l in layers
+             if isinstance(l, tf.keras.layers.Dropout)]
+  facts = {
+      'output_layer': last.name if last is not None else 'output',
+      'output_activation': probes.activation_name(last) if last else None,
+      'output_min': float(rows.min()), 'output_max': float(rows.max()),
+      'output_row_sum_error': float(np.abs(rows.sum(-1) - 1.0).max()),
+      'input_abs_max': float(np.abs(x).max()), 'input_mean': float(x.mean()),
+      'input_std': float(x.std()),
+      'trainable_variables': len(model.trainable_variables),
+      'weighted_layers': len(weighted),
+      'frozen_layers': [l.name for l in weighted if not l.trainable_weights],
+      'linear_pairs': linear_pairs(layers),
+      'dropout': max(dropout, default=0.0),
+      'batch_size': exp.config.batch_size,
+      'train_examples': exp.data_info.num_train or (
+          exp.steps_per_epoch * exp.config.batch_size)}
+  if rows.shape[-1] < 2:       # one output: a row sum says nothing
+    facts['output_row_sum_error'] = float('inf')
+  return facts
+
+
+def _subclassed(model) -> bool:
+  return not (isinstance(model, tf.keras.Sequential)
+              or getattr(model, '_is_graph_network', False)
+              or getattr(model, 'inputs', None))
+
+
+class LiveCheck:
+  """Hook: model facts before the first step, health checks while training.
+
+  Checks run at each quarter of the first epoch and after every epoch; each
+  new finding is logged at once. `first_step` is the global step of the
+  first finding; `stop` turns True at the first error when `stop_on_error`.
+  """
+
+  def __init__(self, exp, stop_on_error: bool = False):
+    self.stop_on_error = stop_on_error
+    self.stop = False
+    self.first_step: Optional[int] = None
+    self.history: List[Dict[str, Any]] = []
+    self.reported = set()
+    self.facts = model_facts(exp)
+    if exp.is_chief:
+      with open(os.path.join(exp.workdir, FACTS), 'w') as f:
+        json.dump(self.facts, f, indent=2, sort_keys=True)
+    self.every = max(1, exp.steps_per_epoch // 4)
+    self.next_step = int(exp.trainer.optimizer.iterations.numpy())
+    self.check(exp, self.next_step)
+    self.next_step += self.every
+
+  def check(self, exp, step: int) -> None:
+    """Runs the health checks on what is recorded so far; logs new ones."""
+    from tftrain import health  # pylint: disable=g-import-not-at-top
+    run = health_run_record(exp, {'history': self.history,
+                                  'status': 'running'})
+    for f in health.analyze(run):
+      if f.kind in self.reported or f.kind in _END_ONLY:
+        continue
+      self.reported.add(f.kind)
+      if self.first_step is None:
+        self.first_step = step
+      logging.warning('health at step %d: [%s] %s: %s Try: %s', step,
+                      f.severity, f.kind, f.summary, f.remedy)
+      if f.severity == 'error' and self.stop_on_error:
+        self.stop = True
+
+  def __call__(self, exp, event: str, outputs) -> None:
+    if event == 'train':
+      step = int(outputs['step'])
+      if step >= self.next_step and not self.history:
+        self.check(exp, step)
+        self.next_step = step + self.every
+    elif event == 'epoch':
+      self.history.append(outputs)
+      self.check(exp, int(exp.trainer.optimizer.iterations.numpy()))
+
+
+# Judged on the whole run only (a part of it would mislead).
+_END_ONLY = ('too_few_steps', 'overfitting')
 
 
 def health_run_record(exp, result: Dict[str, Any]) -> Dict:
@@ -27,11 +167,17 @@ def health_run_record(exp, result: Dict[str, Any]) -> Dict:
   for key in ('diverged_step', 'diverged_loss'):
     if key in result:
       run[key] = result[key]
-  records = summaries.read_records(os.path.join(exp.workdir, OBSERVATIONS))
+  records = summaries.read_records(
+      os.path.join(exp.workdir, workdir_lib.OBSERVATIONS))
   if records:
     run['steps'] = [r['step'] for r in records]
     for key in ('grad_norms', 'update_ratios', 'loss', 'learning_rate'):
       run[key] = [r[key] for r in records]
+  run['total_steps'] = int(exp.trainer.optimizer.iterations.numpy())
+  facts_path = os.path.join(exp.workdir, FACTS)
+  if os.path.exists(facts_path):
+    with open(facts_path) as f:
+      run['model_facts'] = json.load(f)
   activations = probes.read_activation_records(exp.workdir)
   if activations:
     run['activation_stats'] = activations
@@ -44,7 +190,8 @@ def health_run_record(exp, result: Dict[str, Any]) -> Dict:
   return run
 
 
-def write_health(exp, result: Dict[str, Any]) -> None:
+def write_health(exp, result: Dict[str, Any],
+                 live: Optional[LiveCheck] = None) -> None:
   """health.md/.json, a Text summary, the depth x time heatmap; result['health']."""
   from tftrain import health  # pylint: disable=g-import-not-at-top
   run = health_run_record(exp, result)
@@ -52,6 +199,8 @@ def write_health(exp, result: Dict[str, Any]) -> None:
   result['health'] = {'healthy': not findings,
                       'findings': [f.kind for f in findings],
                       'block': health.format_block(findings)}
+  if live is not None and live.first_step is not None:
+    result['health']['first_finding_step'] = live.first_step
   if not exp.is_chief:
     return
   title = f'Training health: {os.path.basename(os.path.abspath(exp.workdir))}'
@@ -64,7 +213,8 @@ def write_health(exp, result: Dict[str, Any]) -> None:
       png = health.depth_time_heatmap_png(
           run['layer_names'], run['steps'], run['grad_norms'],
           'log10 gradient norm by layer (rows) and step')
-      with open(os.path.join(exp.workdir, 'grad_norm_heatmap.png'), 'wb') as f:
+      with open(os.path.join(exp.workdir, workdir_lib.GRAD_NORM_HEATMAP),
+                'wb') as f:
         f.write(png)
       tf.summary.image('grad_norm_heatmap',
                        tf.image.decode_png(png, channels=3)[tf.newaxis])

@@ -9,6 +9,10 @@ import math
 import typing
 from typing import Any, Optional, Sequence, Tuple, Union
 
+# By name: config raises it, and `config.ConfigError` keeps working for code
+# written before every user error moved to tftrain.errors.
+from tftrain.errors import ConfigError
+
 # Tested, and in the offline mirror; any TFDS image-classification dataset works.
 DATASETS = ('mnist', 'fashion_mnist', 'cifar10')
 MODELS = ('mlp', 'deep_mlp', 'cnn')
@@ -26,15 +30,6 @@ STRATEGIES = ('default', 'one_device', 'mirrored', 'multi_worker')
 MIXED_PRECISION = ('none', 'mixed_float16', 'mixed_bfloat16')
 MONITORS = ('val_accuracy', 'val_loss')
 LR_SUGGESTIONS = ('divergence', 'minimum', 'steepest', 'valley')
-
-
-class ConfigError(ValueError):
-  """A bad configuration value; `field` is the flag/field to fix."""
-
-  def __init__(self, field: str, value, fix: str):
-    self.field = field
-    self.value = value
-    super().__init__(f'--{field}={value!s}: {fix}')
 
 
 def _positive(field, value, integer=False):
@@ -151,7 +146,8 @@ class Config:
       '(0: off).')
   # Observability.
   log_every_steps: int = _field(
-      100, 'Interval of per-step scalars (loss, LR, gradient norms).')
+      100, 'Interval of per-step scalars (loss, LR, gradient norms); shorter '
+      'runs observe more often, at least 30 steps per run.')
   histogram_every_steps: int = _field(
       0, 'Interval of gradient/weight histograms (0: off).')
   grad_norms: bool = _field(True, 'Log per-layer gradient norms.')
@@ -159,6 +155,9 @@ class Config:
       True, 'Log activation statistics (saturated/dead units) on a probe '
       'batch.')
   trace_graph: bool = _field(True, "Write the model's graph for TensorBoard.")
+  stop_on_error: bool = _field(
+      False, 'Stop at the first health error found while training (the '
+      'checkpoint and the report are kept).')
   progress: bool = _field(
       True, 'Progress bar on a terminal (one line per epoch otherwise).')
   # LR finder.
@@ -315,6 +314,23 @@ def _parse_text(kinds, text: str):
   return text
 
 
+def field_type(name: str) -> Tuple[str, Tuple[type, ...]]:
+  """How Config field `name` is typed: the one reader of the field types.
+
+  Returns:
+    ('tuple', (item type,)), ('union', member types: an Optional, or a number
+    or text), or ('plain', (type,)). `parse_field` and launch/flags.py's flag
+    kinds are both read from it.
+  """
+  hint = FIELD_TYPES[name]
+  origin = typing.get_origin(hint)
+  if origin is tuple:
+    return 'tuple', typing.get_args(hint)[:1]
+  if origin is Union:
+    return 'union', typing.get_args(hint)
+  return 'plain', (hint,)
+
+
 def parse_field(name: str, value: Any) -> Any:
   """Command-line text as the type of Config field `name`.
 
@@ -324,16 +340,13 @@ def parse_field(name: str, value: Any) -> Any:
   parse is returned as is, so the Config's own check reports it in one line
   (e.g. `--hidden=300,x: must be a comma list of positive integers.`).
   """
-  hint = FIELD_TYPES[name]
-  origin = typing.get_origin(hint)
-  if origin is tuple:
+  shape, kinds = field_type(name)
+  if shape == 'tuple':
     items = value.split(':') if isinstance(value, str) else value
-    item = typing.get_args(hint)[:1]
-    return tuple(_parse_text(item, v) if isinstance(v, str) else v
+    return tuple(_parse_text(kinds, v) if isinstance(v, str) else v
                  for v in items)
   if not isinstance(value, str):
     return value
-  kinds = typing.get_args(hint) if origin is Union else (hint,)
   if type(None) in kinds and value.lower() in (
       ('none', 'auto') if bool in kinds else ('none',)):
     return None

@@ -10,6 +10,7 @@ from absl import logging
 import tensorflow as tf
 
 from tftrain import config as config_lib
+from tftrain import errors
 
 STRATEGIES = config_lib.STRATEGIES
 
@@ -17,10 +18,6 @@ STRATEGIES = config_lib.STRATEGIES
 # unreachable): the survivor's next all-reduce fails with one of these.
 PEER_ERRORS = (tf.errors.UnavailableError, tf.errors.AbortedError,
                tf.errors.CancelledError, tf.errors.DeadlineExceededError)
-
-
-class WorkerLostError(RuntimeError):
-  """Another worker of a multi-worker run is gone; the message says what to do."""
 
 
 def configure_cpu_replicas(num_replicas: int) -> None:
@@ -40,7 +37,7 @@ def configure_cpu_replicas(num_replicas: int) -> None:
   except RuntimeError as e:
     existing = len(tf.config.list_logical_devices('CPU'))
     if existing != num_replicas:
-      raise config_lib.ConfigError(
+      raise errors.ConfigError(
           'cpu_replicas', num_replicas,
           f'TensorFlow devices are already initialized with {existing} CPU '
           'device(s); set it before any TensorFlow work (first thing in the '
@@ -67,8 +64,8 @@ def create_strategy(name: str) -> tf.distribute.Strategy:
     if _MULTI_WORKER is None:
       _MULTI_WORKER = tf.distribute.MultiWorkerMirroredStrategy()
     return _MULTI_WORKER
-  raise config_lib.ConfigError('strategy', name,
-                               f'choose one of {", ".join(STRATEGIES)}.')
+  raise errors.ConfigError('strategy', name,
+                           f'choose one of {", ".join(STRATEGIES)}.')
 
 
 _MULTI_WORKER = None
@@ -91,7 +88,7 @@ def task_from_tf_config():
   try:
     tf_config = json.loads(os.environ.get('TF_CONFIG') or '{}')
   except ValueError as e:
-    raise config_lib.ConfigError(
+    raise errors.ConfigError(
         'strategy', 'multi_worker',
         f'$TF_CONFIG is not valid JSON ({e}); see the README\'s multi-worker '
         'example.') from None
@@ -107,7 +104,7 @@ def check_tf_config() -> None:
   """
 
   def bad(fix):
-    return config_lib.ConfigError('strategy', 'multi_worker', fix)
+    return errors.ConfigError('strategy', 'multi_worker', fix)
 
   try:
     tf_config = json.loads(os.environ.get('TF_CONFIG') or '{}')
@@ -154,7 +151,8 @@ def is_peer_error(error: BaseException) -> bool:
 
 
 def lost_peer_error(error: BaseException,
-                    latest_checkpoint: Optional[str] = None) -> WorkerLostError:
+                    latest_checkpoint: Optional[str] = None
+                    ) -> errors.WorkerLostError:
   """A one-line WorkerLostError naming the peer that `error` says is gone.
 
   The peer is read from the error text (a `/job:worker/.../task:N` device or a
@@ -184,7 +182,7 @@ def lost_peer_error(error: BaseException,
     who = 'another worker'
   resume = (f'from the last checkpoint ({os.path.basename(latest_checkpoint)})'
             if latest_checkpoint else 'from the start (no checkpoint yet)')
-  return WorkerLostError(
+  return errors.WorkerLostError(
       f'--strategy=multi_worker: lost {who} ({type(error).__name__}); this '
       f'worker ({task_type} {task_id}) stops. Rerun the same command on all '
       f'workers to resume {resume}.')
@@ -211,4 +209,4 @@ def wait_for_all_workers(strategy: tf.distribute.Strategy,
                                       int(timeout_seconds * 1000))
   except (tf.errors.OpError, AttributeError) as e:
     logging.warning('workers did not all reach the end of the run (%s)',
-                    str(e).splitlines()[0] if str(e) else type(e).__name__)
+                    errors.first_line(e))

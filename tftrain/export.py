@@ -19,7 +19,10 @@ from typing import Dict
 
 import tensorflow as tf
 
+from tftrain import errors
 from tftrain import models
+from tftrain import trainer as trainer_lib
+from tftrain import workdir as workdir_lib
 
 EXPORT_DIR = 'export'
 
@@ -56,7 +59,8 @@ def export(model: tf.keras.Model, data_info, workdir: str,
   try:
     model.save(os.path.join(tmp, 'model.keras'))
   except Exception as e:  # pylint: disable=broad-except
-    keras_error = f'{type(e).__name__}: {e}'.splitlines()[0]  # e.g. subclassed
+    # e.g. a subclassed model
+    keras_error = f'{type(e).__name__}: {errors.first_line(e, default="")}'
   meta = {'dataset': dataset, 'image_shape': list(data_info.image_shape),
           'keras_file_error': keras_error,
           'num_classes': int(data_info.num_classes),
@@ -64,8 +68,7 @@ def export(model: tf.keras.Model, data_info, workdir: str,
           'mean': list(data_info.mean) if data_info.mean else None,
           'std': list(data_info.std) if data_info.std else None,
           'dropout': models.has_dropout(model)}
-  with open(os.path.join(tmp, 'export.json'), 'w') as f:
-    json.dump(meta, f, indent=2)
+  workdir_lib.write_json(os.path.join(tmp, 'export.json'), meta)
   shutil.rmtree(final, ignore_errors=True)
   os.replace(tmp, final)
   return {'dir': final, 'saved_model': os.path.join(final, 'saved_model'),
@@ -73,10 +76,8 @@ def export(model: tf.keras.Model, data_info, workdir: str,
 
 
 def _metrics(probs, labels):
-  picked = tf.gather(probs, labels, batch_dims=1)
-  loss = -tf.reduce_sum(tf.math.log(tf.maximum(picked, 1e-12)))
-  correct = tf.reduce_sum(tf.cast(
-      tf.equal(tf.argmax(probs, -1, output_type=tf.int32), labels), tf.float32))
+  """Loss sum and correct count of a batch of predicted probabilities."""
+  loss, correct, _ = trainer_lib.probability_sums(probs, labels).numpy()
   return float(loss), float(correct)
 
 
@@ -93,8 +94,7 @@ def evaluate(workdir: str, data_dir=None, raw_data_dir=None,
   root = os.path.join(workdir, EXPORT_DIR)
   meta_path = os.path.join(root, 'export.json')
   if not os.path.exists(meta_path):
-    from tftrain import workdir as workdir_lib  # pylint: disable=g-import-not-at-top
-    raise workdir_lib.WorkdirError(
+    raise errors.WorkdirError(
         f'--workdir={workdir}: no export/ in it; a completed run writes one '
         '(rerun the training command to finish the run).')
   with open(meta_path) as f:

@@ -2,9 +2,10 @@
 
 A grid is {Config field: values}; each point is a `Variant` (name, Config
 overrides) trained by `loop.train_and_evaluate` in `root/<name>/` (resumable).
+`preset` gives a named list of hand-picked variants instead (`presets`).
 After each variant a report function rewrites the comparison in `root/`:
 `write_comparison` (launch.compare: comparison.md/.csv/.json/.png) or the one
-of `compare_activations` (launch.deep: depth probe, comparison.md/.csv,
+of `studies.compare_activations` (launch.deep: depth probe, comparison.md/.csv,
 grad_norm_vs_depth.png, val_accuracy.png). HParams: `root/` holds the
 hparams_config, each run its values and best_val_accuracy, best_val_loss,
 test_accuracy, so `tensorboard --logdir root` shows a row per variant.
@@ -20,18 +21,17 @@ import time
 from typing import Any, Callable, Dict, List, Mapping, Optional, Sequence
 
 from absl import logging
-import numpy as np
 import tensorflow as tf
 from tensorboard.plugins.hparams import api as hp
 
 from tftrain import config as config_lib
+from tftrain import errors
 from tftrain import health
 from tftrain import loop
-from tftrain import models
-from tftrain import probes
+from tftrain import presets
 from tftrain import report
 from tftrain import summaries
-from tftrain import trainer as trainer_lib
+from tftrain import workdir as workdir_lib
 
 # Per-optimizer learning rates for the deep ELU MLP at batch 32 (momentum
 # variants take a smaller step since momentum 0.9 multiplies it by ~10).
@@ -45,28 +45,6 @@ SHORT_NAMES = {'batch_norm': 'bn', 'optimizer': 'opt', 'activation': 'act',
                'batch_size': 'batch', 'schedule': 'sched'}
 _FIELDS = config_lib.FIELD_TYPES
 
-# Named variant lists: `chapter11` is the seed chapter's CIFAR-10 exercise
-# (Hands-On ML ch. 11, ex. 8) after batch norm (published val accuracy).
-SELU = dict(activation='selu', kernel_initializer='lecun_normal',
-            batch_norm='none', standardize=True)
-PRESETS = {
-    'chapter11': [
-        ('no-bn_nadam-5e-5', dict(batch_norm='none', optimizer='nadam',
-                                  learning_rate=5e-5)),            # 0.4762
-        ('bn_nadam-5e-4', dict(batch_norm='before', optimizer='nadam',
-                               learning_rate=5e-4)),               # 0.5398
-        ('selu_nadam-7e-4', dict(SELU, optimizer='nadam',
-                                 learning_rate=7e-4)),             # 0.4792
-        ('selu_alpha-dropout-0.1', dict(SELU, optimizer='nadam',
-                                        learning_rate=5e-4, dropout=0.1,
-                                        mc_dropout_samples=10)),   # 0.4890
-        ('selu_alpha-dropout_1cycle', dict(
-            SELU, optimizer='momentum', learning_rate=0.05, dropout=0.1,
-            schedule='onecycle', batch_size=128, epochs=15, patience=0,
-            mc_dropout_samples=10)),                               # 0.5198
-    ],
-}
-
 
 @dataclasses.dataclass(frozen=True)
 class Variant:
@@ -76,10 +54,6 @@ class Variant:
 
 
 # ---------------------------------------------------------------- expand --
-
-# Flag text as a Config field's type ('a:b' for tuples, 'none' for None).
-parse_value = config_lib.parse_field
-
 
 def _with_rates(base, named, rates, flags) -> List[Variant]:
   """Variants from (name, overrides) with their learning rates, validated."""
@@ -92,17 +66,17 @@ def _with_rates(base, named, rates, flags) -> List[Variant]:
           overrides.get('learning_rate', base.learning_rate)))
     try:
       base.replace(**overrides)   # validates now, not an hour later
-    except config_lib.ConfigError as e:
+    except errors.ConfigError as e:
       if e.field not in flags:
         raise
       value = f'{e.field}={e.value}' if flags[e.field] == 'grid' else e.value
-      raise config_lib.ConfigError(flags[e.field], value,
-                                   str(e).split(': ', 1)[-1]) from None
+      raise errors.ConfigError(flags[e.field], value,
+                               str(e).split(': ', 1)[-1]) from None
     variants.append(Variant(name, overrides))
   names = [v.name for v in variants]
   for key in rates:
     if key not in config_lib.OPTIMIZERS and key not in names:
-      raise config_lib.ConfigError(
+      raise errors.ConfigError(
           'learning_rates', key, 'is neither an optimizer nor a variant; '
           f'variants: {", ".join(sorted(names))}.')
   return variants
@@ -123,13 +97,13 @@ def expand(grid: Mapping[str, Sequence[Any]], base: config_lib.Config,
   """
   for axis, values in grid.items():
     if axis not in _FIELDS or not values:
-      raise config_lib.ConfigError('grid', axis, 'is not a Config field.'
-                                   if axis not in _FIELDS else
-                                   'needs at least one value.')
+      raise errors.ConfigError('grid', axis, 'is not a Config field.'
+                               if axis not in _FIELDS else
+                               'needs at least one value.')
   flags = {a: (flags or {}).get(a, f'grid_{a}') for a in grid}
   named = []
   for values in itertools.product(*grid.values()):
-    point = {a: parse_value(a, v) for a, v in zip(grid, values)}
+    point = {a: config_lib.parse_field(a, v) for a, v in zip(grid, values)}
     prefix = {a: short_names.get(a, a) for a in grid}
     text = {a: ':'.join(map(str, v)) if isinstance(v, tuple) else
             format(v, 'g') if isinstance(v, float) else str(v)
@@ -143,11 +117,12 @@ def expand(grid: Mapping[str, Sequence[Any]], base: config_lib.Config,
 def preset(name: str, base: config_lib.Config,
            learning_rates: Optional[Mapping[str, float]] = None
            ) -> List[Variant]:
-  """The variants of `PRESETS[name]` (their own rates unless overridden)."""
-  if name not in PRESETS:
-    raise config_lib.ConfigError('preset', name,
-                                 f'choose one of {", ".join(PRESETS)}.')
-  return _with_rates(base, PRESETS[name], learning_rates or {}, {})
+  """The variants of `presets.PRESETS[name]` (their own rates unless
+  overridden)."""
+  if name not in presets.PRESETS:
+    raise errors.ConfigError('preset', name,
+                             f'choose one of {", ".join(presets.PRESETS)}.')
+  return _with_rates(base, presets.PRESETS[name], learning_rates or {}, {})
 
 
 def select(variants: Sequence[Variant], patterns: Sequence[str]) -> List[Variant]:
@@ -158,7 +133,7 @@ def select(variants: Sequence[Variant], patterns: Sequence[str]) -> List[Variant
   """
   for pattern in patterns:
     if not any(fnmatch.fnmatchcase(v.name, pattern) for v in variants):
-      raise config_lib.ConfigError(
+      raise errors.ConfigError(
           'only', pattern, 'matches no variant; choose from '
           f'{", ".join(v.name for v in variants)}.')
   return [v for v in variants if not patterns
@@ -324,10 +299,8 @@ def write_comparison(base: config_lib.Config, rows: Sequence[Dict[str, Any]],
   plot_comparison(rows, paths['png'], title)
   report.write_table(table_rows(rows), paths['md'], paths['csv'],
                      notes=_notes(rows), formats=TABLE_FORMATS, missing='–')
-  with open(paths['json'], 'w') as f:
-    json.dump({'variants': list(rows),
-               'batch_norm_speedups': batch_norm_speedups(rows)},
-              f, indent=2, default=float)
+  workdir_lib.write_json(paths['json'], {
+      'variants': list(rows), 'batch_norm_speedups': batch_norm_speedups(rows)})
   return paths
 
 
@@ -379,12 +352,9 @@ def write_hparams_run(run_dir: str, hparams: Mapping[str, Any],
 
 # ------------------------------------------------------------------- run --
 
-HookFactory = Callable[[loop.Experiment], Sequence[loop.Hook]]
-
-
 def run_variant(base: config_lib.Config, variant: Variant, root: str,
                 hparams: Mapping[str, Any],
-                hook_factory: Optional[HookFactory] = None):
+                hook_factory: Optional[loop.HookFactory] = None):
   """Trains one variant in `root/<name>` (resuming); returns (row, result).
 
   A diverged run is recorded, not fatal: its result is its metrics.json
@@ -402,9 +372,9 @@ def run_variant(base: config_lib.Config, variant: Variant, root: str,
   try:
     result = loop.train_and_evaluate(base.replace(**variant.overrides), run_dir,
                                      [clock], hook_factory=hook_factory)
-  except trainer_lib.NonFiniteError as e:   # one diverging variant ≠ no grid
+  except errors.NonFiniteError as e:   # one diverging variant ≠ no grid
     logging.warning('variant %s diverged: %s', variant.name, e)
-    with open(os.path.join(run_dir, 'metrics.json')) as f:
+    with open(os.path.join(run_dir, workdir_lib.METRICS_JSON)) as f:
       result = json.load(f)
   history, earlier = result.get('history', []), previous.get('wall_seconds', [])
   if earlier and len(earlier) + len(stamps) == len(history):
@@ -415,8 +385,7 @@ def run_variant(base: config_lib.Config, variant: Variant, root: str,
              health=health.summary_cell(run_dir),
              **{k: result[k] for k in ('mc_val_accuracy', 'mc_test_accuracy',
                                        'diverged_step') if k in result})
-  with open(summary_path, 'w') as f:
-    json.dump(row, f, indent=2, default=float)
+  workdir_lib.write_json(summary_path, row)
   write_hparams_run(run_dir, hparams, row, start)
   return row, result
 
@@ -427,7 +396,7 @@ ReportFn = Callable[[config_lib.Config, Sequence[Dict[str, Any]], str],
 
 def run(base: config_lib.Config, variants: Sequence[Variant], root: str,
         report_fn: ReportFn = write_comparison,
-        hook_factory: Optional[HookFactory] = None) -> Dict[str, Any]:
+        hook_factory: Optional[loop.HookFactory] = None) -> Dict[str, Any]:
   """Trains each variant in `root/<name>`; after each, `report_fn(base, rows,
   root) -> paths` rewrites the comparison. `hook_factory(exp) -> hooks` adds
   per-run hooks (`loop.train_and_evaluate`). Returns {'rows', 'results' (name
@@ -445,105 +414,3 @@ def run(base: config_lib.Config, variants: Sequence[Variant], root: str,
     paths = report_fn(base, rows, root)
   return {'rows': rows, 'results': results, 'paths': paths,
           'wall_seconds': time.time() - started}
-
-
-# ------------------------------------------------- activations, in depth --
-
-def _probe_columns(probe) -> Dict[str, float]:
-  """Gradient norms of the first and last hidden layer, start and end."""
-  out = {}
-  for when, (_, norms) in (('start', probe.records[0]), ('end', probe.records[-1])):
-    first = float(norms[0])
-    last = float(norms[summaries.last_hidden_index(len(norms))])
-    out.update({f'grad_first_{when}': first, f'grad_last_{when}': last,
-                f'ratio_{when}': first / last if last > 0 else float('inf')})
-  return out
-
-
-def activation_row(config: config_lib.Config, row: Dict[str, Any],
-                   probe=None) -> Dict[str, Any]:
-  """The activation-comparison line of one variant (`row` from `run`)."""
-  accs = row['val_accuracy']
-  out = {'activation': config.activation,
-         'initializer': (config.kernel_initializer
-                         or models.default_initializer(config.activation)),
-         'standardized': config.standardize_inputs,
-         'optimizer': config.optimizer, 'learning_rate': config.learning_rate,
-         'status': row['status']}
-  out.update({f'val_acc_e{e}': accs[e - 1] if e <= len(accs) else None
-              for e in range(1, config.epochs + 1)})
-  out.update(final_val_acc=accs[-1] if accs else None,
-             test_acc=row['test_accuracy'])
-  if probe is not None and probe.records:
-    out.update(_probe_columns(probe))
-  out.update(health=row['health'], wall_seconds=row.get('run_seconds'))
-  if probe is not None:
-    out['probe_seconds'] = probe.seconds
-  return out
-
-
-def _depth_panels(probes) -> List[report.Panel]:
-  """Gradient norm vs depth at the first and the last probe, log y."""
-  names = next(iter(probes.values()))[1]
-  depth = np.arange(len(names))
-  panels = []
-  for title, index in (('start of training', 0), ('end of training', -1)):
-    steps = {a: p.records[index][0] for a, (p, _) in probes.items()}
-    same = len(set(steps.values())) == 1
-    # One label per activation (same colour in both panels); the step goes in
-    # the title, or in the label when the runs stopped at different steps.
-    curves = {(a if same else f'{a} (step {steps[a]})'): (depth, p.records[index][1])
-              for a, (p, _) in probes.items()}
-    panels.append(report.Panel(
-        curves, title + (f' (step {steps[next(iter(steps))]})' if same else ''),
-        f'layer depth (0 = {names[0]}, {len(names) - 1} = {names[-1]})',
-        'kernel gradient L2 norm (probe batch)', logy=True,
-        floor_label='exactly 0 in float32'))
-  return panels
-
-
-def compare_activations(base: config_lib.Config, activations: Sequence[str],
-                        root: str, probe_size: int = probes.PROBE_SIZE
-                        ) -> Dict[str, Any]:
-  """A grid over `activation` (runs in `root/<activation>/`), each with a
-  DepthProbe on `probe_size` validation examples recorded at the start, every
-  `histogram_every_steps` and after each epoch. Returns `run`'s dict plus
-  'table' (comparison lines) and 'probes' (activation -> [(step, norms)]).
-  """
-  probes, table = {}, []
-
-  def probe_hooks(exp):
-    probe = probes.activation_probe(exp, exp.config.histogram_every_steps,
-                                  write_images=True, size=probe_size)
-    if probe is None:
-      return []
-    probes[exp.config.activation] = (probe, exp.trainer.layer_names)
-    probe.record(exp, int(exp.trainer.optimizer.iterations.numpy()))
-    return [probe]
-
-  def write(config, rows, workdir):
-    files = {'table_md': os.path.join(workdir, 'comparison.md'),
-             'table_csv': os.path.join(workdir, 'comparison.csv'),
-             'grad_png': os.path.join(workdir, 'grad_norm_vs_depth.png'),
-             'val_png': os.path.join(workdir, 'val_accuracy.png')}
-    table[:] = [activation_row(config.replace(**r['overrides']), r,
-                               probes.get(r['name'], (None,))[0]) for r in rows]
-    report.write_table(table, files['table_md'], files['table_csv'])
-    probed = {a: p for a, p in probes.items() if p[0].records}
-    if probed:
-      report.plot_panels(_depth_panels(probed), files['grad_png'],
-                         f'Gradient norm vs depth: {config.depth} x Dense('
-                         f'{config.width}), {config.optimizer} '
-                         f'lr={config.learning_rate}')
-    report.plot_panels([report.Panel(
-        {r['name']: (range(1, len(r['val_accuracy']) + 1), r['val_accuracy'])
-         for r in rows}, 'validation accuracy per epoch', 'epoch',
-        'validation accuracy')], files['val_png'])
-    return files
-
-  variants = expand({'activation': list(activations)}, base, {},
-                    {'activation': 'activation'}, {'activation': ''})
-  out = run(base, variants, root, write, probe_hooks)
-  out['table'] = table
-  out['probes'] = {a: p.records for a, (p, _) in probes.items()}
-  return out

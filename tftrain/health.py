@@ -25,9 +25,13 @@ from typing import Any, Dict, List, Optional, Sequence
 
 import numpy as np
 
-KINDS = ('vanishing_gradients', 'exploding_gradients', 'saturated_units',
-         'dead_units', 'lr_too_high', 'lr_too_low', 'chance_accuracy',
-         'diverged', 'overfitting', 'lr_far_from_finder')
+KINDS = ('probabilities_as_logits', 'output_activation', 'model_not_training',
+         'frozen_layers', 'unscaled_inputs', 'symmetric_units',
+         'vanishing_gradients', 'exploding_gradients', 'saturated_units',
+         'dead_units', 'lr_too_high', 'lr_too_low', 'too_few_steps',
+         'chance_accuracy', 'labels_unlearnable', 'label_noise',
+         'too_much_regularization', 'diverged', 'overfitting',
+         'linear_stack', 'lr_far_from_finder')
 SEVERITIES = ('error', 'warning')    # sort order: errors first
 HEALTH_MD = 'health.md'
 HEALTH_JSON = 'health.json'
@@ -80,10 +84,80 @@ THRESHOLDS = {
                                   # at the val-loss minimum)
     # lr_far_from_finder: peak LR more than this factor from the suggestion.
     'finder_factor': 10.0,
+    # probabilities_as_logits: outputs >= -tol whose rows sum to 1 within tol
+    # on the probe batch (a softmax), or all in [0, 1] (a sigmoid).
+    'probability_tolerance': 1e-3,
+    # unscaled_inputs: largest |input| on the probe batch above this (images
+    # scaled to [0, 1] or standardized stay below ~10; raw pixels reach 255).
+    'input_abs_max': 20.0,
+    # frozen_layers: frozen layers hold at least this fraction of the
+    # layers with weights.
+    'frozen_fraction': 0.5,
+    # symmetric_units: a layer whose units' spread (std across units over
+    # mean |output|) stays below this computes one value many times.
+    'symmetric_spread': 1e-3,
+    # too_few_steps: fewer optimizer updates than this in the whole run.
+    'min_updates': 100,
+    # labels_unlearnable: train accuracy above chance by this margin (of
+    # 1 - 1/C) while validation stays at chance.
+    'memorize_margin': 0.1,
+    # label_noise / too_much_regularization: validation accuracy above the
+    # (dropout-on, running) train accuracy by more than this, last epoch.
+    'val_above_train': 0.15,
+    # ... too_much_regularization when the model's largest dropout rate is
+    # at least this; otherwise the training labels are suspect.
+    'heavy_dropout': 0.5,
+    # lr_too_low (slow convergence): hidden update ratio below this while
+    # the training loss keeps falling at an undiminished rate (the last
+    # epoch's drop at least slow_drop_ratio x the one before, and more than
+    # slow_min_drop of the loss) and is still above slow_loss_fraction of
+    # its first value.
+    'slow_update_ratio': 3e-4,
+    'slow_drop_ratio': 0.6,
+    'slow_min_drop': 0.03,
+    'slow_loss_fraction': 0.5,
 }
 
 _SATURATING = ('sigmoid', 'tanh')
 REMEDIES = {
+    'probabilities_as_logits': (
+        'The loss expects logits: remove the softmax/sigmoid from the last '
+        'layer (Dense(num_classes) with no activation); apply softmax only '
+        'when you need probabilities at inference.'),
+    'output_activation': (
+        'Give the output layer no activation (linear logits); an activation '
+        'there clips the logits the loss needs.'),
+    'model_not_training': (
+        'Make the layers trainable (layer.trainable = True) or give the '
+        'model trainable weights; nothing is being learned.'),
+    'frozen_layers': (
+        'Unfreeze the layers (layer.trainable = True) unless they hold '
+        'pretrained weights you meant to keep.'),
+    'unscaled_inputs': (
+        'Scale the inputs: divide pixels by 255 or standardize each channel '
+        '(--standardize); large inputs saturate or kill units and need a '
+        'tiny learning rate.'),
+    'symmetric_units': (
+        'Use a random kernel initializer (He for ReLU, Glorot for '
+        'sigmoid/tanh, LeCun normal for SELU); units that start identical '
+        'get identical updates and stay identical.'),
+    'too_few_steps': (
+        'Use a smaller batch size or more epochs: the model needs hundreds '
+        'of updates, not a handful.'),
+    'labels_unlearnable': (
+        'Check that the labels belong to their inputs (a shuffle or join '
+        'that separated them); the model memorizes training labels that '
+        'carry no signal for new examples.'),
+    'label_noise': (
+        'Check the training labels: the model agrees with the validation '
+        'labels more often than with its own training labels, so many '
+        'training labels look wrong.'),
+    'too_much_regularization': (
+        'Lower the dropout rate (0.1-0.5) or remove dropout from most '
+        'layers; the model underfits its own training data.'),
+    'linear_stack': (
+        'Put a non-linear activation (ReLU, ELU, SELU, ...) between the '
+        'layers; without one they compose to a single linear map.'),
     'vanishing_gradients': (
         'Use a ReLU-family activation with He initialization, or SELU with '
         'LeCun normal initialization and standardized inputs, or add batch '
@@ -201,6 +275,8 @@ def _matrix(run, key: str) -> Optional[np.ndarray]:
     return None
   arr = np.asarray(values, np.float64)
   n = len(run['layer_names'])
+  if n == 0:
+    return None      # a frozen model: no layer to judge
   if arr.ndim != 2 or arr.shape[1] != n:
     raise ValueError(f'{key} has shape {arr.shape}; expected [steps, {n}] '
                      f'(one value per layer of layer_names)')
@@ -464,8 +540,11 @@ def _lr_findings(run, t, stalled: bool) -> List[Finding]:
         'lr_too_high', f'The training loss rose from {_fmt(change[0])} to '
         f'{_fmt(change[1])} (+{rise:.0%}, first vs last quarter of the run).',
         steps=[], numbers=nums, tag='loss'))
-  if (low is not None and low >= sustain and rise is not None
-      and -rise < t['lr_low_min_loss_drop'] and not stalled):
+  slow = None if stalled else _slow_convergence(run, t, med)
+  if slow is not None and not any(f.kind == 'lr_too_high' for f in out):
+    out.append(slow)
+  elif (low is not None and low >= sustain and rise is not None
+        and -rise < t['lr_low_min_loss_drop'] and not stalled):
     out.append(_finding(
         'lr_too_low', f'Updates are tiny and the loss barely moves: the '
         f'hidden layers\' update ratio is {_fmt(med)} ({judged}) and the '
@@ -568,6 +647,188 @@ def _finder_finding(run, t) -> List[Finding]:
       tag='lr_finder/plot')]
 
 
+def _output_findings(run, t) -> List[Finding]:
+  """Probabilities (softmax/sigmoid) or a clipping activation at the output."""
+  facts = run.get('model_facts') or {}
+  if not facts:
+    return []
+  act = facts.get('output_activation')
+  tol = t['probability_tolerance']
+  lo, hi = facts.get('output_min'), facts.get('output_max')
+  sums = facts.get('output_row_sum_error')
+  softmax_like = (lo is not None and sums is not None and lo >= -tol
+                  and sums <= tol)
+  sigmoid_like = (lo is not None and hi is not None and lo >= -tol
+                  and hi <= 1 + tol and act in ('sigmoid', 'hard_sigmoid'))
+  layer = facts.get('output_layer', 'the output layer')
+  nums = {k: facts[k] for k in ('output_min', 'output_max',
+                                'output_row_sum_error') if k in facts}
+  if act in ('softmax', 'sigmoid', 'hard_sigmoid', 'log_softmax') or \
+      softmax_like or sigmoid_like:
+    what = (f'applies {act}' if act else 'outputs non-negative rows that sum '
+            'to 1')
+    return [_finding(
+        'probabilities_as_logits', f'The model outputs probabilities, but the '
+        f'loss takes logits: {layer} {what} (probe batch: min '
+        f'{_fmt(lo if lo is not None else math.nan)}, row sums within '
+        f'{_fmt(sums if sums is not None else math.nan)} of 1), so the loss '
+        'applies a second softmax: gradients shrink and training slows or '
+        'stalls.', [layer], numbers=nums, tag=f'activation_mean/{layer}',
+        severity='error')]
+  if act:
+    return [_finding(
+        'output_activation', f'The output layer {layer} applies {act}: the '
+        f'logits are clipped to its range before the loss.', [layer],
+        numbers=nums, tag=f'activation_mean/{layer}', severity='error')]
+  return []
+
+
+def _model_findings(run, t) -> List[Finding]:
+  """Frozen models or layers, unscaled inputs, stacked linear layers."""
+  facts = run.get('model_facts') or {}
+  out = []
+  if not facts:
+    return out
+  weighted = facts.get('weighted_layers', 0)
+  frozen = facts.get('frozen_layers') or []
+  if facts.get('trainable_variables') == 0:
+    out.append(_finding(
+        'model_not_training', f'The model has no trainable weights '
+        f'({len(frozen)} of {weighted} layers with weights are frozen): '
+        'training changes nothing.', frozen, numbers={
+            'trainable_variables': 0, 'frozen_layers': len(frozen)},
+        tag='update_ratio', severity='error'))
+  elif weighted and len(frozen) / weighted >= t['frozen_fraction']:
+    out.append(_finding(
+        'frozen_layers', f'{len(frozen)} of {weighted} layers with weights are '
+        f'frozen ({_compact(frozen)}): only the rest learn.', frozen,
+        numbers={'frozen_layers': len(frozen), 'weighted_layers': weighted},
+        tag='update_ratio'))
+  big = facts.get('input_abs_max')
+  if big is not None and big > t['input_abs_max']:
+    out.append(_finding(
+        'unscaled_inputs', f'The inputs are not scaled: values reach '
+        f'{_fmt(big)} (mean {_fmt(facts.get("input_mean", math.nan))}, std '
+        f'{_fmt(facts.get("input_std", math.nan))} on the probe batch; scaled '
+        f'inputs stay within about +-{_fmt(t["input_abs_max"] / 2)}).',
+        numbers={k: facts[k] for k in ('input_abs_max', 'input_mean',
+                                       'input_std') if k in facts},
+        tag='activation_mean', severity='error'))
+  pairs = facts.get('linear_pairs') or []
+  if pairs:
+    names = [f'{a} -> {b}' for a, b in pairs]
+    out.append(_finding(
+        'linear_stack', f'No activation between {len(pairs)} pair'
+        f'{"s" * (len(pairs) != 1)} of layers ({", ".join(names[:3])}'
+        f'{" ..." if len(names) > 3 else ""}): they compute one linear map, '
+        'so the extra layers add no capacity.',
+        [n for p in pairs for n in p], numbers={'linear_pairs': len(pairs)},
+        tag='activation_mean'))
+  return out
+
+
+def _symmetric_finding(run, t) -> List[Finding]:
+  """Layers whose units all compute the same value (symmetric init)."""
+  records = run.get('activation_stats') or []
+  later = records[len(records) // 2:]
+  order = list(dict.fromkeys(l for _, s in records for l in s))
+  hit = []
+  for layer in order:
+    spread = np.array([s[layer]['spread'] for _, s in later
+                       if 'spread' in s.get(layer, {})], np.float64)
+    if spread.size and np.mean(spread < t['symmetric_spread']) >= \
+        t['sustained_fraction']:
+      hit.append(layer)
+  if not hit:
+    return []
+  return [_finding(
+      'symmetric_units', f'Units are identical: in {len(hit)} of {len(order)} '
+      f'probed layers ({_compact(hit, order)}) every unit outputs the same '
+      f'value on each probe example (spread below '
+      f'{_fmt(t["symmetric_spread"])}), as a constant kernel initializer '
+      'leaves them.', hit, [later[0][0], later[-1][0]],
+      {'layers_hit': len(hit)}, f'activation_std/{hit[0]}',
+      severity='error')]
+
+
+def _budget_findings(run, t) -> List[Finding]:
+  """Too few updates; train accuracy at odds with validation accuracy."""
+  out = []
+  total = run.get('total_steps')
+  if total is not None and 0 < total < t['min_updates'] and run.get(
+      'status') not in ('interrupted', 'diverged', 'stopped_on_error'):
+    out.append(_finding(
+        'too_few_steps', f'The run made only {total} optimizer updates'
+        f'{_batch_note(run)}.', numbers={'updates': total},
+        tag='loss', severity='error'))
+  history = [h for h in run.get('history') or []
+             if 'accuracy' in h and 'val_accuracy' in h]
+  classes = run.get('num_classes')
+  if not history or not classes:
+    return out
+  last = history[-1]
+  chance = 1.0 / classes
+  limit = min(t['chance_factor'] * chance,
+              chance + t['chance_margin'] * (1 - chance))
+  memorized = chance + t['memorize_margin'] * (1 - chance) + (limit - chance)
+  learning = (len(history) >= 2 and last['accuracy'] > history[0]['accuracy']
+              and last.get('loss', 0.0) < history[0].get('loss', 0.0))
+  if (last['val_accuracy'] <= limit and last['accuracy'] > memorized
+      and learning):
+    out.append(_finding(
+        'labels_unlearnable', f'Training accuracy rose to '
+        f'{_fmt(last["accuracy"])} while validation accuracy stayed at chance '
+        f'({_fmt(last["val_accuracy"])}): the training labels do not follow '
+        'from the inputs.', numbers={'train_accuracy': last['accuracy'],
+                                    'val_accuracy': last['val_accuracy']},
+        tag='epoch_accuracy', severity='error'))
+  elif last['val_accuracy'] - last['accuracy'] > t['val_above_train']:
+    dropout = (run.get('model_facts') or {}).get('dropout', 0.0)
+    kind = ('too_much_regularization' if dropout >= t['heavy_dropout']
+            else 'label_noise')
+    why = (f'dropout {dropout:g} hides most of the network while it trains'
+           if kind == 'too_much_regularization'
+           else 'many training labels disagree with what the model learns')
+    out.append(_finding(
+        kind, f'Validation accuracy {_fmt(last["val_accuracy"])} is far above '
+        f'the training accuracy {_fmt(last["accuracy"])} in the last epoch: '
+        f'{why}.', numbers={'train_accuracy': last['accuracy'],
+                            'val_accuracy': last['val_accuracy'],
+                            'dropout': dropout}, tag='epoch_accuracy'))
+  return out
+
+
+def _batch_note(run) -> str:
+  facts = run.get('model_facts') or {}
+  batch, examples = facts.get('batch_size'), facts.get('train_examples')
+  if batch and examples:
+    return (f' (batch size {batch} of {examples} training examples: '
+            f'{max(examples // batch, 1)} per epoch)')
+  return ''
+
+
+def _slow_convergence(run, t, med) -> Optional[Finding]:
+  """Tiny updates and a loss still falling at an undiminished rate."""
+  losses = [h['loss'] for h in run.get('history') or []
+            if math.isfinite(h.get('loss', math.nan))]
+  if med is None or med >= t['slow_update_ratio'] or len(losses) < 3:
+    return None
+  first, prev, last = losses[-3], losses[-2], losses[-1]
+  drop_prev, drop_last = first - prev, prev - last
+  if not (drop_prev > 0 and drop_last >= t['slow_drop_ratio'] * drop_prev
+          and drop_last > t['slow_min_drop'] * prev
+          and last > t['slow_loss_fraction'] * losses[0]):
+    return None
+  return _finding(
+      'lr_too_low', f'Training converges slowly: the hidden layers\' update '
+      f'ratio is {_fmt(med)} and the training loss is still falling at an '
+      f'undiminished rate ({_fmt(first)} -> {_fmt(prev)} -> {_fmt(last)} over '
+      f'the last epochs, {_fmt(last / losses[0])}x its first value).',
+      numbers={'update_ratio_median': med, 'loss_first': losses[0],
+               'loss_last': last, 'last_drop': drop_last,
+               'previous_drop': drop_prev}, tag='update_ratio')
+
+
 def analyze(run: Dict[str, Any], thresholds: Optional[Dict] = None
             ) -> List[Finding]:
   """Runs every detector on one run's records.
@@ -604,9 +865,22 @@ def analyze(run: Dict[str, Any], thresholds: Optional[Dict] = None
                 for f in findings + activations)
   findings += (activations + _lr_findings(run, t, stalled)
                + _epoch_findings(run, t) + _diverged_finding(run)
-               + _finder_finding(run, t))
-  return sorted(findings, key=lambda f: (SEVERITIES.index(f.severity),
-                                         KINDS.index(f.kind)))
+               + _finder_finding(run, t) + _output_findings(run, t)
+               + _model_findings(run, t) + _symmetric_finding(run, t)
+               + _budget_findings(run, t))
+  found = {f.kind for f in findings}
+  hidden = {k for cause, effects in SUPERSEDES.items() if cause in found
+            for k in effects}
+  return sorted([f for f in findings if f.kind not in hidden],
+                key=lambda f: (SEVERITIES.index(f.severity),
+                               KINDS.index(f.kind)))
+
+
+# A finding that names the cause hides the symptoms it explains.
+SUPERSEDES = {
+    'labels_unlearnable': ('chance_accuracy',),
+    'model_not_training': ('chance_accuracy', 'lr_too_low'),
+}
 
 
 # ---------------------------------------------------------------- reports --
@@ -699,15 +973,6 @@ def summary_cell(workdir: str) -> str:
 
 # --------------------------------------------------------------- heatmaps --
 
-# Viridis sampled at 10 points (matplotlib's values), interpolated linearly.
-_VIRIDIS = np.array([
-    [68, 1, 84], [72, 40, 120], [62, 74, 137], [49, 104, 142], [38, 130, 142],
-    [31, 158, 137], [53, 183, 121], [109, 205, 89], [180, 222, 44],
-    [253, 231, 37]], np.float64)
-ZERO_RGB = (255, 0, 0)              # exactly 0 (float32 underflow)
-NON_FINITE_RGB = (255, 255, 255)    # inf / nan
-
-
 def _depth_grid(layer_names, steps, grad_norms) -> np.ndarray:
   """[layers, steps] float64, validated."""
   g = np.asarray(grad_norms, np.float64)
@@ -726,39 +991,9 @@ def _log_range(grid):
   return positive, logv, lo, max(hi, lo + 1e-6)
 
 
-def heatmap_image(layer_names: Sequence[str], steps: Sequence[int],
-                  grad_norms, max_columns: int = 512,
-                  min_cell_px: int = 4) -> np.ndarray:
-  """Cheap numpy rendering of the depth x time gradient-norm heatmap.
-
-  Rows are layers in depth order (input at top), columns logged steps
-  (evenly subsampled to `max_columns`); colour is log10 of the norm on a
-  viridis ramp, exactly 0 is `ZERO_RGB` and inf/nan `NON_FINITE_RGB`. Each
-  cell is upscaled (nearest neighbour) to at least `min_cell_px` pixels.
-
-  Returns:
-    uint8 [H, W, 3].
-  """
-  grid = _depth_grid(layer_names, steps, grad_norms)
-  if grid.shape[1] > max_columns:
-    grid = grid[:, np.linspace(0, grid.shape[1] - 1, max_columns).astype(int)]
-  positive, logv, lo, hi = _log_range(grid)
-  x = np.clip((logv - lo) / (hi - lo), 0, 1) * (len(_VIRIDIS) - 1)
-  i0 = np.minimum(np.floor(x).astype(int), len(_VIRIDIS) - 2)
-  frac = (x - i0)[..., None]
-  rgb = _VIRIDIS[i0] * (1 - frac) + _VIRIDIS[i0 + 1] * frac
-  rgb[np.isfinite(grid) & (grid <= 0)] = ZERO_RGB
-  rgb[~np.isfinite(grid)] = NON_FINITE_RGB
-  rows, cols = grid.shape
-  ch = max(min_cell_px, math.ceil(128 / rows))
-  cw = max(min_cell_px, math.ceil(256 / cols))
-  return np.repeat(np.repeat(rgb, ch, 0), cw, 1).round().astype(np.uint8)
-
-
 def depth_time_heatmap_png(layer_names: Sequence[str], steps: Sequence[int],
                            grad_norms, title: str) -> bytes:
   """PNG bytes: log10 gradient norm per layer (y, depth order) and step (x)."""
-  import io  # pylint: disable=g-import-not-at-top
   from tftrain import report  # pylint: disable=g-import-not-at-top
   plt = report.pyplot()
   grid = _depth_grid(layer_names, steps, grad_norms)
@@ -781,7 +1016,4 @@ def depth_time_heatmap_png(layer_names: Sequence[str], steps: Sequence[int],
   ax.set_ylabel('layer (input at top)')
   ax.set_title(title, fontsize=10)
   fig.tight_layout()
-  buf = io.BytesIO()
-  fig.savefig(buf, format='png')
-  plt.close(fig)
-  return buf.getvalue()
+  return report.figure_png(fig)

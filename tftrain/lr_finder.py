@@ -10,8 +10,8 @@ the random-number state are restored afterwards whatever happens, so training
 starts from exactly the state it had before the sweep.
 
 A first SIGINT/SIGTERM stops the sweep between two of its calls: the state is
-restored, nothing is written and `Interrupted` is raised (a second signal
-exits at once). The outputs are written to a temporary folder renamed to
+restored, nothing is written and `errors.Interrupted` is raised (a second
+signal exits at once). The outputs are written to a temporary folder renamed to
 `outdir` at the end, so `outdir` is either complete or absent.
 
 Outputs (in `outdir`): `lr_finder.png` (loss vs LR, log-x), `lr_finder.csv`
@@ -24,7 +24,6 @@ import contextlib
 import csv
 import dataclasses
 import glob
-import json
 import math
 import os
 import random
@@ -38,8 +37,10 @@ import tensorflow as tf
 
 from tftrain import config as config_lib
 from tftrain import data
+from tftrain import errors
 from tftrain import schedules
-from tftrain import trainer as trainer_lib
+from tftrain import signals
+from tftrain import workdir as workdir_lib
 
 SUGGESTIONS = config_lib.LR_SUGGESTIONS
 PNG = 'lr_finder.png'
@@ -49,20 +50,6 @@ TAG_LR = 'lr_finder/lr'
 TAG_LOSS = 'lr_finder/loss'
 TAG_SMOOTHED = 'lr_finder/smoothed_loss'
 TAG_PLOT = 'lr_finder/plot'
-
-
-class Interrupted(RuntimeError):
-  """A signal stopped the sweep; the model is restored, nothing was written."""
-
-  def __init__(self, steps_done: int, planned_steps: int,
-               outdir: Optional[str] = None):
-    self.steps_done = steps_done
-    self.planned_steps = planned_steps
-    self.outdir = outdir
-    where = f'; nothing was written to {outdir}' if outdir else ''
-    super().__init__(
-        f'interrupted during the LR finder (sweep step {steps_done} of '
-        f'{planned_steps}){where}; rerun the same command to run it again.')
 
 
 @dataclasses.dataclass
@@ -118,7 +105,7 @@ class Result:
       for name in SUGGESTIONS:
         if self.suggestions.get(name) is not None:
           return float(self.suggestions[name])
-      raise config_lib.ConfigError(
+      raise errors.ConfigError(
           'lr_find_start', self.settings.get('start_lr'),
           f'the LR finder recorded {len(self.lrs)} steps, too few for any '
           'suggestion; lower --lr_find_start or raise --lr_find_max_steps.')
@@ -143,6 +130,31 @@ class Result:
 # ------------------------------------------------------------ the curve ----
 
 
+class _Smoothed:
+  """The bias-corrected exponential moving average of the loss (as in Adam /
+  fastai), and its minimum: the one implementation of the smoothing."""
+
+  def __init__(self, beta: float):
+    self.beta = beta
+    self.avg, self.corrected, self.best, self.count = 0.0, 0.0, math.inf, 0
+
+  def add(self, loss: float) -> float:
+    """Adds one step's loss; returns the smoothed loss up to it."""
+    self.count += 1
+    self.avg = self.beta * self.avg + (1.0 - self.beta) * loss
+    self.corrected = self.avg / (1.0 - self.beta ** self.count)
+    self.best = min(self.best, self.corrected)
+    return self.corrected
+
+  def diverged(self, stop_factor: float) -> bool:
+    """The smoothed loss passed `stop_factor` x its minimum."""
+    return self.count > 1 and self.corrected > stop_factor * self.best
+
+  def near_divergence(self, stop_factor: float) -> bool:
+    return (self.best < math.inf
+            and self.corrected > 0.5 * stop_factor * self.best)
+
+
 def smooth(losses, beta: float) -> np.ndarray:
   """Bias-corrected exponential moving average (as in Adam / fastai).
 
@@ -153,12 +165,8 @@ def smooth(losses, beta: float) -> np.ndarray:
   Returns:
     smoothed[i] = ema_i / (1 - beta**(i+1)).
   """
-  out = np.empty(len(losses), np.float64)
-  avg = 0.0
-  for i, loss in enumerate(losses):
-    avg = beta * avg + (1.0 - beta) * float(loss)
-    out[i] = avg / (1.0 - beta ** (i + 1))
-  return out
+  smoothed = _Smoothed(beta)
+  return np.array([smoothed.add(float(loss)) for loss in losses], np.float64)
 
 
 def suggest_minimum(lrs, smoothed, divisor: float = 10.0) -> Optional[float]:
@@ -313,27 +321,6 @@ def _sweep_length(config, steps_per_epoch: int) -> int:
   return max(steps, 1)
 
 
-class _Smoothed:
-  """The sweep's bias-corrected moving average of the loss and its minimum."""
-
-  def __init__(self, beta: float, stop_factor: float):
-    self.beta, self.stop_factor = beta, stop_factor
-    self.avg, self.corrected, self.best, self.count = 0.0, 0.0, math.inf, 0
-
-  def add(self, loss: float) -> bool:
-    """Adds one step's loss; True when the sweep has diverged."""
-    self.count += 1
-    self.avg = self.beta * self.avg + (1.0 - self.beta) * loss
-    self.corrected = self.avg / (1.0 - self.beta ** self.count)
-    self.best = min(self.best, self.corrected)
-    return self.count > 1 and self.corrected > self.stop_factor * self.best
-
-  @property
-  def near_divergence(self) -> bool:
-    return (self.best < math.inf
-            and self.corrected > 0.5 * self.stop_factor * self.best)
-
-
 def sweep(exp, num_steps: Optional[int] = None,
           should_stop: Optional[Callable[[], bool]] = None):
   """Runs the LR sweep on `exp.trainer` (state is NOT restored here).
@@ -348,7 +335,7 @@ def sweep(exp, num_steps: Optional[int] = None,
     (lrs, losses, smoothed, stop_reason, settings) as numpy arrays / str / dict.
 
   Raises:
-    Interrupted: `should_stop()` returned True.
+    errors.Interrupted: `should_stop()` returned True.
   """
   config, trainer = exp.config, exp.trainer
   num_steps = num_steps or _sweep_length(config, exp.steps_per_epoch)
@@ -387,19 +374,20 @@ def _sweep_losses(exp, schedule, num_steps: int, beta: float, should_stop):
   # between calls, and a non-finite loss loses the failing call's losses.
   chunk = max(1, min(config.steps_per_loop, 25,
                      int(math.log(2.0) / math.log(schedule.factor))))
-  smoothed = _Smoothed(beta, config.lr_find_stop_factor)
+  smoothed, stop_factor = _Smoothed(beta), config.lr_find_stop_factor
   losses: List[float] = []
   stop_reason = 'max_steps' if config.lr_find_max_steps and (
       num_steps == config.lr_find_max_steps) else 'end_lr'
   while len(losses) < num_steps:
     if should_stop is not None and should_stop():
-      raise Interrupted(len(losses), num_steps)
+      raise errors.Interrupted(len(losses), num_steps)
     # Near the blow-up, run one step per call so the stop lands on its step
     # and a non-finite loss loses no recorded steps.
-    n = min(1 if smoothed.near_divergence else chunk, num_steps - len(losses))
+    n = min(1 if smoothed.near_divergence(stop_factor) else chunk,
+            num_steps - len(losses))
     try:
       new = [float(x) for x in trainer.train_steps(iterator, n)['losses']]
-    except trainer_lib.NonFiniteError as e:
+    except errors.NonFiniteError as e:
       # The normal end of a sweep. The failing call's losses are lost, so the
       # bad step is recorded only when it directly follows the recorded ones
       # (always so in the one-step calls near the blow-up).
@@ -408,7 +396,8 @@ def _sweep_losses(exp, schedule, num_steps: int, beta: float, should_stop):
       return losses, 'non_finite'
     for loss in new:
       losses.append(loss)
-      if smoothed.add(loss):
+      smoothed.add(loss)
+      if smoothed.diverged(stop_factor):
         return losses, 'diverged'
   return losses, stop_reason
 
@@ -511,8 +500,8 @@ def _write_outputs(result: Result, outdir: str) -> None:
     plot(result, os.path.join(tmp, PNG))
     write_csv(result, os.path.join(tmp, CSV))
     write_summaries(result, tmp, os.path.join(tmp, PNG))
-    with open(os.path.join(tmp, JSON), 'w') as f:
-      json.dump(result.summary(), f, indent=2, sort_keys=True)
+    workdir_lib.write_json(os.path.join(tmp, JSON), result.summary(),
+                           sort_keys=True)
     if os.path.exists(outdir):   # a finder run before an unfinished start
       old = f'{outdir}.old-{os.getpid()}'
       os.rename(outdir, old)
@@ -529,7 +518,7 @@ def _result(config, lrs, losses, smoothed, reason, settings,
             seconds) -> Result:
   finite = np.isfinite(smoothed)
   if not finite.any():
-    raise config_lib.ConfigError(
+    raise errors.ConfigError(
         'lr_find_start', config.lr_find_start,
         'the LR finder\'s first loss was already non-finite; lower it.')
   i_min = int(np.nanargmin(np.where(finite, smoothed, np.nan)))
@@ -546,7 +535,7 @@ def find(exp, outdir: str, num_steps: Optional[int] = None,
   """Runs the LR finder on an Experiment and restores its state afterwards.
 
   Args:
-    exp: a `loop.Experiment` (trainer, cached train split, config with the
+    exp: an `experiment.Experiment` (trainer, cached train split, config with the
       lr_find_* fields and lr_suggestion, strategy, steps_per_epoch).
     outdir: folder for the PNG, CSV, JSON and TensorBoard events (chief only),
       written whole at the end (complete or absent).
@@ -562,25 +551,25 @@ def find(exp, outdir: str, num_steps: Optional[int] = None,
 
   Raises:
     ConfigError: the first loss was already non-finite (--lr_find_start).
-    Interrupted: stopped by `should_stop` (or a signal); state restored,
-      nothing written.
+    errors.Interrupted: stopped by `should_stop` (or a signal); state
+      restored, nothing written.
   """
-  from tftrain import loop  # pylint: disable=g-import-not-at-top
   config = exp.config
   started = time.time()
   # The guard is shared with an enclosing one (training's), if any.
-  with loop.SignalGuard() as guard:
+  with signals.SignalGuard() as guard:
     if should_stop is None:
       should_stop = lambda: guard.signum is not None
     try:
       with _preserved_state(exp):
         lrs, losses, smoothed, reason, settings = sweep(exp, num_steps,
                                                         should_stop)
-    except Interrupted as e:
+    except errors.Interrupted as e:
       logging.warning('LR finder interrupted after %d of %d steps; model '
                       'restored, nothing written.', e.steps_done,
                       e.planned_steps)
-      raise Interrupted(e.steps_done, e.planned_steps, outdir) from None
+      raise errors.Interrupted(e.steps_done, e.planned_steps,
+                               outdir) from None
     result = _result(config, lrs, losses, smoothed, reason, settings,
                      time.time() - started)
     logging.info('LR finder: %d steps (%s) in %.1f s; suggestions %s',

@@ -214,7 +214,3 @@ def weighted_layers(model: tf.keras.Model) -> List[WeightedLayer]:
   return [WeightedLayer(name, indices, kernel)
           for name, (indices, kernel) in groups.items()]
 
-
-def dense_layers(model: tf.keras.Model):
-  """The Dense layers in depth order (hidden layers, then `logits`)."""
-  return [l for l in model.layers if isinstance(l, tf.keras.layers.Dense)]

@@ -7,7 +7,6 @@ activation_{mean,std,saturated,dead}/<layer> and the grad_norm_vs_depth image;
 reads what it recorded (activations.jsonl) for the health report.
 """
 
-import json
 import os
 import time
 from typing import Dict, Optional, Sequence
@@ -15,6 +14,7 @@ from typing import Dict, Optional, Sequence
 import tensorflow as tf
 
 from tftrain import summaries
+from tftrain import workdir as workdir_lib
 
 # Where each activation saturates: (lower bound or None, upper bound or None);
 # an output within SATURATION_TOLERANCE of a bound counts as saturated.
@@ -28,19 +28,28 @@ DYING = ('relu',)
 
 
 def activation_statistics(activation: str, outputs) -> Dict[str, tf.Tensor]:
-  """Mean, std and saturated/dead fraction of one layer's probe outputs.
+  """Mean, std, unit spread and saturated/dead fraction of a layer's outputs.
 
   Args:
     activation: the layer's activation name (decides saturated vs dead).
-    outputs: [batch, units] activations on the probe batch.
+    outputs: [batch, ..., units] activations on the probe batch (the last
+      axis holds the units: Dense units or conv channels).
 
   Returns:
-    {'mean', 'std'} plus 'saturated' (fraction of outputs within
+    {'mean', 'std', 'spread'} plus 'saturated' (fraction of outputs within
     `SATURATION_TOLERANCE` of a bound, for bounded activations) or 'dead'
     (fraction of units that are 0 on every probe example, for ReLU).
+    'spread' is the std across units (per example, averaged) over the mean
+    |output|: 0 when every unit computes the same thing (a symmetric
+    initialization), NaN for an all-zero layer.
   """
   outputs = tf.cast(outputs, tf.float32)
   stats = {'mean': tf.reduce_mean(outputs), 'std': tf.math.reduce_std(outputs)}
+  units = tf.reshape(outputs, [-1, tf.shape(outputs)[-1]])
+  scale = tf.reduce_mean(tf.abs(units))
+  stats['spread'] = tf.where(   # NaN for an all-zero layer (dead, not alike)
+      scale > 0, tf.reduce_mean(tf.math.reduce_std(units, axis=-1))
+      / tf.maximum(scale, 1e-30), float('nan'))
   if activation in SATURATION_BOUNDS:
     low, high = SATURATION_BOUNDS[activation]
     near = tf.zeros_like(outputs, tf.bool)
@@ -50,14 +59,31 @@ def activation_statistics(activation: str, outputs) -> Dict[str, tf.Tensor]:
       near |= outputs >= high - SATURATION_TOLERANCE
     stats['saturated'] = tf.reduce_mean(tf.cast(near, tf.float32))
   elif activation in DYING:
-    dead = tf.reduce_all(tf.equal(outputs, 0.0), axis=0)
+    dead = tf.reduce_all(tf.equal(units, 0.0), axis=0)
     stats['dead'] = tf.reduce_mean(tf.cast(dead, tf.float32))
   return stats
 
 
+_ACTIVATION_LAYERS = {'ReLU': 'relu', 'LeakyReLU': 'leaky_relu', 'ELU': 'elu',
+                      'PReLU': 'prelu', 'Softmax': 'softmax'}
+
+
+def activation_name(layer) -> Optional[str]:
+  """The non-linear activation `layer` applies ('relu', ...), else None."""
+  if type(layer).__name__ in _ACTIVATION_LAYERS:
+    return _ACTIVATION_LAYERS[type(layer).__name__]
+  fn = getattr(layer, 'activation', None)
+  name = getattr(fn, '__name__', None) if callable(fn) else None
+  return None if name in (None, 'linear') else name
+
+
+def probed_layers(model) -> list:
+  """The layers of `model` that apply an activation, in depth order."""
+  return [l for l in model.layers if activation_name(l) is not None]
+
+
 def plot_grad_norms_png(layer_names: Sequence[str], norms, title: str) -> bytes:
   """PNG bytes: gradient norm vs layer depth, log y (zeros drawn at the floor)."""
-  import io  # pylint: disable=g-import-not-at-top
   from tftrain import report  # pylint: disable=g-import-not-at-top
   plt = report.pyplot()
   import numpy as np  # pylint: disable=g-import-not-at-top
@@ -78,10 +104,7 @@ def plot_grad_norms_png(layer_names: Sequence[str], norms, title: str) -> bytes:
   ax.set_title(title, fontsize=10)
   ax.grid(True, which='major', alpha=0.3)
   fig.tight_layout()
-  buf = io.BytesIO()
-  fig.savefig(buf, format='png')
-  plt.close(fig)
-  return buf.getvalue()
+  return report.figure_png(fig)
 
 
 class DepthProbe:
@@ -96,7 +119,8 @@ class DepthProbe:
     activation_dead/act_NNN (relu), and the image grad_norm_vs_depth.
   The per-step scalars `grad_norm/<layer>` come from the Trainer itself; the
   probe keeps the measurement off the training hot path (one extra pass per
-  interval). `records` keeps (step, probe grad norms) for later comparison.
+  interval). `grad_norm_records` keeps (step, probe grad norms) for later
+  comparison; `activations_path` (JSON lines) gets the activation statistics.
 
   Args:
     images: the probe batch (fixed, preprocessed like the training data).
@@ -108,14 +132,14 @@ class DepthProbe:
   """
 
   def __init__(self, images, labels, every_steps: int, activation: str,
-               write_images: bool = True, records_path: Optional[str] = None):
+               write_images: bool = True, activations_path: Optional[str] = None):
     self.images = tf.convert_to_tensor(images)
     self.labels = tf.convert_to_tensor(labels)
     self.every_steps = every_steps
     self.activation = activation
     self.write_images = write_images
-    self.records_path = records_path   # JSON lines of activation statistics
-    self.records = []          # [(step, np.ndarray of per-layer grad norms)]
+    self.activations_path = activations_path   # JSON lines of activation statistics
+    self.grad_norm_records = []  # [(step, np.ndarray of per-layer grad norms)]
     self.activations = []      # [(step, {layer: {stat: float}})]
     self._probe_fn = None
     self._last_step = None
@@ -125,27 +149,41 @@ class DepthProbe:
     model = trainer.model
     variables = model.trainable_variables
     groups = [[variables[i] for i in l.indices] for l in trainer.layers]
-    act_layers = [l for l in model.layers if l.name.startswith('act_')]
-    act_names = [l.name for l in act_layers]
-    activation = self.activation
+    probed = probed_layers(model)
+    activations = {l.name: activation_name(l) for l in probed}
+    sequential = isinstance(model, tf.keras.Sequential)
+    if not sequential and probed and getattr(model, 'inputs', None):
+      taps = tf.keras.Model(model.inputs,
+                            [l.output for l in probed] + list(model.outputs))
+    else:
+      taps = None     # Sequential: walk the layers; subclassed: no taps
+
+    def forward(images):
+      if taps is not None:
+        *tapped, logits = taps(images, training=False)
+        return logits, dict(zip(activations, tapped))
+      if not sequential:
+        return model(images, training=False), {}
+      x, outputs = images, {}
+      for layer in model.layers:
+        x = layer(x, training=False)
+        if layer.name in activations:
+          outputs[layer.name] = x
+      return x, outputs
 
     # No autograph: plain Python loops over layers, nothing data-dependent.
     @tf.function(autograph=False)
     def probe(images, labels):
       with tf.GradientTape() as tape:
-        x = images
-        outputs = {}
-        for layer in model.layers:
-          x = layer(x, training=False)
-          if layer.name in act_names:
-            outputs[layer.name] = x
+        logits, outputs = forward(images)
         loss = tf.reduce_mean(tf.nn.sparse_softmax_cross_entropy_with_logits(
-            labels, tf.cast(x, tf.float32)))
+            labels, tf.cast(logits, tf.float32)))
       grads = tape.gradient(loss, groups)
       norms = tf.stack([tf.linalg.global_norm(
-          [tf.cast(g, tf.float32) for g in layer]) for layer in grads])
-      stats = {name: activation_statistics(activation, outputs[name])
-               for name in act_names}
+          [tf.cast(g, tf.float32) for g in layer]) for layer in grads]
+                       ) if groups else tf.zeros([0])
+      stats = {name: activation_statistics(act, outputs[name])
+               for name, act in activations.items() if name in outputs}
       return norms, stats
     return probe
 
@@ -164,12 +202,12 @@ class DepthProbe:
     norms = norms.numpy()
     stats = {layer: {k: float(v) for k, v in s.items()}
              for layer, s in stats.items()}
-    self.records.append((step, norms))
+    self.grad_norm_records.append((step, norms))
     self.activations.append((step, stats))
     self._last_step = step
-    if self.records_path:
-      with open(self.records_path, 'a') as f:
-        f.write(json.dumps({'step': int(step), 'stats': stats}) + '\n')
+    if self.activations_path:
+      workdir_lib.append_jsonl(self.activations_path,
+                               {'step': int(step), 'stats': stats})
     writer = exp.writers.get(summaries.TRAIN) if exp.is_chief else None
     if writer is None:
       return
@@ -200,31 +238,35 @@ class DepthProbe:
         self.record(exp, step)
 
 
-ACTIVATIONS = 'activations.jsonl'        # per probe (DepthProbe)
 PROBE_SIZE = 128
 
 
 def activation_probe(exp, every_steps: int,
                      write_images: bool = False, size: int = PROBE_SIZE):
-  """A DepthProbe on validation examples for a model with `act_*` layers.
+  """A DepthProbe on validation examples for any model.
 
-  Returns None for models without named activation layers.
+  It records the statistics of every layer that applies an activation (an
+  Activation layer, or a Dense/Conv layer with a non-linear activation,
+  the output layer included) by its name.
   """
-  acts = [l for l in exp.trainer.model.layers if l.name.startswith('act_')]
-  if not acts:
-    return None
+  acts = probed_layers(exp.trainer.model)
   # The layers' own activation (e.g. ReLU in the cnn), else the Config's.
-  activation = getattr(getattr(acts[0], 'activation', None), '__name__',
-                       exp.config.activation)
-  source = exp.datasets.get('validation', exp.datasets['train'])
-  images, labels = next(iter(source.batch(size).take(1)))
+  activation = (activation_name(acts[0]) if acts else None
+                ) or exp.config.activation
+  images, labels = probe_batch(exp, size)
   return DepthProbe(
       images, labels, every_steps, activation,
       write_images=write_images,
-      records_path=os.path.join(exp.workdir, ACTIVATIONS))
+      activations_path=os.path.join(exp.workdir, workdir_lib.ACTIVATIONS))
+
+
+def probe_batch(exp, size: int = PROBE_SIZE):
+  """The first `size` validation examples (train without a validation split)."""
+  source = exp.datasets.get('validation', exp.datasets['train'])
+  return next(iter(source.batch(size).take(1)))
 
 
 def read_activation_records(workdir: str):
   """[(step, {layer: {stat: value}})] from activations.jsonl (last per step)."""
   return [(r['step'], r['stats']) for r in summaries.read_records(
-      os.path.join(workdir, ACTIVATIONS))]
+      os.path.join(workdir, workdir_lib.ACTIVATIONS))]

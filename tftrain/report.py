@@ -3,7 +3,8 @@
 `write_table` / `markdown_table` serve every comparison (grids, the
 activation study, benchmarks); `plot_panels` draws every curve figure, with
 log-y zeros and outlier clipping handled here once; `pyplot()` is the one
-place the matplotlib backend is chosen ('Agg': files only, no display).
+place the matplotlib backend is chosen ('Agg': files only, no display), and
+`figure_png` turns a figure into PNG bytes (image summaries, the heatmap).
 """
 
 import csv
@@ -23,6 +24,15 @@ def pyplot():
   matplotlib.use('Agg')
   from matplotlib import pyplot as plt  # pylint: disable=g-import-not-at-top
   return plt
+
+
+def figure_png(fig) -> bytes:
+  """The figure as PNG bytes; closes it."""
+  import io  # pylint: disable=g-import-not-at-top
+  buf = io.BytesIO()
+  fig.savefig(buf, format='png')
+  pyplot().close(fig)
+  return buf.getvalue()
 
 
 # ---------------------------------------------------------------- tables --

@@ -25,6 +25,8 @@ from tensorboard.plugins.histogram import metadata as histogram_metadata
 from tensorboard.plugins.scalar import metadata as scalar_metadata
 import tensorflow as tf
 
+from tftrain import workdir as workdir_lib
+
 TRAIN = 'train'
 VALIDATION = 'validation'
 
@@ -181,11 +183,6 @@ class StepLogger:
     self.records_path = records_path
     self.seconds = 0.0      # host time spent writing
 
-  def is_observed(self, step: int) -> bool:
-    """True if global step `step` (1-based, after the update) is observed."""
-    return bool((self.grad_norms and step % self.log_every_steps == 0) or (
-        self.histogram_every_steps and step % self.histogram_every_steps == 0))
-
   def wants_histograms(self, step: int) -> bool:
     return bool(self.histogram_every_steps
                 and step % self.histogram_every_steps == 0)
@@ -255,8 +252,7 @@ class StepLogger:
               'learning_rate': float(obs['learning_rate']),
               'grad_norms': [float(x) for x in obs['grad_norms']],
               'update_ratios': [float(x) for x in obs['update_ratios']]}
-    with open(self.records_path, 'a') as f:
-      f.write(json.dumps(record) + '\n')
+    workdir_lib.append_jsonl(self.records_path, record)
 
 
 def read_records(path: str) -> List[Dict]:
@@ -282,6 +278,18 @@ def write_scalars(writer, step: int, values: Dict[str, float],
       tf.summary.scalar(tag, value)
   if flush:
     writer.flush()
+
+
+def write_epoch_scalars(writers, record: Dict[str, float],
+                        learning_rate: float) -> None:
+  """An epoch record's train scalars (and validation ones, if it has them)."""
+  write_scalars(writers[TRAIN], record['epoch'], {
+      'epoch_loss': record['loss'], 'epoch_accuracy': record['accuracy'],
+      'epoch_learning_rate': learning_rate})
+  if 'val_loss' in record:
+    write_scalars(writers[VALIDATION], record['epoch'], {
+        'epoch_loss': record['val_loss'],
+        'epoch_accuracy': record['val_accuracy']})
 
 
 def trace_model_graph(writer, model, example_batch):

@@ -13,7 +13,7 @@ The step measures; the host writes. Two compiled functions train:
     variables together, unscaled under mixed precision), the weight norm and
     the update-to-weight ratio ||dW|| / ||W||, and (when asked) returns the
     gradients and weights for histograms.
-The outer loop (`loop.train_steps`) decides which steps are observed and
+The host loop (`chunks.run_steps`) decides which steps are observed and
 writes the summaries from what these return. Both are strategy-agnostic
 (`strategy.run`, loss scaled by the global batch) and XLA-safe.
 """
@@ -24,17 +24,25 @@ from typing import Dict, List
 import numpy as np
 import tensorflow as tf
 
+from tftrain import errors
 from tftrain import models
 
 
-class NonFiniteError(RuntimeError):
-  """The loss or a gradient became NaN/Inf; `step` is the global step."""
+def batch_sums(per_example_loss, scores, labels) -> tf.Tensor:
+  """[loss sum, correct, count] of a batch: every loss and accuracy here is
+  made of these sums. `scores`: logits or probabilities (argmax: the class)."""
+  predictions = tf.argmax(scores, axis=-1, output_type=tf.int32)
+  return tf.stack([
+      tf.reduce_sum(per_example_loss),
+      tf.reduce_sum(tf.cast(tf.equal(predictions, labels), tf.float32)),
+      tf.cast(tf.shape(labels)[0], tf.float32)])
 
-  def __init__(self, step: int, loss: float):
-    self.step = step
-    self.loss = loss
-    super().__init__(f'non-finite loss or gradient at step {step} '
-                     f'(loss={loss}); lower --learning_rate or check the data.')
+
+def probability_sums(probs, labels) -> tf.Tensor:
+  """`batch_sums` of predicted probabilities (MC dropout, the export): the
+  loss is their cross-entropy."""
+  picked = tf.gather(probs, labels, batch_dims=1)
+  return batch_sums(-tf.math.log(tf.maximum(picked, 1e-12)), probs, labels)
 
 
 def _norm(tensors) -> tf.Tensor:
@@ -83,7 +91,6 @@ class Trainer:
     self._train_loop = None
     self._observed_fns = {}
     self._eval_fns = {}
-    self._measure = self._measurements   # XLA-compiling it alone was slower
 
   @property
   def loss_scaled(self) -> bool:
@@ -106,16 +113,17 @@ class Trainer:
         loss += tf.nn.scale_regularization_loss(tf.add_n(self.model.losses))
       scaled = self.optimizer.scale_loss(loss) if self.loss_scaled else loss
     grads = tape.gradient(scaled, variables)
-    predictions = tf.argmax(logits, axis=-1, output_type=tf.int32)
-    stats = tf.stack([
-        tf.reduce_sum(per_example),
-        tf.reduce_sum(tf.cast(tf.equal(predictions, labels), tf.float32)),
-        tf.cast(tf.shape(labels)[0], tf.float32)])
-    return loss, grads, stats
+    return loss, grads, batch_sums(per_example, logits, labels)
+
+  def _apply(self, grads, variables):
+    if variables:
+      self.optimizer.apply_gradients(zip(grads, variables))
+    else:     # a frozen model: nothing to update, but the step still counts
+      self.optimizer.iterations.assign_add(1)
 
   def _plain_replica_step(self, batch):
     loss, grads, stats = self._forward_backward(batch)
-    self.optimizer.apply_gradients(zip(grads, self.model.trainable_variables))
+    self._apply(grads, self.model.trainable_variables)
     return loss, stats
 
   def _observed_replica_step(self, batch, histograms: bool):
@@ -136,12 +144,12 @@ class Trainer:
     learning_rate = tf.cast(self.optimizer.learning_rate, tf.float32)
     before = [[tf.identity(variables[i]) for i in l.indices]
               for l in self.layers]
-    self.optimizer.apply_gradients(zip(applied, variables))
+    self._apply(applied, variables)
     after = [[tf.identity(variables[i]) for i in l.indices]
              for l in self.layers]
     grouped = [[true_grads[i] for i in l.indices] for l in self.layers]
     out = {'loss': loss, 'stats': stats, 'learning_rate': learning_rate}
-    out.update(self._measure(grouped, before, after))
+    out.update(self._measurements(grouped, before, after))
     if histograms:    # as they are: the host flattens them if it writes
       out['grads'] = true_grads
       out['weights'] = [tf.identity(v) for v in variables]
@@ -150,6 +158,10 @@ class Trainer:
   @staticmethod
   def _measurements(grads, before, after):
     """Per-layer gradient, weight and update norms (observed steps only)."""
+    if not grads:    # a frozen model
+      empty = tf.zeros([0])
+      return {'grad_norms': empty, 'global_grad_norm': tf.constant(0.0),
+              'weight_norms': empty, 'update_ratios': empty}
     grad_norms = tf.stack([_norm(g) for g in grads])
     weight_norms = tf.stack([_norm(w) for w in before])
     update_norms = tf.stack([_norm([a - b for a, b in zip(new, old)])
@@ -213,7 +225,8 @@ class Trainer:
     return observed_step
 
   def _raise_if_non_finite(self, loss):
-    raise NonFiniteError(int(self.optimizer.iterations.numpy()), float(loss))
+    raise errors.NonFiniteError(int(self.optimizer.iterations.numpy()),
+                                float(loss))
 
   def train_steps(self, iterator, num_steps: int) -> Dict[str, np.ndarray]:
     """Runs `num_steps` plain steps from `iterator` (a distributed iterator).
@@ -223,7 +236,7 @@ class Trainer:
       'losses' (per step) and 'steps_run'.
 
     Raises:
-      NonFiniteError: at the first non-finite loss or gradient.
+      errors.NonFiniteError: at the first non-finite loss or gradient.
     """
     if self._train_loop is None:
       self._train_loop = self._make_train_loop()
@@ -248,7 +261,7 @@ class Trainer:
       variant compiles once.
 
     Raises:
-      NonFiniteError: if the loss or any gradient is non-finite.
+      errors.NonFiniteError: if the loss or any gradient is non-finite.
     """
     histograms = bool(histograms)
     if histograms not in self._observed_fns:
@@ -297,22 +310,13 @@ class Trainer:
     logits = self.model(images, training=False)
     per_example = tf.nn.sparse_softmax_cross_entropy_with_logits(
         labels, tf.cast(logits, tf.float32))
-    predictions = tf.argmax(logits, axis=-1, output_type=tf.int32)
-    return tf.stack([
-        tf.reduce_sum(per_example),
-        tf.reduce_sum(tf.cast(tf.equal(predictions, labels), tf.float32)),
-        tf.cast(tf.shape(labels)[0], tf.float32)])
+    return batch_sums(per_example, logits, labels)
 
   def _replica_mc_eval(self, batch, samples: int):
     """MC dropout (`models.mc_dropout_probabilities`) loss sum and correct."""
     images, labels = batch
     probs = models.mc_dropout_probabilities(self.model, images, samples)
-    picked = tf.gather(probs, labels, batch_dims=1)
-    predictions = tf.argmax(probs, axis=-1, output_type=tf.int32)
-    return tf.stack([
-        -tf.reduce_sum(tf.math.log(tf.maximum(picked, 1e-12))),
-        tf.reduce_sum(tf.cast(tf.equal(predictions, labels), tf.float32)),
-        tf.cast(tf.shape(labels)[0], tf.float32)])
+    return probability_sums(probs, labels)
 
   def evaluate(self, dist_dataset, mc_samples: int = 0) -> Dict[str, float]:
     """Loss and accuracy over a distributed eval dataset (BN uses moving stats).

@@ -1,17 +1,39 @@
-"""The run directory: writability check, a lock a dead process cannot hold, a full disk."""
+"""The run directory: its file names, writability, a lock a dead process
+cannot hold, a full disk, and the one JSON writer and JSON-lines appender."""
 
 import errno
 import json
 import os
 import socket
 
+from tftrain import errors
 
-class WorkdirError(RuntimeError):
-  """The workdir cannot be used; the message says why and what to do."""
+# The files and folders of a run directory.
+METRICS_JSON = 'metrics.json'          # the result (also partial: diverged, interrupted)
+HISTORY_JSON = 'history.json'          # epoch records, written before each checkpoint
+OBSERVATIONS = 'observations.jsonl'    # per observed step (StepLogger)
+ACTIVATIONS = 'activations.jsonl'      # per probe (DepthProbe)
+CHECKPOINTS = 'checkpoints'            # the latest checkpoints (resume)
+BEST = 'best'                          # the best epoch's weights
+LR_FINDER = 'lr_finder'                # the LR finder's outputs
+GRAD_NORM_HEATMAP = 'grad_norm_heatmap.png'
+LOCK = '.lock'
 
 
-class DiskFullError(WorkdirError):
-  """A write in the workdir failed for lack of space; the run stopped."""
+def write_json(path: str, obj, sort_keys: bool = False) -> None:
+  """Writes `obj` as indented JSON, atomically (a reader never sees half a
+  file; numpy scalars are written as floats)."""
+  tmp = path + '.tmp'
+  with open(tmp, 'w') as f:
+    json.dump(obj, f, indent=2, sort_keys=sort_keys, default=float)
+  os.replace(tmp, path)
+
+
+def append_jsonl(path: str, record) -> None:
+  """Appends `record` as one JSON line (a line cut short by a kill is skipped
+  by the readers)."""
+  with open(path, 'a') as f:
+    f.write(json.dumps(record) + '\n')
 
 
 _NO_SPACE_ERRNOS = (errno.ENOSPC, errno.EDQUOT)
@@ -39,8 +61,9 @@ def ensure_writable(workdir: str) -> None:
       f.write('ok')
     os.remove(probe)
   except OSError as e:
-    raise WorkdirError(f'--workdir={workdir}: cannot be created or written '
-                       f'({e.strerror}); choose a writable folder.') from e
+    raise errors.WorkdirError(
+        f'--workdir={workdir}: cannot be created or written ({e.strerror}); '
+        'choose a writable folder.') from e
 
 
 def _pid_alive(pid: int) -> bool:
@@ -57,7 +80,7 @@ class WorkdirLock:
   """`workdir/.lock` holding the owner's pid; stale locks (dead pid) are taken over."""
 
   def __init__(self, workdir: str):
-    self.path = os.path.join(workdir, '.lock')
+    self.path = os.path.join(workdir, LOCK)
     self._held = False
 
   def acquire(self) -> None:
@@ -74,11 +97,11 @@ class WorkdirLock:
         pid = owner.get('pid')
         same_host = owner.get('host', me['host']) == me['host']
         if isinstance(pid, int) and same_host and _pid_alive(pid) and pid != me['pid']:
-          raise WorkdirError(
+          raise errors.WorkdirError(
               f'--workdir={os.path.dirname(self.path)}: in use by another run '
               f'(pid {pid}); wait for it to finish or choose another --workdir.')
         if not same_host and isinstance(pid, int):
-          raise WorkdirError(
+          raise errors.WorkdirError(
               f'--workdir={os.path.dirname(self.path)}: locked by pid {pid} on '
               f'{owner.get("host")}; if that run is dead, delete {self.path}.')
         os.remove(self.path)   # stale: its owner is dead
@@ -87,8 +110,8 @@ class WorkdirLock:
         json.dump(me, f)
       self._held = True
       return
-    raise WorkdirError(f'could not take the lock {self.path}; delete it if no '
-                       'run is using the workdir.')
+    raise errors.WorkdirError(f'could not take the lock {self.path}; delete it '
+                              'if no run is using the workdir.')
 
   def release(self) -> None:
     """Removes the lock file if it is still this process's."""

@@ -1,0 +1,151 @@
+"""The model/data/budget detectors: each fires on its case, none on a healthy run.
+
+Table tests on synthetic records (the `health.analyze` input): one row per
+kind, each a healthy run with one thing changed.
+"""
+
+import copy
+
+import pytest
+
+from tftrain import health
+from tests.test_health import healthy_run
+
+
+def facts(**changes):
+  """Model facts of a healthy MLP on [0, 1] inputs (as checkup records)."""
+  base = {'output_layer': 'logits', 'output_activation': None,
+          'output_min': -7.5, 'output_max': 9.1, 'output_row_sum_error': 4.2,
+          'input_abs_max': 1.0, 'input_mean': 0.13, 'input_std': 0.31,
+          'trainable_variables': 6, 'weighted_layers': 3, 'frozen_layers': [],
+          'linear_pairs': [], 'dropout': 0.0, 'batch_size': 32,
+          'train_examples': 8000}
+  return {**base, **changes}
+
+
+def run_with(facts_changes=None, total_steps=750, history=None, stats=None):
+  run = healthy_run()
+  run['model_facts'] = facts(**(facts_changes or {}))
+  run['total_steps'] = total_steps
+  if history is not None:
+    run['history'] = history
+  if stats is not None:
+    run['activation_stats'] = stats
+  return run
+
+
+def epochs(pairs):
+  """History records from (train_acc, val_acc, train_loss) per epoch."""
+  return [{'epoch': i + 1, 'accuracy': a, 'val_accuracy': v, 'loss': l,
+           'val_loss': l} for i, (a, v, l) in enumerate(pairs)]
+
+
+def spreads(value):
+  return [(s, {'act_000': {'mean': 0.3, 'std': 0.2, 'spread': value},
+               'act_001': {'mean': 0.3, 'std': 0.2, 'spread': 0.8}})
+          for s in (100, 200, 300, 400)]
+
+
+CASES = {
+    'probabilities_as_logits': (
+        run_with({'output_activation': 'softmax', 'output_min': 0.0,
+                  'output_max': 0.9, 'output_row_sum_error': 1e-7}), 'error'),
+    # A Lambda softmax: no activation name, but the outputs are probabilities.
+    'probabilities_as_logits ': (
+        run_with({'output_min': 1e-6, 'output_max': 0.7,
+                  'output_row_sum_error': 2e-7}), 'error'),
+    'output_activation': (
+        run_with({'output_activation': 'relu', 'output_min': 0.0}), 'error'),
+    'model_not_training': (
+        run_with({'trainable_variables': 0,
+                  'frozen_layers': ['dense_000', 'dense_001', 'logits']}),
+        'error'),
+    'frozen_layers': (
+        run_with({'frozen_layers': ['dense_000', 'dense_001']}), 'warning'),
+    'unscaled_inputs': (
+        run_with({'input_abs_max': 255.0, 'input_mean': 33.3,
+                  'input_std': 78.6}), 'error'),
+    'linear_stack': (
+        run_with({'linear_pairs': [['dense_000', 'dense_001']]}), 'warning'),
+    'symmetric_units': (run_with(stats=spreads(1e-6)), 'error'),
+    'too_few_steps': (run_with(total_steps=3), 'error'),
+    'labels_unlearnable': (
+        run_with(history=epochs([(0.3, 0.1, 2.0), (0.6, 0.11, 1.2),
+                                 (0.9, 0.1, 0.4)])), 'error'),
+    'label_noise': (
+        run_with(history=epochs([(0.4, 0.8, 2.0), (0.45, 0.88, 1.9),
+                                 (0.47, 0.9, 1.85)])), 'warning'),
+    'too_much_regularization': (
+        run_with({'dropout': 0.9}, history=epochs(
+            [(0.3, 0.7, 2.0), (0.4, 0.8, 1.9), (0.45, 0.85, 1.8)])),
+        'warning'),
+}
+
+
+def test_healthy_run_with_facts_has_no_finding():
+  assert health.analyze(run_with()) == []
+
+
+@pytest.mark.parametrize('case', sorted(CASES))
+def test_each_kind_fires_alone_on_its_case(case):
+  run, severity = CASES[case]
+  found = health.analyze(run)
+  kind = case.strip()
+  assert [f.kind for f in found] == [kind], health.format_block(found)
+  assert found[0].severity == severity
+  assert found[0].remedy == health.REMEDIES[kind]
+  assert found[0].tag
+
+
+def test_each_new_kind_just_below_its_threshold_is_silent():
+  t = health.THRESHOLDS
+  below = [
+      run_with({'input_abs_max': t['input_abs_max'] * 0.99}),
+      run_with(total_steps=t['min_updates']),
+      run_with(stats=spreads(t['symmetric_spread'] * 1.01)),
+      run_with({'frozen_layers': ['dense_000']}),      # 1 of 3 < 0.5
+      run_with(history=epochs([(0.8, 0.9, 0.5), (0.8, 0.94, 0.4),
+                               (0.8, 0.8 + t['val_above_train'] * 0.99,
+                                0.35)])),
+      # Outputs that sum to 1 only roughly: logits, not probabilities.
+      run_with({'output_min': 0.0, 'output_row_sum_error': 0.05}),
+  ]
+  for run in below:
+    assert health.analyze(run) == [], health.format_block(health.analyze(run))
+
+
+def test_falling_train_accuracy_at_chance_is_not_memorizing():
+  # Training that gets worse (a learning rate too high for batch 1) is not
+  # a labels problem, although train accuracy is above validation.
+  run = run_with(history=epochs([(0.5, 0.36, 1.7), (0.34, 0.25, 1.9),
+                                 (0.29, 0.11, 2.1)]))
+  assert 'labels_unlearnable' not in [f.kind for f in health.analyze(run)]
+
+
+def test_linear_pairs_of_a_model():
+  import tensorflow as tf  # pylint: disable=g-import-not-at-top
+  from tftrain import checkup  # pylint: disable=g-import-not-at-top
+  layers = tf.keras.layers
+  model = tf.keras.Sequential([
+      tf.keras.Input((4,)), layers.Dense(8, name='a'),
+      layers.Activation('linear', name='lin'), layers.Dropout(0.1),
+      layers.Dense(8, activation='relu', name='b'), layers.Dense(8, name='c'),
+      layers.ReLU(name='r'), layers.Dense(3, name='logits')])
+  assert checkup.linear_pairs(checkup.flat_layers(model)) == [['a', 'b']]
+
+
+def test_slow_convergence_is_lr_too_low():
+  slow = run_with(history=epochs([(0.24, 0.37, 2.2), (0.47, 0.55, 1.96),
+                                  (0.6, 0.64, 1.75)]))
+  slow['update_ratios'] = [[7e-5] * 3 for _ in slow['steps']]
+  found = health.analyze(slow)
+  assert [f.kind for f in found] == ['lr_too_low'], health.format_block(found)
+  assert found[0].numbers['loss_last'] == pytest.approx(1.75)
+  # The same loss curve with healthy update sizes is not "too low"; nor is
+  # a decelerating curve with tiny updates (converging).
+  fast = copy.deepcopy(slow)
+  fast['update_ratios'] = [[5e-3] * 3 for _ in slow['steps']]
+  bending = copy.deepcopy(slow)
+  bending['history'] = epochs([(0.8, 0.9, 2.2), (0.9, 0.92, 0.6),
+                               (0.92, 0.93, 0.5)])
+  assert health.analyze(fast) == [] and health.analyze(bending) == []
