@@ -20,9 +20,21 @@ from tftrain import workdir as workdir_lib
 RESULTS_DIR = os.path.join(os.path.dirname(os.path.abspath(__file__)), 'results')
 
 
+def cpu_model() -> str:
+  """The CPU's model name (as `lscpu` prints it), else the architecture."""
+  try:
+    with open('/proc/cpuinfo') as f:
+      for line in f:
+        if line.startswith('model name'):
+          return line.split(':', 1)[1].strip()
+  except OSError:
+    pass
+  return platform.processor() or platform.machine()
+
+
 def machine() -> str:
   import tensorflow as tf  # pylint: disable=g-import-not-at-top
-  return (f'{os.cpu_count()} CPU cores ({platform.processor() or platform.machine()}), '
+  return (f'{os.cpu_count()} CPU cores ({cpu_model()}), '
           f'TF {tf.__version__}, Keras {tf.keras.__version__ if hasattr(tf.keras, "__version__") else "3"}, '
           f'Python {platform.python_version()}, load avg {os.getloadavg()[0]:.2f} at start')
 

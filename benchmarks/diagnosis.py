@@ -28,7 +28,7 @@ import os
 import sys
 import tempfile
 import time
-from typing import Any, Callable, Dict, List, Optional
+from typing import Any, Callable, Dict, Optional
 
 from absl import app
 from absl import logging
@@ -39,10 +39,10 @@ import tensorflow as tf
 from benchmarks import common
 from tftrain import config as config_lib
 from tftrain import data
+from tftrain import errors
 from tftrain import health as health_lib
 from tftrain import loop
 from tftrain import models
-from tftrain import trainer as trainer_lib
 
 flags.DEFINE_bool('quick', False, 'A few MNIST MLP cases and one twin seed.')
 flags.DEFINE_list('only', [], 'Run only these cases (base/operator).')
@@ -277,7 +277,7 @@ def run_case(base: str, fault: Optional[str], seed: int, arrays, root: str
     result = loop.train_and_evaluate(
         config, os.path.join(root, name), model=build,
         datasets=to_datasets(arrays), num_classes=10)
-  except trainer_lib.NonFiniteError:      # the run wrote its report
+  except errors.NonFiniteError:      # the run wrote its report
     report = os.path.join(root, name, health_lib.HEALTH_JSON)
     with open(report) as f:
       findings = json.load(f)['findings']

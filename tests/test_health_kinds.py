@@ -149,3 +149,28 @@ def test_slow_convergence_is_lr_too_low():
   bending['history'] = epochs([(0.8, 0.9, 2.2), (0.9, 0.92, 0.6),
                                (0.92, 0.93, 0.5)])
   assert health.analyze(fast) == [] and health.analyze(bending) == []
+
+
+def test_saturation_of_any_activation_from_its_derivative():
+  import numpy as np  # pylint: disable=g-import-not-at-top
+  import tensorflow as tf  # pylint: disable=g-import-not-at-top
+  from tftrain import probes  # pylint: disable=g-import-not-at-top
+  layer = tf.keras.layers.Activation('hard_sigmoid')
+  peak = probes.derivative_peak(layer)
+  assert peak == pytest.approx(1 / 6, rel=1e-3)    # slope of x/6 + 1/2
+  z = tf.constant([[-5.0, -4.0, 0.0, 1.0], [4.0, 5.0, 0.5, 2.0]])
+  with tf.GradientTape() as tape:
+    tape.watch(z)
+    y = layer(z)
+  stats = probes.activation_statistics('hard_sigmoid', y,
+                                       tape.gradient(y, z), peak)
+  # |z| > 3 is flat: 4 of the 8 inputs.
+  assert float(stats['saturated']) == pytest.approx(0.5)
+  # A sequential model's probe reports it per Activation layer, by name.
+  model = tf.keras.Sequential([
+      tf.keras.Input((3,)), tf.keras.layers.Dense(4, name='d',
+          kernel_initializer=tf.keras.initializers.Constant(10.0)),
+      tf.keras.layers.Activation('hard_sigmoid', name='hs'),
+      tf.keras.layers.Dense(2, name='logits')])
+  assert [l.name for l in probes.probed_layers(model)] == ['hs']
+  del np

@@ -198,7 +198,16 @@ def test_activation_statistics_saturated_and_dead():
   selu = tf.constant([[-1.7580, 0.0], [3.0, -0.5]])
   assert float(probes.activation_statistics('selu', selu)['saturated']) == (
       pytest.approx(0.25))
-  assert set(probes.activation_statistics('gelu', selu)) == {'mean', 'std'}
+  assert set(probes.activation_statistics('gelu', selu)) == {
+      'mean', 'std', 'spread'}
+  # spread: std across units over mean |output|; identical units give 0.
+  same = tf.constant([[0.5, 0.5, 0.5], [2.0, 2.0, 2.0]])
+  assert float(probes.activation_statistics('gelu', same)['spread']) == 0.0
+  assert float(probes.activation_statistics('gelu', selu)['spread']) == (
+      pytest.approx(np.mean(np.std(selu.numpy(), 1))
+                    / np.mean(np.abs(selu.numpy())), rel=1e-5))
+  assert np.isnan(float(probes.activation_statistics(
+      'relu', tf.zeros([2, 3]))['spread']))       # all zero: dead, not alike
 
 
 def fake_experiment(trainer, logdir):

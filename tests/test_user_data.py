@@ -1,4 +1,5 @@
-"""User datasets: a malformed split is one line before training; encodings train.
+"""User datasets: a malformed split is one line before training; encodings
+train.
 
 Every case runs the real `train_and_evaluate` on tiny generated arrays, in a
 workdir that already holds a run's files, and checks the exact message (split,
@@ -14,7 +15,9 @@ import tensorflow as tf
 
 from tftrain import config as config_lib
 from tftrain import data
+from tftrain import errors
 from tftrain import loop
+from tftrain import user_data
 
 NUM_CLASSES = 3
 SHAPE = (4, 4, 1)
@@ -179,7 +182,7 @@ def test_malformed_split_is_one_line_and_workdir_kept(tmp_path, case, make,
   (workdir / 'checkpoints' / 'ckpt-3.index').write_text('earlier run')
   (workdir / 'notes.txt').write_text('mine')
   before = _files(workdir)
-  with pytest.raises(data.DataError) as info:
+  with pytest.raises(errors.DataError) as info:
     loop.train_and_evaluate(_config(), str(workdir), model=_model,
                             datasets=make(), num_classes=num_classes)
   message = str(info.value)
@@ -227,7 +230,7 @@ ENCODINGS = [
                          ids=[e[0] for e in ENCODINGS])
 def test_supported_encoding_becomes_class_indices(encoding, make):
   del encoding
-  splits, info = data.user_splits({'train': make(X, Y)}, NUM_CLASSES)
+  splits, info = user_data.user_splits({'train': make(X, Y)}, NUM_CLASSES)
   images, labels = next(iter(splits['train'].batch(1000)))
   assert images.dtype == tf.float32 and labels.dtype == tf.int32
   assert info.image_shape == SHAPE and info.num_train == len(Y)
@@ -280,13 +283,13 @@ def test_num_classes_far_above_labels_warns_and_trains(tmp_path, caplog):
 def test_legal_but_suspicious_data_warns(caplog, datasets, num_classes,
                                          warning):
   with caplog.at_level(logging.WARNING):
-    data.user_splits(datasets(), num_classes)
+    user_data.user_splits(datasets(), num_classes)
   assert warning in caplog.text
 
 
 def test_clean_data_warns_nothing(caplog):
   with caplog.at_level(logging.WARNING):
-    data.user_splits({'train': _ds(X, Y), 'test': _ds(XV, YV)}, NUM_CLASSES)
+    user_data.user_splits({'train': _ds(X, Y), 'test': _ds(XV, YV)}, NUM_CLASSES)
   assert not caplog.records
 
 
@@ -300,7 +303,7 @@ def test_check_fills_the_cache_training_reads():
       yield x, y
   train = tf.data.Dataset.from_generator(gen, output_signature=(
       tf.TensorSpec(SHAPE), tf.TensorSpec((), tf.int64)))
-  splits, _ = data.user_splits({'train': train}, NUM_CLASSES)
+  splits, _ = user_data.user_splits({'train': train}, NUM_CLASSES)
   assert len(reads) == len(Y)
   for _ in range(2):
     for _ in splits['train'].batch(32):

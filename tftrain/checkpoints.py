@@ -47,6 +47,7 @@ def make_checkpoint(exp: experiment_lib.Experiment):
 
 
 def history_path(workdir: str) -> str:
+  """`<workdir>/history.json`: the epoch records."""
   return os.path.join(workdir, workdir_lib.HISTORY_JSON)
 
 

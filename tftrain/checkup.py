@@ -118,8 +118,8 @@ class LiveCheck:
     self.reported = set()
     self.facts = model_facts(exp)
     if exp.is_chief:
-      with open(os.path.join(exp.workdir, FACTS), 'w') as f:
-        json.dump(self.facts, f, indent=2, sort_keys=True)
+      workdir_lib.write_json(os.path.join(exp.workdir, FACTS), self.facts,
+                             sort_keys=True)
     self.every = max(1, exp.steps_per_epoch // 4)
     self.next_step = int(exp.trainer.optimizer.iterations.numpy())
     self.check(exp, self.next_step)

@@ -4,6 +4,9 @@
 workdir exists; `build_experiment` creates the strategy (unless given), the
 data, model, optimizer, Trainer, writers and step logger. The loop, the LR
 finder, the grids, the benchmarks and the tests all start from an Experiment.
+What a run derives from it lives here too: the schedule at a chosen peak
+(`use_peak_learning_rate`), the automatic activation probe, the evaluation
+datasets and the final metrics.
 """
 
 import dataclasses
@@ -22,6 +25,7 @@ from tftrain import probes
 from tftrain import schedules
 from tftrain import summaries
 from tftrain import trainer as trainer_lib
+from tftrain import user_data
 from tftrain import workdir as workdir_lib
 
 
@@ -41,8 +45,10 @@ class Experiment:
   user_data: bool = False          # datasets given by the caller, not TFDS
 
 
-# `hook(exp, event, outputs)`: see `loop.train_and_evaluate`.
+# `hook(exp, event, outputs)`: see `loop.train_and_evaluate`; a factory makes
+# hooks that need the built Experiment (e.g. a DepthProbe on its model).
 Hook = Callable[[Experiment, str, Dict[str, Any]], None]
+HookFactory = Callable[[Experiment], Sequence[Hook]]
 
 
 def preflight(config: config_lib.Config, strategy=None,
@@ -110,7 +116,7 @@ def _load_data(config: config_lib.Config, strategy, datasets, num_classes):
                                     config.validation_size,
                                     config.standardize_inputs)
   else:
-    splits, info = data.user_splits(datasets, num_classes)
+    splits, info = user_data.user_splits(datasets, num_classes)
   cached = {k: d.cache() for k, d in splits.items()}
   num_train = _count(cached['train'], info.num_train)
   if config.batch_size > num_train:

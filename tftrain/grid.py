@@ -26,6 +26,7 @@ from tensorboard.plugins.hparams import api as hp
 
 from tftrain import config as config_lib
 from tftrain import errors
+from tftrain import experiment
 from tftrain import health
 from tftrain import loop
 from tftrain import presets
@@ -354,7 +355,7 @@ def write_hparams_run(run_dir: str, hparams: Mapping[str, Any],
 
 def run_variant(base: config_lib.Config, variant: Variant, root: str,
                 hparams: Mapping[str, Any],
-                hook_factory: Optional[loop.HookFactory] = None):
+                hook_factory: Optional[experiment.HookFactory] = None):
   """Trains one variant in `root/<name>` (resuming); returns (row, result).
 
   A diverged run is recorded, not fatal: its result is its metrics.json
@@ -396,7 +397,7 @@ ReportFn = Callable[[config_lib.Config, Sequence[Dict[str, Any]], str],
 
 def run(base: config_lib.Config, variants: Sequence[Variant], root: str,
         report_fn: ReportFn = write_comparison,
-        hook_factory: Optional[loop.HookFactory] = None) -> Dict[str, Any]:
+        hook_factory: Optional[experiment.HookFactory] = None) -> Dict[str, Any]:
   """Trains each variant in `root/<name>`; after each, `report_fn(base, rows,
   root) -> paths` rewrites the comparison. `hook_factory(exp) -> hooks` adds
   per-run hooks (`loop.train_and_evaluate`). Returns {'rows', 'results' (name

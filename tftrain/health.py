@@ -360,9 +360,18 @@ def _gradient_findings(run, t) -> List[Finding]:
           f'last hidden layer (ratio {_fmt(med)}, median over {judged}).',
           [names[0], names[-2]], window, {**nums, 'sustained_fraction': high},
           'grad_norm_heatmap')
+  if exploding is None:
+    exploding = _growth_finding(names, g, gf, finite, steps, t)
+  return out + ([exploding] if exploding else [])
+
+
+def _growth_finding(names, g, gf, finite, steps, t) -> Optional[Finding]:
+  """The largest layer norm grew `growth_factor` x from the first quarter."""
+  n = len(g)
   peak = np.where(finite, g, -np.inf).max(axis=1)   # largest layer norm
   peak = peak[np.isfinite(peak)]
-  if exploding is None and len(peak) >= t['min_trend_steps']:
+  exploding = None
+  if len(peak) >= t['min_trend_steps']:
     start, end = _quarters(peak)
     if start > 0 and end > t['growth_factor'] * start:
       q = max(1, n // 4)
@@ -375,7 +384,7 @@ def _gradient_findings(run, t) -> List[Finding]:
           [steps[0], steps[-1]],
           {'start_norm': start, 'end_norm': end, 'growth': end / start},
           f'grad_norm/{worst}')
-  return out + ([exploding] if exploding else [])
+  return exploding
 
 
 def _vanishing(names, hidden, med, judged, window, nums, t, activation):
@@ -982,6 +991,10 @@ def _depth_grid(layer_names, steps, grad_norms) -> np.ndarray:
   return g.T
 
 
+ZERO_RGB = (255, 0, 0)              # exactly 0 (float32 underflow)
+NON_FINITE_RGB = (255, 255, 255)    # inf / nan
+
+
 def _log_range(grid):
   positive = np.isfinite(grid) & (grid > 0)
   logv = np.log10(np.where(positive, grid, 1.0))
@@ -1000,7 +1013,8 @@ def depth_time_heatmap_png(layer_names: Sequence[str], steps: Sequence[int],
   positive, logv, lo, hi = _log_range(grid)
   data = np.where(positive, logv, lo - 1.0)   # zeros below vmin: 'under'
   data = np.ma.masked_where(~np.isfinite(grid), data)
-  cmap = plt.get_cmap('viridis').with_extremes(under='red', bad='white')
+  cmap = plt.get_cmap('viridis').with_extremes(
+      under=[c / 255 for c in ZERO_RGB], bad=[c / 255 for c in NON_FINITE_RGB])
   rows, cols = grid.shape
   fig, ax = plt.subplots(figsize=(7, min(12, 2.5 + 0.12 * rows)), dpi=80)
   image = ax.imshow(data, aspect='auto', interpolation='nearest', cmap=cmap,

@@ -12,7 +12,7 @@ loop), `checkpoints`, `progress`, `signals` and `checkup` (the health report).
 import contextlib
 import os
 import time
-from typing import Any, Callable, Dict, List, Optional, Sequence
+from typing import Any, Dict, List, Optional, Sequence
 
 import numpy as np
 
@@ -32,13 +32,10 @@ from tftrain import summaries
 from tftrain import workdir as workdir_lib
 
 
-HookFactory = Callable[[experiment.Experiment], Sequence[experiment.Hook]]
-
-
 def train_and_evaluate(config: config_lib.Config, workdir: str,
                        hooks: Sequence[experiment.Hook] = (), model=None,
                        datasets=None, num_classes: Optional[int] = None,
-                       hook_factory: Optional[HookFactory] = None
+                       hook_factory: Optional[experiment.HookFactory] = None
                        ) -> Dict[str, Any]:
   """Trains `config` in `workdir` (resuming if it holds a checkpoint).
 
@@ -79,7 +76,7 @@ def train_and_evaluate(config: config_lib.Config, workdir: str,
   with lock:
     try:
       exp = experiment.build_experiment(config, workdir, strategy, model,
-                                            datasets, num_classes)
+                                        datasets, num_classes)
     except Exception as e:  # pylint: disable=broad-except
       mapped = checkpoints.user_error(config, workdir, e)
       if mapped is None:
@@ -189,12 +186,8 @@ class _Run:
     return True
 
   def _interrupted_in_finder(self, error: errors.Interrupted) -> None:
-    """The result of a run stopped by a signal during the LR finder.
-
-    Nothing of the sweep is kept (its outputs are written only when it ends)
-    and no checkpoint is needed: the sweep restored the model, and a rerun
-    runs the finder again.
-    """
+    """The result of a run stopped by a signal during the LR finder: no
+    checkpoint (the sweep restored the model; a rerun runs it again)."""
     exp = self.exp
     self.result.update(
         status='interrupted', interrupted_in='lr_finder',

@@ -23,17 +23,34 @@ SATURATION_BOUNDS = {
     'selu': (-1.0507009873554805 * 1.6732632423543772, None),
 }
 SATURATION_TOLERANCE = 0.01
+# Other activations: an output counts as saturated where the activation's
+# derivative is below this fraction of its largest (sigmoid: |z| > ~4.4).
+SATURATION_DERIVATIVE = 0.05
 # Activations whose units can die (output exactly 0 on every probe example).
 DYING = ('relu',)
 
 
-def activation_statistics(activation: str, outputs) -> Dict[str, tf.Tensor]:
+def derivative_peak(layer) -> float:
+  """The largest |f'(z)| of an elementwise activation layer over |z| <= 10."""
+  z = tf.linspace(-10.0, 10.0, 4001)
+  with tf.GradientTape() as tape:
+    tape.watch(z)
+    y = layer(z)
+  return float(tf.reduce_max(tf.abs(tape.gradient(y, z))))
+
+
+def activation_statistics(activation: str, outputs, derivatives=None,
+                          peak: Optional[float] = None
+                          ) -> Dict[str, tf.Tensor]:
   """Mean, std, unit spread and saturated/dead fraction of a layer's outputs.
 
   Args:
     activation: the layer's activation name (decides saturated vs dead).
     outputs: [batch, ..., units] activations on the probe batch (the last
       axis holds the units: Dense units or conv channels).
+    derivatives: f'(z) at the layer's inputs, for activations with no known
+      bounds: then 'saturated' is the fraction below SATURATION_DERIVATIVE x
+      `peak` (the activation's largest derivative).
 
   Returns:
     {'mean', 'std', 'spread'} plus 'saturated' (fraction of outputs within
@@ -50,7 +67,11 @@ def activation_statistics(activation: str, outputs) -> Dict[str, tf.Tensor]:
   stats['spread'] = tf.where(   # NaN for an all-zero layer (dead, not alike)
       scale > 0, tf.reduce_mean(tf.math.reduce_std(units, axis=-1))
       / tf.maximum(scale, 1e-30), float('nan'))
-  if activation in SATURATION_BOUNDS:
+  if derivatives is not None and peak:
+    flat = tf.abs(tf.cast(derivatives, tf.float32))
+    stats['saturated'] = tf.reduce_mean(tf.cast(
+        flat < SATURATION_DERIVATIVE * peak, tf.float32))
+  elif activation in SATURATION_BOUNDS:
     low, high = SATURATION_BOUNDS[activation]
     near = tf.zeros_like(outputs, tf.bool)
     if low is not None:
@@ -158,6 +179,12 @@ class DepthProbe:
     else:
       taps = None     # Sequential: walk the layers; subclassed: no taps
 
+    # Activation layers without known bounds: saturation from the derivative.
+    peaks = {l.name: derivative_peak(l) for l in probed
+             if sequential and isinstance(l, tf.keras.layers.Activation)
+             and activations[l.name] not in (*SATURATION_BOUNDS, *DYING)}
+    derivatives = {}
+
     def forward(images):
       if taps is not None:
         *tapped, logits = taps(images, training=False)
@@ -166,7 +193,14 @@ class DepthProbe:
         return model(images, training=False), {}
       x, outputs = images, {}
       for layer in model.layers:
-        x = layer(x, training=False)
+        if layer.name in peaks:       # its derivative at its inputs too
+          with tf.GradientTape() as inner:
+            inner.watch(x)
+            y = layer(x, training=False)
+          derivatives[layer.name] = inner.gradient(y, x)
+          x = y
+        else:
+          x = layer(x, training=False)
         if layer.name in activations:
           outputs[layer.name] = x
       return x, outputs
@@ -182,7 +216,8 @@ class DepthProbe:
       norms = tf.stack([tf.linalg.global_norm(
           [tf.cast(g, tf.float32) for g in layer]) for layer in grads]
                        ) if groups else tf.zeros([0])
-      stats = {name: activation_statistics(act, outputs[name])
+      stats = {name: activation_statistics(
+          act, outputs[name], derivatives.get(name), peaks.get(name))
                for name, act in activations.items() if name in outputs}
       return norms, stats
     return probe
