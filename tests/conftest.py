@@ -11,7 +11,9 @@ constants are patched for that one preparation; afterwards
 process, e.g. `python -m launch.mnist --data_dir=D`.
 """
 
+import fcntl
 import os
+import shutil
 import subprocess
 import sys
 
@@ -24,13 +26,37 @@ TINY_MNIST_TRAIN = 600
 TINY_MNIST_TEST = 100
 
 
+def shared_dir(tmp_path_factory, name, make):
+  """A folder `make(path)` fills once per test run; returns its path.
+
+  Under pytest-xdist every worker process has its own session, so a session
+  fixture would prepare its data once per worker. Here the first worker to
+  ask makes the folder (beside the workers' own temp folders) under a file
+  lock, and the others wait for it and reuse it. Tests only read these
+  folders (a test that damages data copies it first).
+  """
+  if not os.environ.get('PYTEST_XDIST_WORKER'):
+    path = str(tmp_path_factory.mktemp(name))
+    make(path)
+    return path
+  root = tmp_path_factory.getbasetemp().parent
+  path, done = root / name, root / f'{name}.done'
+  with open(root / f'{name}.lock', 'w') as lock:
+    fcntl.flock(lock, fcntl.LOCK_EX)
+    if not done.exists():
+      shutil.rmtree(path, ignore_errors=True)   # a worker that failed midway
+      path.mkdir()
+      make(str(path))
+      done.touch()
+  return str(path)
+
+
 @pytest.fixture(scope='session')
 def tiny_mnist_raw_dir(tmp_path_factory):
   """A raw-data folder holding tiny MNIST download files (`<dir>/mnist/*.gz`)."""
-  raw = str(tmp_path_factory.mktemp('raw_mnist'))
-  tiny_data.write_tiny_mnist(raw, num_train=TINY_MNIST_TRAIN,
-                             num_test=TINY_MNIST_TEST)
-  return raw
+  return shared_dir(tmp_path_factory, 'raw_mnist', lambda raw: (
+      tiny_data.write_tiny_mnist(raw, num_train=TINY_MNIST_TRAIN,
+                                 num_test=TINY_MNIST_TEST)))
 
 
 def _prepare_tiny_mnist_format(name, raw_dir, data_dir, num_train, num_test):
@@ -50,9 +76,9 @@ def _prepare_tiny_mnist_format(name, raw_dir, data_dir, num_train, num_test):
 @pytest.fixture(scope='session')
 def tiny_mnist_data_dir(tmp_path_factory, tiny_mnist_raw_dir):
   """A TFDS data dir with mnist prepared from tiny raw files (600 train, 100 test)."""
-  return _prepare_tiny_mnist_format(
-      'mnist', tiny_mnist_raw_dir, str(tmp_path_factory.mktemp('tfds_mnist')),
-      TINY_MNIST_TRAIN, TINY_MNIST_TEST)
+  return shared_dir(tmp_path_factory, 'tfds_mnist', lambda d: (
+      _prepare_tiny_mnist_format('mnist', tiny_mnist_raw_dir, d,
+                                 TINY_MNIST_TRAIN, TINY_MNIST_TEST)))
 
 
 TINY_FASHION_TRAIN = 2000
@@ -64,13 +90,14 @@ def tiny_fashion_mnist_data_dir(tmp_path_factory):
   """A TFDS data dir with fashion_mnist prepared from tiny raw files (2000
   train, 200 test) whose label is a texture: learnable by a ConvNet with
   global pooling (the tiny mnist's band position is not)."""
-  raw = str(tmp_path_factory.mktemp('raw_fashion'))
-  tiny_data.write_tiny_mnist(raw, TINY_FASHION_TRAIN, TINY_FASHION_TEST,
-                             name='fashion_mnist',
-                             images_fn=tiny_data.texture_images)
-  return _prepare_tiny_mnist_format(
-      'fashion_mnist', raw, str(tmp_path_factory.mktemp('tfds_fashion')),
-      TINY_FASHION_TRAIN, TINY_FASHION_TEST)
+  def make(data_dir):
+    raw = os.path.join(data_dir, 'raw')
+    tiny_data.write_tiny_mnist(raw, TINY_FASHION_TRAIN, TINY_FASHION_TEST,
+                               name='fashion_mnist',
+                               images_fn=tiny_data.texture_images)
+    _prepare_tiny_mnist_format('fashion_mnist', raw, data_dir,
+                               TINY_FASHION_TRAIN, TINY_FASHION_TEST)
+  return shared_dir(tmp_path_factory, 'tfds_fashion', make)
 
 
 def launcher_env() -> dict:
@@ -107,12 +134,12 @@ def tiny_cifar_data_dir(tmp_path_factory):
   TFDS's cifar10 builder reads records until the end of each file, so no
   patching is needed. Images carry a label-coded bright band: learnable.
   """
-  from tftrain import data  # pylint: disable=g-import-not-at-top
-  raw = str(tmp_path_factory.mktemp('raw_cifar'))
-  tiny_data.write_tiny_cifar10(raw, per_batch=48, num_test=60)
-  data_dir = str(tmp_path_factory.mktemp('tfds_cifar'))
-  data.prepare('cifar10', data_dir, raw)
-  return data_dir
+  def make(data_dir):
+    from tftrain import data  # pylint: disable=g-import-not-at-top
+    raw = os.path.join(data_dir, 'raw')
+    tiny_data.write_tiny_cifar10(raw, per_batch=48, num_test=60)
+    data.prepare('cifar10', data_dir, raw)
+  return shared_dir(tmp_path_factory, 'tfds_cifar', make)
 
 
 def free_ports(n):

@@ -391,6 +391,10 @@ def test_finding_rejects_unknown_kind():
 
 # ---------------------------------------------------------------- heatmaps --
 
+ZERO_RGB = (255, 0, 0)              # red: exactly 0 (float32 underflow)
+NON_FINITE_RGB = (255, 255, 255)    # white: inf / nan
+
+
 def _runs(pixels):
   """[(start, length, rgb)] of runs of equal colour along a row/column."""
   change = np.flatnonzero((pixels[1:] != pixels[:-1]).any(-1)) + 1
@@ -406,7 +410,8 @@ def _luminance(rgb):
 
 @pytest.mark.parametrize('num_steps', [1, 30])
 def test_depth_time_heatmap_png(num_steps):
-  """The PNG's cells: exact 0 red, inf/nan white, brighter = larger norm."""
+  """The PNG's cells: exact 0 red, inf/nan white, brighter = larger norm
+  (what its colour bar's label promises)."""
   from tests import testing  # pylint: disable=g-import-not-at-top
   names = ['dense_000', 'dense_001', 'dense_002', 'dense_003', 'logits']
   grads = np.tile([0.0, 1e-6, 1e-3, 1e-1, 1.0], (num_steps, 1))
@@ -417,23 +422,23 @@ def test_depth_time_heatmap_png(num_steps):
   # The zero row (dense_000, at the top) is one red band across the whole
   # heatmap: the widest red run of any pixel row (the colour bar's 'under'
   # triangle is red too, but narrow).
-  red = (pixels == health.ZERO_RGB).all(-1)
+  red = (pixels == ZERO_RGB).all(-1)
   y0 = int(red.sum(1).argmax())
   x0, width, _ = max((r for r in _runs(pixels[y0]) if r[2] ==
-                      health.ZERO_RGB), key=lambda r: r[1])
+                      ZERO_RGB), key=lambda r: r[1])
   assert width > pixels.shape[1] // 2
   first, last = x0 + width // 4, x0 + width - 2      # first and last step
   bands = {}
   for x in (first, last):
     column = [r for r in _runs(pixels[:, x]) if r[0] >= y0]
-    assert column[0][2] == health.ZERO_RGB
+    assert column[0][2] == ZERO_RGB
     height = column[0][1]
     assert height >= 10
     # One band per layer, equal heights, top to bottom in depth order.
     bands[x] = [rgb for _, n, rgb in column[:5]]
     assert [n for _, n, _ in column[:5]] == pytest.approx([height] * 5, abs=1)
   # At the last step the output layer is nan: white.
-  assert bands[last][4] == health.NON_FINITE_RGB
+  assert bands[last][4] == NON_FINITE_RGB
   assert bands[first][:4] == bands[last][:4]
   finite = bands[first][1:4] if num_steps == 1 else bands[first][1:5]
   # The smallest positive norm is viridis' dark end, the largest its bright
@@ -443,7 +448,7 @@ def test_depth_time_heatmap_png(num_steps):
   lum = [_luminance(rgb) for rgb in finite]
   assert lum == sorted(lum) and len(set(lum)) == len(lum), finite
   for rgb in finite:
-    assert rgb not in (health.ZERO_RGB, health.NON_FINITE_RGB)
+    assert rgb not in (ZERO_RGB, NON_FINITE_RGB)
 
 
 def test_health_module_does_not_import_tensorflow():
