@@ -362,6 +362,11 @@ def test_divergence_names_the_step_and_keeps_the_last_finite_checkpoint(
   before = file_hashes(os.path.join(workdir, 'checkpoints'))
   # Resume for one more epoch with an absurd learning rate: the weights
   # overflow float32 within two steps (1e6 only gives a huge finite loss).
+  # The run's config.json says so too (a resume with another learning rate
+  # would be refused).
+  saved = read_json(os.path.join(workdir, 'config.json'))
+  with open(os.path.join(workdir, 'config.json'), 'w') as f:
+    json.dump(dict(saved, learning_rate=1e30), f)
   args = train_args(tiny_mnist_data_dir, workdir, f'--epochs={EPOCHS + 1}',
                     '--learning_rate=1e30')
   proc = popen_launcher('launch.mnist', *args)

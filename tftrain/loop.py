@@ -12,7 +12,7 @@ loop), `checkpoints`, `progress`, `signals` and `checkup` (the health report).
 import contextlib
 import os
 import time
-from typing import Any, Dict, List, Optional, Sequence
+from typing import Any, Callable, Dict, List, Optional, Sequence
 
 import numpy as np
 
@@ -147,11 +147,15 @@ def _train_and_evaluate(config, workdir, hooks, model, datasets, num_classes,
       if mapped is None:
         raise
       raise mapped from e
-    if chief:
-      record.write_run_files(config, workdir, saved_config is None, started,
-                             model is not None or datasets is not None)
-      if saved_config is None:
-        summaries.write_layout(exp.writers[summaries.TRAIN])
+    def record_run(resumed: bool) -> None:
+      """config.json, flags.txt (and a new run's HParams and layout), once
+      the checkpoint is restored: a refused resume changes no file."""
+      del resumed
+      if chief:
+        record.write_run_files(config, workdir, saved_config is None, started,
+                               model is not None or datasets is not None)
+        if saved_config is None:
+          summaries.write_layout(exp.writers[summaries.TRAIN])
     if hook_factory is not None:
       hooks = [*hooks, *hook_factory(exp)]
     repairing = config.repair != 'off' and exp.is_chief
@@ -159,7 +163,7 @@ def _train_and_evaluate(config, workdir, hooks, model, datasets, num_classes,
     initial_weights = (exp.trainer.model.get_weights()
                        if repairing and hasattr(model, 'get_weights') else None)
     try:
-      result = run(exp, hooks)
+      result = run(exp, hooks, on_resumed=record_run)
     except errors.NonFiniteError:
       if not repairing:
         raise
@@ -175,9 +179,11 @@ def _train_and_evaluate(config, workdir, hooks, model, datasets, num_classes,
 
 
 def run(exp: experiment.Experiment,
-        hooks: Sequence[experiment.Hook] = ()) -> Dict[str, Any]:
+        hooks: Sequence[experiment.Hook] = (),
+        on_resumed: Optional[Callable[[bool], None]] = None) -> 'Result':
   """The epoch loop over an already built `Experiment`: its phases (`_Run`)
   resume, choose the learning rate, train the epochs and finish.
+  `on_resumed(resumed)` runs once the checkpoint (if any) is restored.
 
   Raises:
     errors.NonFiniteError, CheckpointError, DiskFullError (a checkpoint or
@@ -189,6 +195,8 @@ def run(exp: experiment.Experiment,
     phases = _Run(exp, [live, *experiment.with_activation_probe(exp, hooks)])
     phases.live = live
     phases.resume()
+    if on_resumed is not None:
+      on_resumed(phases.result['resumed'])
     with signals.SignalGuard() as guard:
       phases.guard = guard
       if not phases.choose_learning_rate():
