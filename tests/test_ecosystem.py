@@ -243,16 +243,8 @@ def test_a_run_on_tensorflows_in_memory_filesystem(tiny_cifar_data_dir,
   """Every run file goes through tf.io.gfile: a `ram://` workdir (as
   `gs://` would be) trains, checkpoints, exports, resumes and is found
   complete; the pid lock is skipped with a note."""
-  import types  # pylint: disable=g-import-not-at-top
   import tensorflow as tf  # pylint: disable=g-import-not-at-top
-  from tftrain import checkup  # pylint: disable=g-import-not-at-top
-  from tftrain import health  # pylint: disable=g-import-not-at-top
-  # health.py and checkup.py still write with open()/os (owned elsewhere;
-  # BUILD.md lists the lines): route them through gfile for this test.
-  monkeypatch.setattr(checkup, 'open', tf.io.gfile.GFile, raising=False)
-  monkeypatch.setattr(health, '_write_atomic', workdir_lib.write_text)
-  monkeypatch.setattr(health, 'os', types.SimpleNamespace(
-      path=os.path, makedirs=lambda p, exist_ok=False: tf.io.gfile.makedirs(p)))
+  del monkeypatch
   fs = tf.io.gfile
   workdir = 'ram://tftrain-test/run'
   config = small_config(tiny_cifar_data_dir, epochs=1, trace_graph=False)

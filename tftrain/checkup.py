@@ -11,7 +11,6 @@ the first epoch, then every epoch), logging each new finding at once;
 heatmap.
 """
 
-import json
 import os
 from typing import Any, Dict, List, Optional
 
@@ -169,8 +168,7 @@ def record_from_files(workdir: str, num_classes: int) -> Dict:
   """The same record rebuilt from a finished run's files alone (metrics.json,
   model_facts.json, observations.jsonl, activations.jsonl): to judge saved
   runs again with the current detectors. Layers are named by depth."""
-  with open(os.path.join(workdir, workdir_lib.METRICS_JSON)) as f:
-    result = json.load(f)
+  result = workdir_lib.read_json(os.path.join(workdir, workdir_lib.METRICS_JSON))
   run = _recorded(workdir, result, {'num_classes': num_classes})
   width = len(run['grad_norms'][0]) if run.get('grad_norms') else 0
   run['layer_names'] = [f'layer_{i:03d}' for i in range(width)]
@@ -194,9 +192,8 @@ def _recorded(workdir: str, result: Dict[str, Any], run: Dict) -> Dict:
     for key in ('grad_norms', 'update_ratios', 'loss', 'learning_rate'):
       run[key] = [r[key] for r in records]
   facts_path = os.path.join(workdir, FACTS)
-  if os.path.exists(facts_path):
-    with open(facts_path) as f:
-      run['model_facts'] = json.load(f)
+  if workdir_lib.gfile().exists(facts_path):
+    run['model_facts'] = workdir_lib.read_json(facts_path)
   activations = probes.read_activation_records(workdir)
   if activations:
     run['activation_stats'] = activations
@@ -232,9 +229,8 @@ def write_health(exp, result: Dict[str, Any],
       png = health.depth_time_heatmap_png(
           run['layer_names'], run['steps'], run['grad_norms'],
           'log10 gradient norm by layer (rows) and step')
-      with open(os.path.join(exp.workdir, workdir_lib.GRAD_NORM_HEATMAP),
-                'wb') as f:
-        f.write(png)
+      workdir_lib.write_text(
+          os.path.join(exp.workdir, workdir_lib.GRAD_NORM_HEATMAP), png, 'wb')
       tf.summary.image('grad_norm_heatmap',
                        tf.image.decode_png(png, channels=3)[tf.newaxis])
   writer.flush()

@@ -231,7 +231,11 @@ MIN_OBSERVATIONS = 30   # per run, so the health report has evidence
 
 
 def observation_interval(log_every_steps: int, total_steps: int) -> int:
-  """--log_every_steps, shortened for short runs to observe >= 30 steps."""
+  """--log_every_steps; at its default, shortened so short runs observe at
+  least MIN_OBSERVATIONS steps (a value the user set is kept as it is)."""
+  default = config_lib.Config.__dataclass_fields__['log_every_steps'].default
+  if log_every_steps != default:
+    return log_every_steps
   return max(1, min(log_every_steps, total_steps // MIN_OBSERVATIONS))
 
 

@@ -25,6 +25,8 @@ from typing import Any, Dict, List, Optional, Sequence
 
 import numpy as np
 
+from tftrain import workdir as workdir_lib
+
 KINDS = ('probabilities_as_logits', 'output_activation', 'model_not_training',
          'frozen_layers', 'unscaled_inputs', 'symmetric_units',
          'vanishing_gradients', 'exploding_gradients', 'saturated_units',
@@ -975,13 +977,6 @@ def report_dict(findings: Sequence[Finding]) -> Dict[str, Any]:
           'healthy': not findings, 'kinds': list(KINDS)}
 
 
-def _write_atomic(path: str, text: str) -> None:
-  tmp = path + '.tmp'
-  with open(tmp, 'w') as f:
-    f.write(text)
-  os.replace(tmp, path)
-
-
 def write_report(workdir: str, findings: Sequence[Finding],
                  title: str = 'Training health') -> Dict[str, str]:
   """Writes health.md and health.json into workdir atomically.
@@ -989,22 +984,21 @@ def write_report(workdir: str, findings: Sequence[Finding],
   Returns:
     {'markdown': path, 'json': path}.
   """
-  os.makedirs(workdir, exist_ok=True)
+  workdir_lib.gfile().makedirs(workdir)
   paths = {'markdown': os.path.join(workdir, HEALTH_MD),
            'json': os.path.join(workdir, HEALTH_JSON)}
-  _write_atomic(paths['markdown'], format_markdown(findings, title))
-  _write_atomic(paths['json'], json.dumps(report_dict(findings), indent=2,
-                                          allow_nan=False) + '\n')
+  workdir_lib.write_text(paths['markdown'], format_markdown(findings, title))
+  workdir_lib.write_text(paths['json'], json.dumps(
+      report_dict(findings), indent=2, allow_nan=False) + '\n')
   return paths
 
 
 def summary_cell(workdir: str) -> str:
   """'healthy', or the finding kinds of workdir's health.json ('' if none)."""
   path = os.path.join(workdir, HEALTH_JSON)
-  if not os.path.exists(path):
+  if not workdir_lib.gfile().exists(path):
     return ''
-  with open(path) as f:
-    report = json.load(f)
+  report = workdir_lib.read_json(path)
   if report.get('healthy'):
     return 'healthy'
   return ', '.join(f['kind'] for f in report.get('findings', []))
