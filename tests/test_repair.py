@@ -57,6 +57,8 @@ CASES = {
                             {'learning_rate': pytest.approx(1e-5)}, None),
     'lr_too_high': (DEEP_SIGMOID, BUILTIN, ['lr_finder', 'lr_div10'],
                     {'learning_rate': 'auto'}, None),
+    'oscillating_loss': (DEEP_SIGMOID, BUILTIN, ['lr_div10', 'lr_finder'],
+                         {'learning_rate': pytest.approx(1e-5)}, None),
     'diverged': (DEEP_SIGMOID, BUILTIN, ['lr_div10', 'lr_finder_onecycle'],
                  {'learning_rate': pytest.approx(1e-5)}, None),
     'lr_too_low': (config_lib.Config(learning_rate=0.003), repair.describe_model(
@@ -387,7 +389,7 @@ def test_repair_flag_bare_means_errors():
       'prog', '--repair=off']
   assert launch_flags.bare_flags(['prog', '--repair=warnings']) == [
       'prog', '--repair=warnings']
-  with pytest.raises(errors.ConfigError, match='--repair=always: choose one'):
+  with pytest.raises(errors.ConfigError, match="repair='always': choose one"):
     config_lib.Config(repair='always')
   with pytest.raises(errors.ConfigError, match='multi_worker'):
     config_lib.Config(repair='errors', strategy='multi_worker')

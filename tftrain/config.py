@@ -156,8 +156,7 @@ class Config:
       '(0: off).')
   # Observability.
   log_every_steps: int = _field(
-      100, 'Interval of per-step scalars (loss, LR, gradient norms); at this '
-      'default, short runs observe more often (at least 30 steps per run).')
+      100, 'Interval of per-step scalars (loss, LR, gradient norms).')
   histogram_every_steps: int = _field(
       0, 'Interval of gradient/weight histograms (0: off).')
   grad_norms: bool = _field(True, 'Log per-layer gradient norms.')

@@ -300,6 +300,7 @@ KIND_REMEDIES: Dict[str, Tuple[str, ...]] = {
     'saturated_units': ('relu_he', 'selu_lecun', 'batch_norm'),
     'dead_units': ('he_init', 'leaky_relu_he', 'lr_div10'),
     'lr_too_high': ('lr_finder', 'lr_div10'),
+    'oscillating_loss': ('lr_div10', 'lr_finder'),
     'lr_too_low': ('lr_x10', 'lr_finder', 'adam'),
     'too_few_steps': ('smaller_batch',),
     'chance_accuracy': ('lr_finder', 'standardize', 'batch_norm'),
