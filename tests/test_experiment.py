@@ -14,3 +14,28 @@ def test_split_size_checks_use_the_prepared_metadata(tiny_mnist_data_dir):
     experiment.preflight(config.replace(batch_size=501))
   with pytest.raises(errors.ConfigError, match=r'validation_size=600: .* 600'):
     experiment.preflight(config.replace(validation_size=600))
+
+
+def test_built_caches_are_complete_before_any_partial_read(tiny_mnist_data_dir,
+                                                           tmp_path):
+  """A partly read iterator (the graph trace's batch of two, a probe batch)
+  must not end a cache short: build_experiment fills every split first, so
+  its sizes hold after many partial reads (the first epoch's count too)."""
+  config = config_lib.Config(data_dir=tiny_mnist_data_dir, validation_size=100,
+                             batch_size=25, model='mlp')
+  exp = experiment.build_experiment(config, str(tmp_path / 'run'))
+  assert exp.steps_per_epoch == 500 // 25
+  # Without the fill, one such read in ~20 (under load) ends the cache short.
+  for split, reads in (('train', 80), ('validation', 20), ('test', 20)):
+    for _ in range(reads):
+      next(iter(exp.datasets[split].batch(2)))
+  sizes = {k: sum(int(y.shape[0]) for _, y in d.batch(64))
+           for k, d in exp.datasets.items()}
+  assert sizes == {'train': 500, 'validation': 100, 'test': 100}
+
+
+def test_fill_counts_every_example_of_a_cache():
+  import tensorflow as tf  # pylint: disable=g-import-not-at-top
+  cached = tf.data.Dataset.from_tensor_slices(
+      (tf.zeros([9001, 2]), tf.zeros([9001], tf.int32))).cache()
+  assert experiment._fill(cached) == 9001   # pylint: disable=protected-access
