@@ -239,10 +239,10 @@ MIN_OBSERVATIONS = 30   # per run, so the health report has evidence
 def observation_interval(log_every_steps: int, total_steps: int) -> int:
   """--log_every_steps; at its default, shortened so short runs observe at
   least MIN_OBSERVATIONS steps (a value the user set is kept as it is)."""
-  # Off for now: shortened intervals ended reliability runs (batch 1,
-  # --steps_per_loop=1) with "End of sequence" in CI; see BUILD.md.
-  del total_steps
-  return log_every_steps
+  default = config_lib.Config.__dataclass_fields__['log_every_steps'].default
+  if log_every_steps != default:
+    return log_every_steps
+  return max(1, min(log_every_steps, total_steps // MIN_OBSERVATIONS))
 
 
 def with_activation_probe(exp: Experiment, hooks: Sequence[Hook]) -> List:
