@@ -15,7 +15,7 @@ __version__ = '0.2.0'
 __all__ = ['Config', 'Result', 'train_and_evaluate', 'errors']
 
 _LAZY = {'Config': ('tftrain.config', 'Config'),
-         'Result': ('tftrain.loop', 'Result'),
+         'Result': ('tftrain.record', 'Result'),
          'train_and_evaluate': ('tftrain.loop', 'train_and_evaluate'),
          'errors': ('tftrain.errors', None)}
 

@@ -8,10 +8,11 @@ a one-line `errors.DiskFullError` that keeps the previous checkpoint;
 a full disk, a damaged dataset) to one-line errors.
 """
 
+import contextlib
 import glob
 import os
 import re
-from typing import Any, Dict, List, Optional, Tuple
+from typing import Any, Callable, Dict, List, Optional, Tuple
 
 import numpy as np
 import tensorflow as tf
@@ -96,6 +97,21 @@ def user_error(config: config_lib.Config, workdir: str,
   return None
 
 
+@contextlib.contextmanager
+def user_errors(config: config_lib.Config, workdir: Callable[[], str]):
+  """Turns what `user_error` recognizes into its one-line error (`workdir()`:
+  the folder the run's checkpoints are in, asked only then)."""
+  try:
+    yield
+  except errors.WorkdirError:
+    raise
+  except Exception as e:  # pylint: disable=broad-except
+    mapped = user_error(config, workdir(), e)
+    if mapped is None:
+      raise
+    raise mapped from e
+
+
 def save(manager, number, workdir: str, what: str = 'a checkpoint') -> None:
   """`manager.save(number)`; a full disk stops the run with DiskFullError.
 
@@ -154,6 +170,45 @@ def restore(ckpt, manager) -> bool:
         "with that run's flags, or start fresh with a new --workdir (or move "
         f'{os.path.dirname(manager.directory)} away).') from e
   return True
+
+
+def keep_best(state, best_manager, epoch: int, value: float, patience: int,
+              workdir: str) -> bool:
+  """Saves the best weights when `value` (the monitored metric, larger is
+  better) improved after `epoch`; True when early stopping should stop now
+  (no improvement for `patience` epochs; 0: never)."""
+  if value > float(state['best'].numpy()):
+    state['best'].assign(value)
+    state['best_epoch'].assign(epoch + 1)
+    state['wait'].assign(0)
+    save(best_manager, epoch + 1, workdir, 'the best weights')
+    return False
+  state['wait'].assign_add(1)
+  return bool(patience and int(state['wait'].numpy()) >= patience)
+
+
+def save_position(state, manager, optimizer, step_in_epoch: int, sums,
+                  workdir: str) -> None:
+  """Checkpoints a run stopped midway through an epoch: its position in the
+  epoch and the epoch's sums so far, so a resume continues from there."""
+  state['step_in_epoch'].assign(step_in_epoch)
+  state['epoch_sums'].assign(sums)
+  save(manager, optimizer.iterations, workdir)
+
+
+def best_of_run(state, best_manager, model, monitor: str, sign: float,
+                restore: bool) -> Dict[str, Any]:
+  """The best epoch and its monitored value ({} when none was saved); with
+  `restore` (restore-best-weights), `model` gets the best weights back, so
+  the model evaluated on test is the best one (1cycle keeps its last,
+  annealed weights)."""
+  if not best_manager.latest_checkpoint:
+    return {}
+  if restore:
+    restore_best(model, best_manager)
+  return {'best_epoch': int(state['best_epoch'].numpy()),
+          'best_' + monitor: sign * float(state['best'].numpy()),
+          'restored_best_weights': restore}
 
 
 def restore_best(model, best_manager) -> None:

@@ -263,6 +263,25 @@ def eval_datasets(exp: Experiment) -> Dict[str, Any]:
           for k, d in exp.datasets.items() if k != 'train'}
 
 
+def epoch_record(exp: Experiment, eval_ds, epoch: int, sums,
+                 seconds: float) -> Dict[str, Any]:
+  """An epoch's train metrics (from its sums: loss, correct, count), its
+  validation metrics (and test's with --eval_test_every_epoch), written as
+  epoch summaries too."""
+  record = {'epoch': epoch + 1, 'loss': sums[0] / sums[2],
+            'accuracy': sums[1] / sums[2], 'seconds': seconds}
+  splits = [('validation', 'val')] if 'validation' in exp.datasets else []
+  if exp.config.eval_test_every_epoch:   # e.g. epochs to a test accuracy
+    splits.append(('test', 'test'))
+  for split, prefix in splits:
+    metrics = exp.trainer.evaluate(eval_ds[split])
+    record.update({f'{prefix}_loss': metrics['loss'],
+                   f'{prefix}_accuracy': metrics['accuracy']})
+  summaries.write_epoch_scalars(
+      exp.writers, record, float(exp.trainer.optimizer.learning_rate.numpy()))
+  return record
+
+
 def final_metrics(exp: Experiment, eval_ds) -> Dict[str, float]:
   """Validation and test metrics, plus MC dropout with --mc_dropout_samples."""
   out = {}

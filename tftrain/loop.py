@@ -10,7 +10,6 @@ loop), `checkpoints`, `progress`, `signals` and `checkup` (the health report).
 """
 
 import contextlib
-import os
 import time
 from typing import Any, Callable, Dict, List, Optional, Sequence
 
@@ -33,35 +32,14 @@ from tftrain import summaries
 from tftrain import workdir as workdir_lib
 
 
-class Result(dict):
-  """`train_and_evaluate`'s result: the metrics dict metrics.json holds (it
-  reads and JSON-serializes as before), plus `.model`, the trained Keras
-  model (for a run that was already complete, loaded from its
-  export/model.keras on first use; None if it has none)."""
-
-  def __init__(self, metrics=(), model=None, model_path: Optional[str] = None):
-    super().__init__(metrics)
-    self._model = model
-    self._model_path = model_path
-
-  @property
-  def model(self):
-    if self._model is None and self._model_path:
-      import tensorflow as tf  # pylint: disable=g-import-not-at-top
-      if tf.io.gfile.exists(self._model_path):
-        self._model = tf.keras.models.load_model(self._model_path)
-      self._model_path = None
-    return self._model
-
-  def __reduce__(self):     # pickles and copies as the metrics alone
-    return (Result, (dict(self),))
+Result = record.Result   # also tftrain.Result
 
 
 def train_and_evaluate(config: config_lib.Config, workdir: str,
                        hooks: Sequence[experiment.Hook] = (), model=None,
                        datasets=None, num_classes: Optional[int] = None,
                        hook_factory: Optional[experiment.HookFactory] = None
-                       ) -> 'Result':
+                       ) -> record.Result:
   """Trains `config` in `workdir` (resuming if it holds a checkpoint).
 
   An existing run is resumed when its config.json matches `config` in every
@@ -110,7 +88,7 @@ def train_and_evaluate(config: config_lib.Config, workdir: str,
 
 
 def _train_and_evaluate(config, workdir, hooks, model, datasets, num_classes,
-                        hook_factory) -> 'Result':
+                        hook_factory) -> record.Result:
   strategy = distribute.create_strategy(config.strategy)
   # Before the workdir is created or touched.
   experiment.preflight(config, strategy, user_data=datasets is not None)
@@ -120,67 +98,44 @@ def _train_and_evaluate(config, workdir, hooks, model, datasets, num_classes,
           else contextlib.nullcontext())
   with lock:
     started = time.time()
-    saved_config = record.read_config(workdir)
-    if config.overwrite and chief:
-      moved = workdir_lib.move_aside(workdir)
-      if moved:
-        progress_lib.say('%s: overwrite: the old run was moved to %s; '
-                         'starting fresh.', workdir, moved)
-      saved_config = None
-    elif saved_config is not None:
-      for note in record.check_resume(config, workdir, saved_config):
-        progress_lib.say(note)
-      done = record.completed_metrics(config, workdir)
-      if done is not None:
-        metrics, date = done
-        progress_lib.say(
-            '%s: already complete (metrics from %s); returning them. To '
-            'train again: a new workdir, or overwrite (--overwrite, '
-            'Config(overwrite=True)) to start fresh.', workdir, date)
-        return Result(dict(metrics, already_complete=True),
-                      model_path=export.keras_path(workdir))
-    try:
+    saved_config, done = record.prior_run(config, workdir, chief)
+    if done is not None:
+      return done
+    with checkpoints.user_errors(config, lambda: workdir):
       exp = experiment.build_experiment(config, workdir, strategy, model,
                                         datasets, num_classes)
-    except Exception as e:  # pylint: disable=broad-except
-      mapped = checkpoints.user_error(config, workdir, e)
-      if mapped is None:
-        raise
-      raise mapped from e
-    def record_run(resumed: bool) -> None:
-      """config.json, flags.txt (and a new run's HParams and layout), once
-      the checkpoint is restored: a refused resume changes no file."""
-      del resumed
-      if chief:
-        record.write_run_files(config, workdir, saved_config is None, started,
-                               model is not None or datasets is not None)
-        if saved_config is None:
-          summaries.write_layout(exp.writers[summaries.TRAIN])
     if hook_factory is not None:
       hooks = [*hooks, *hook_factory(exp)]
+    def on_resumed(resumed: bool) -> None:
+      """The run files, once the checkpoint is restored (a refused resume
+      changes no file)."""
+      del resumed
+      if chief:
+        record.record_run(exp, workdir, saved_config is None, started,
+                          custom=model is not None or datasets is not None)
     repairing = config.repair != 'off' and exp.is_chief
     # A model object trains in place: repair restarts it from these weights.
     initial_weights = (exp.trainer.model.get_weights()
                        if repairing and hasattr(model, 'get_weights') else None)
     try:
-      result = run(exp, hooks, on_resumed=record_run)
+      result = run(exp, hooks, on_resumed=on_resumed)
     except errors.NonFiniteError:
       if not repairing:
         raise
       result = None          # repair reads the partial metrics.json
   distribute.wait_for_all_workers(strategy)   # multi-worker: leave together
-  if repairing:
-    # repair.py trains through this function (import cycle broken here).
-    from tftrain import repair  # pylint: disable=g-import-not-at-top
-    result = repair.maybe_repair(config, workdir, result, model=model,
-                                 datasets=datasets, num_classes=num_classes,
-                                 initial_weights=initial_weights)
-  return result
+  if not repairing:
+    return result
+  # repair.py trains through this function (import cycle broken here).
+  from tftrain import repair  # pylint: disable=g-import-not-at-top
+  return repair.maybe_repair(config, workdir, result, model=model,
+                             datasets=datasets, num_classes=num_classes,
+                             initial_weights=initial_weights)
 
 
 def run(exp: experiment.Experiment,
         hooks: Sequence[experiment.Hook] = (),
-        on_resumed: Optional[Callable[[bool], None]] = None) -> 'Result':
+        on_resumed: Optional[Callable[[bool], None]] = None) -> record.Result:
   """The epoch loop over an already built `Experiment`: its phases (`_Run`)
   resume, choose the learning rate, train the epochs and finish.
   `on_resumed(resumed)` runs once the checkpoint (if any) is restored.
@@ -190,7 +145,8 @@ def run(exp: experiment.Experiment,
     log write found no space; the previous checkpoint is kept),
     WorkerLostError (another worker of a multi-worker run is gone).
   """
-  try:
+  with checkpoints.user_errors(exp.config,
+                               lambda: checkpoints.resume_dir(exp)):
     live = checkup.LiveCheck(exp, exp.config.stop_on_error)
     phases = _Run(exp, [live, *experiment.with_activation_probe(exp, hooks)])
     phases.live = live
@@ -204,18 +160,6 @@ def run(exp: experiment.Experiment,
       phases.trace_graph()
       status = phases.train()
     return phases.finish(status)
-  except errors.WorkdirError:
-    raise
-  except Exception as e:  # pylint: disable=broad-except
-    mapped = checkpoints.user_error(exp.config, checkpoints.resume_dir(exp), e)
-    if mapped is None:
-      raise
-    raise mapped from e
-
-
-def _write_metrics(exp: experiment.Experiment, result: Dict[str, Any]):
-  workdir_lib.write_json(os.path.join(exp.workdir, workdir_lib.METRICS_JSON),
-                         result, sort_keys=True)
 
 
 class _Run:
@@ -236,7 +180,8 @@ class _Run:
     (self.ckpt, self.manager, self.best_manager,
      self.state) = checkpoints.make_checkpoint(exp)
     self.history: List[Dict[str, Any]] = []
-    self.result = Result({'workdir': exp.workdir}, model=exp.trainer.model)
+    self.result = record.Result({'workdir': exp.workdir},
+                                model=exp.trainer.model)
     self.started = time.time()
     self.has_val = 'validation' in exp.datasets
     self.monitor_sign = 1.0 if self.config.monitor == 'val_accuracy' else -1.0
@@ -261,22 +206,15 @@ class _Run:
 
   def choose_learning_rate(self) -> bool:
     """Sets the learning rate; False when a signal stopped the LR finder."""
-    config, state = self.config, self.state
-    if config.learning_rate == 'auto':
-      learning_rate = float(state['learning_rate'].numpy())
-      if not learning_rate:
-        try:
-          found = lr_finder.find(
-              self.exp, os.path.join(self.exp.workdir, workdir_lib.LR_FINDER),
-              should_stop=lambda: self.guard.signum is not None)
-        except errors.Interrupted as e:
-          self._interrupted_in_finder(e)
-          return False
-        learning_rate = found.suggestion
-        self.result['lr_finder'] = found.summary()
-    else:
-      learning_rate = float(config.learning_rate)
-    state['learning_rate'].assign(learning_rate)
+    try:
+      learning_rate, found = lr_finder.choose(
+          self.exp, self.state['learning_rate'],
+          should_stop=lambda: self.guard.signum is not None)
+    except errors.Interrupted as e:
+      self._interrupted_in_finder(e)
+      return False
+    if found is not None:
+      self.result['lr_finder'] = found
     experiment.use_peak_learning_rate(self.exp, learning_rate)
     self.result['learning_rate'] = learning_rate
     return True
@@ -293,17 +231,17 @@ class _Run:
     for writer in exp.writers.values():
       writer.flush()
     if exp.is_chief:
-      _write_metrics(exp, self.result)
+      workdir_lib.write_metrics(exp.workdir, self.result)
 
   def trace_graph(self) -> None:
     exp = self.exp
     if not self.result['resumed'] and self.config.trace_graph and exp.is_chief:
-      example = next(iter(exp.datasets['train'].batch(2)))[0]
       summaries.trace_model_graph(exp.writers[summaries.TRAIN],
-                                  self.trainer.model, example)
+                                  self.trainer.model, exp.datasets['train'])
 
   def train(self) -> str:
-    """The epochs; returns the status (completed, early_stopped, interrupted)."""
+    """The epochs; returns the status (completed, early_stopped,
+    interrupted, stopped_on_error)."""
     try:
       return self._train_epochs()
     finally:
@@ -351,10 +289,8 @@ class _Run:
       self._diverged(e)
       raise
     if self._stopping() and step_in_epoch < exp.steps_per_epoch:
-      state['step_in_epoch'].assign(step_in_epoch)
-      state['epoch_sums'].assign(stats['sums'])
-      checkpoints.save(self.manager, self.trainer.optimizer.iterations,
-                       exp.workdir)
+      checkpoints.save_position(state, self.manager, self.trainer.optimizer,
+                                step_in_epoch, stats['sums'], exp.workdir)
       self.result['interrupted_step'] = self.step
       return None
     return stats
@@ -380,54 +316,25 @@ class _Run:
     self.result.update(status='diverged', diverged_step=error.step,
                        diverged_loss=error.loss, history=self.history)
     checkup.write_health(self.exp, self.result, self.live)
-    _write_metrics(self.exp, self.result)
+    workdir_lib.write_metrics(self.exp.workdir, self.result)
 
   def _stopping(self) -> bool:
     """A signal, or --stop_on_error and an error finding."""
     return self.guard.signum is not None or self.live.stop
 
-  def _epoch_record(self, epoch: int, stats) -> Dict[str, Any]:
-    """Train, validation (and test) metrics of an epoch, also as summaries."""
-    sums, trainer = stats['sums'], self.trainer
-    record = {'epoch': epoch + 1, 'loss': sums[0] / sums[2],
-              'accuracy': sums[1] / sums[2],
-              'seconds': time.time() - stats['start']}
-    if self.has_val:
-      val = trainer.evaluate(self.eval_ds['validation'])
-      record.update(val_loss=val['loss'], val_accuracy=val['accuracy'])
-    if self.config.eval_test_every_epoch:   # e.g. epochs to a test accuracy
-      test = trainer.evaluate(self.eval_ds['test'])
-      record.update(test_loss=test['loss'], test_accuracy=test['accuracy'])
-    summaries.write_epoch_scalars(
-        self.exp.writers, record,
-        float(trainer.optimizer.learning_rate.numpy()))
-    return record
-
-  def _keep_best_and_should_stop(self, epoch: int, record) -> bool:
-    """Saves the weights when the monitored metric improved; True when early
-    stopping should stop now (no improvement for --patience epochs)."""
-    state, config = self.state, self.config
-    value = self.monitor_sign * record[config.monitor]
-    if value > float(state['best'].numpy()):
-      state['best'].assign(value)
-      state['best_epoch'].assign(epoch + 1)
-      state['wait'].assign(0)
-      checkpoints.save(self.best_manager, epoch + 1, self.exp.workdir,
-                       'the best weights')
-      return False
-    state['wait'].assign_add(1)
-    patience = config.early_stopping_patience
-    return bool(patience and int(state['wait'].numpy()) >= patience)
-
   def end_epoch(self, epoch: int, stats) -> bool:
     """Validation, summaries, best weights, checkpoint; True to stop early."""
     exp, state, config = self.exp, self.state, self.config
-    record = self._epoch_record(epoch, stats)
+    record = experiment.epoch_record(exp, self.eval_ds, epoch, stats['sums'],
+                                     time.time() - stats['start'])
     step = self.step
     self.history.append(record)
     self.progress.end_epoch(
         record, step, stats['examples'] / max(stats['train_seconds'], 1e-9))
-    stop = self.has_val and self._keep_best_and_should_stop(epoch, record)
+    stop = self.has_val and checkpoints.keep_best(
+        self.state, self.best_manager, epoch,
+        self.monitor_sign * record[config.monitor],
+        config.early_stopping_patience, exp.workdir)
     state['epoch'].assign(epoch + 1)
     state['step_in_epoch'].assign(0)
     state['epoch_sums'].assign(np.zeros(3))
@@ -447,15 +354,10 @@ class _Run:
                   wall_seconds=time.time() - self.started,
                   epochs_run=len(self.history))
     if status != 'interrupted':
-      if self.has_val and self.best_manager.latest_checkpoint:
-        result['best_epoch'] = int(self.state['best_epoch'].numpy())
-        result['best_' + self.config.monitor] = self.monitor_sign * float(
-            self.state['best'].numpy())
-        # Restore-best-weights: the model evaluated on test is the best one
-        # (1cycle keeps its last, annealed weights).
-        result['restored_best_weights'] = self.config.restore_best_weights
-        if self.config.restore_best_weights:
-          checkpoints.restore_best(trainer.model, self.best_manager)
+      if self.has_val:
+        result.update(checkpoints.best_of_run(
+            self.state, self.best_manager, trainer.model, self.config.monitor,
+            self.monitor_sign, self.config.restore_best_weights))
       result.update(experiment.final_metrics(exp, self.eval_ds))
       if exp.is_chief:
         result['export'] = export.export(
@@ -464,5 +366,5 @@ class _Run:
       checkup.write_health(exp, result, self.live)
     for writer in exp.writers.values():
       writer.flush()
-    _write_metrics(exp, result)
+    workdir_lib.write_metrics(exp.workdir, result)
     return result

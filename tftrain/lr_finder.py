@@ -29,7 +29,7 @@ import math
 import os
 import random
 import time
-from typing import Any, Callable, Dict, List, Optional
+from typing import Any, Callable, Dict, List, Optional, Tuple
 
 from absl import logging
 import numpy as np
@@ -550,6 +550,31 @@ def _result(config, lrs, losses, smoothed, reason, settings,
                 min_lr=float(lrs[i_min]), min_loss=float(smoothed[i_min]),
                 seconds=seconds, settings=settings,
                 schedule=config.lr_schedule)
+
+
+def choose(exp, saved, should_stop: Optional[Callable[[], bool]] = None
+           ) -> Tuple[float, Optional[Dict[str, Any]]]:
+  """The run's learning rate: the Config's, or with learning_rate='auto' the
+  one `saved` holds (a resume) or else this finder's pick (into
+  `<workdir>/lr_finder/`). `saved` (a checkpointed variable) is set to it.
+
+  Returns:
+    (learning rate, the finder's summary when it ran now, else None).
+
+  Raises:
+    errors.Interrupted: `should_stop` said so during the sweep.
+  """
+  found = None
+  if exp.config.learning_rate != 'auto':
+    learning_rate = float(exp.config.learning_rate)
+  else:
+    learning_rate = float(saved.numpy())
+    if not learning_rate:
+      result = find(exp, os.path.join(exp.workdir, workdir_lib.LR_FINDER),
+                    should_stop=should_stop)
+      learning_rate, found = result.suggestion, result.summary()
+  saved.assign(learning_rate)
+  return learning_rate, found
 
 
 def find(exp, outdir: str, num_steps: Optional[int] = None,

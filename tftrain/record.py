@@ -21,6 +21,9 @@ from tensorboard.plugins.hparams import api as hp
 import tftrain
 from tftrain import config as config_lib
 from tftrain import errors
+from tftrain import export
+from tftrain import progress as progress_lib
+from tftrain import summaries
 from tftrain import workdir as workdir_lib
 
 
@@ -100,6 +103,14 @@ def write_run_files(config: config_lib.Config, workdir: str, new_run: bool,
     write_hparams(workdir, config, start_time_secs)
 
 
+def record_run(exp, workdir: str, new_run: bool, started: float,
+               custom: bool) -> None:
+  """config.json, flags.txt, and a new run's HParams and chart layout."""
+  write_run_files(exp.config, workdir, new_run, started, custom)
+  if new_run:
+    summaries.write_layout(exp.writers[summaries.TRAIN])
+
+
 def config_from_json(saved: Dict[str, Any]) -> Dict[str, Any]:
   """config.json's values with JSON lists back as tuples (Config's types)."""
   return {k: tuple(v) if isinstance(v, list) else v for k, v in saved.items()}
@@ -164,3 +175,63 @@ def completed_metrics(config: config_lib.Config, workdir: str
     return None
   return metrics, datetime.datetime.fromtimestamp(mtime).strftime(
       '%Y-%m-%d %H:%M:%S')
+
+
+def prior_run(config: config_lib.Config, workdir: str, chief: bool
+              ) -> Tuple[Optional[Dict[str, Any]], Optional['Result']]:
+  """What `workdir` already holds, before a run starts there.
+
+  Returns:
+    (the saved config.json or None for a new run, and the finished run's
+    `Result` when it is already complete for `config`, else None). With
+    `config.overwrite` an old run is moved aside first (said), and the run
+    is new.
+
+  Raises:
+    errors.ConfigMismatchError: the workdir holds a run trained with other
+      settings (`check_resume`).
+  """
+  saved_config = read_config(workdir)
+  if config.overwrite and chief:
+    moved = workdir_lib.move_aside(workdir)
+    if moved:
+      progress_lib.say('%s: overwrite: the old run was moved to %s; '
+                       'starting fresh.', workdir, moved)
+    return None, None
+  if saved_config is None:
+    return None, None
+  for note in check_resume(config, workdir, saved_config):
+    progress_lib.say(note)
+  done = completed_metrics(config, workdir)
+  if done is None:
+    return saved_config, None
+  metrics, date = done
+  progress_lib.say(
+      '%s: already complete (metrics from %s); returning them. To train '
+      'again: a new workdir, or overwrite (--overwrite, '
+      'Config(overwrite=True)) to start fresh.', workdir, date)
+  return saved_config, Result(dict(metrics, already_complete=True),
+                              model_path=export.keras_path(workdir))
+
+
+class Result(dict):
+  """`train_and_evaluate`'s result: the metrics dict metrics.json holds (it
+  reads and JSON-serializes as before), plus `.model`, the trained Keras
+  model (for a run that was already complete, loaded from its
+  export/model.keras on first use; None if it has none)."""
+
+  def __init__(self, metrics=(), model=None, model_path: Optional[str] = None):
+    super().__init__(metrics)
+    self._model = model
+    self._model_path = model_path
+
+  @property
+  def model(self):
+    if self._model is None and self._model_path:
+      if tf.io.gfile.exists(self._model_path):
+        self._model = tf.keras.models.load_model(self._model_path)
+      self._model_path = None
+    return self._model
+
+  def __reduce__(self):     # pickles and copies as the metrics alone
+    return (Result, (dict(self),))

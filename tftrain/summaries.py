@@ -345,8 +345,10 @@ def write_layout(writer) -> None:
   writer.flush()
 
 
-def trace_model_graph(writer, model, example_batch):
-  """Writes the forward graph once so TensorBoard's Graphs tab shows the model."""
+def trace_model_graph(writer, model, dataset):
+  """Writes the forward graph once so TensorBoard's Graphs tab shows the model
+  (traced on two examples of `dataset`, a complete cache)."""
+  example_batch = next(iter(dataset.batch(2)))[0]
   @tf.function
   def forward(x):
     return model(x, training=False)

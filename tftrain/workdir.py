@@ -48,6 +48,11 @@ def write_json(path: str, obj, sort_keys: bool = False) -> None:
                               default=float))
 
 
+def write_metrics(workdir: str, result) -> None:
+  """The run's result as `workdir/metrics.json` (also a partial one)."""
+  write_json(os.path.join(workdir, METRICS_JSON), result, sort_keys=True)
+
+
 def read_json(path: str):
   """The JSON value in `path`."""
   with gfile().GFile(path, 'r') as f:
