@@ -514,6 +514,40 @@ def describe_model(config: config_lib.Config, workdir: Optional[str] = None,
   layers, dropout, train examples) and, for your own model, its layers (a
   function is called once to get an instance).
   """
+  info = _run_facts(config, workdir, result, datasets)
+  if model is None:
+    builtin_dense = config.model != 'cnn'
+    info.update(
+        kind='builtin', rebuildable=True, source='builtin',
+        model_name=config.model,
+        activation=config.activation if builtin_dense else 'relu',
+        activations=[config.activation if builtin_dense else 'relu'],
+        batch_norm=config.batch_norm != 'none' or not builtin_dense,
+        dropout=config.dropout)
+    return info
+  instance = hasattr(model, 'get_weights')
+  if not instance:
+    model = _model_instance(model, config, datasets, num_classes)
+  subclassed = checkup._subclassed(model)  # pylint: disable=protected-access
+  kind = ('subclassed' if subclassed else
+          'sequential' if isinstance(model, tf.keras.Sequential)
+          else 'functional')
+  info.update(kind=kind, rebuildable=not subclassed,
+              source='instance' if instance else 'function',
+              model_name=model.name)
+  if subclassed:
+    info['note'] = (f'{type(model).__name__} is a subclassed model: it cannot '
+                    'be rebuilt, so only changes that leave it as it is '
+                    '(learning rate, optimizer, batch size, input scaling) '
+                    'were tried.')
+    return info
+  info.update(_layers_info(checkup.flat_layers(model)))
+  return info
+
+
+def _run_facts(config: config_lib.Config, workdir: Optional[str],
+               result: Optional[Dict[str, Any]], datasets) -> Dict[str, Any]:
+  """The run's facts from `workdir/model_facts.json` and its result."""
   facts = {}
   path = os.path.join(workdir, checkup.FACTS) if workdir else None
   if path and os.path.exists(path):
@@ -532,45 +566,30 @@ def describe_model(config: config_lib.Config, workdir: Optional[str] = None,
       'linear_pairs': facts.get('linear_pairs', [])}
   info['standardized'] = (_looks_standardized(facts) if datasets is not None
                           else config.standardize_inputs)
-  if model is None:
-    builtin_dense = config.model != 'cnn'
-    info.update(
-        kind='builtin', rebuildable=True, source='builtin',
-        model_name=config.model,
-        activation=config.activation if builtin_dense else 'relu',
-        activations=[config.activation if builtin_dense else 'relu'],
-        batch_norm=config.batch_norm != 'none' or not builtin_dense,
-        dropout=config.dropout)
-    return info
-  instance = hasattr(model, 'get_weights')
-  if not instance:
-    if datasets is not None:
-      shape = _image_shape(datasets)
-    else:
-      _, data_info = data.load_splits(
-          config.dataset, data.prepare(config.dataset, config.data_dir,
-                                       config.raw_data_dir),
-          config.validation_size)
-      shape, num_classes = data_info.image_shape, data_info.num_classes
-    model = model(shape, num_classes)
-  subclassed = checkup._subclassed(model)  # pylint: disable=protected-access
-  kind = ('subclassed' if subclassed else
-          'sequential' if isinstance(model, tf.keras.Sequential)
-          else 'functional')
-  info.update(kind=kind, rebuildable=not subclassed,
-              source='instance' if instance else 'function',
-              model_name=model.name)
-  if subclassed:
-    info['note'] = (f'{type(model).__name__} is a subclassed model: it cannot '
-                    'be rebuilt, so only changes that leave it as it is '
-                    '(learning rate, optimizer, batch size, input scaling) '
-                    'were tried.')
-    return info
-  layers = checkup.flat_layers(model)
+  return info
+
+
+def _model_instance(model_fn, config: config_lib.Config, datasets,
+                    num_classes: Optional[int]) -> tf.keras.Model:
+  """Calls a model function once, on the run's image shape and classes."""
+  if datasets is not None:
+    shape = _image_shape(datasets)
+  else:
+    _, data_info = data.load_splits(
+        config.dataset, data.prepare(config.dataset, config.data_dir,
+                                     config.raw_data_dir),
+        config.validation_size)
+    shape, num_classes = data_info.image_shape, data_info.num_classes
+  return model_fn(shape, num_classes)
+
+
+def _layers_info(layers) -> Dict[str, Any]:
+  """Activations, initializers, batch norm, dropout and frozen layers of a
+  model's (flattened) layers."""
   hidden = layers[:-1]
   acts = [probes.activation_name(l) for l in hidden]
   counts = collections.Counter(a for a in acts if a)
-  info.update(
+  return dict(
       activations=sorted(counts),
       activation=counts.most_common(1)[0][0] if counts else None,
       initializers=sorted({_initializer_name(l) for l in hidden
@@ -582,7 +601,6 @@ def describe_model(config: config_lib.Config, workdir: Optional[str] = None,
                    if isinstance(l, models.DROPOUT_LAYERS)], default=0.0),
       output_activation=probes.activation_name(layers[-1]),
       frozen=any(not l.trainable for l in layers if l.weights))
-  return info
 
 
 def _initializer(name: str, seed: Optional[int]):
@@ -614,18 +632,44 @@ def rebuild(model: tf.keras.Model, change: Optional[ModelChange],
     raise ValueError(f'{type(model).__name__} is a subclassed model: it '
                      'cannot be rebuilt from its layers.')
   params = change.as_dict() if change is not None else {}
-  leaves = checkup.flat_layers(model)
-  output = leaves[-1]
-  mixing = {id(l): i for i, l in enumerate(
-      l for l in leaves if isinstance(l, _MIXING))}
-  pairs = set(params.get('linear_layers') or ())
-  act = params.get('activation')
+  output = checkup.flat_layers(model)[-1]
   # A final activation layer (Softmax, Activation('softmax'), ...) is
   # dropped: the model then ends on the layer before it.
   drop_last = params.get('output') == 'linear' and _activation_only(output)
   if drop_last and output not in model.layers:
     raise ValueError(f'the final activation layer {output.name} is inside a '
                      'nested model: drop it there.')
+  edit = _layer_editor(model, params, seed, drop_last)
+  if params.get('batch_norm') == 'before':
+    new_model = _with_batch_norm(model, edit, output)
+  else:
+    new_model = tf.keras.models.clone_model(model, clone_function=edit,
+                                            recursive=True)
+  if drop_last:
+    if isinstance(new_model, tf.keras.Sequential):
+      new_model = tf.keras.Sequential(
+          [tf.keras.Input(shape=model.input_shape[1:])] + new_model.layers[:-1],
+          name=model.name)
+    else:
+      new_model = tf.keras.Model(new_model.input,
+                                 new_model.get_layer(output.name).input,
+                                 name=model.name)
+  if copy_weights and not (params.get('kernel_initializer')
+                           or params.get('output_initializer')):
+    _copy_weights(model, new_model)
+  return new_model
+
+
+def _layer_editor(model: tf.keras.Model, params: Dict[str, Any],
+                  seed: Optional[int], drop_last: bool
+                  ) -> Callable[[Any], Any]:
+  """`rebuild`'s clone_function: a layer -> its edited copy (from config)."""
+  leaves = checkup.flat_layers(model)
+  output = leaves[-1]
+  mixing = {id(l): i for i, l in enumerate(
+      l for l in leaves if isinstance(l, _MIXING))}
+  pairs = set(params.get('linear_layers') or ())
+  act = params.get('activation')
 
   def edit(layer):
     cfg = layer.get_config()
@@ -654,42 +698,30 @@ def rebuild(model: tf.keras.Model, change: Optional[ModelChange],
     if 'dropout' in params and isinstance(layer, models.DROPOUT_LAYERS):
       cfg['rate'] = params['dropout']
     return type(layer).from_config(cfg)
+  return edit
 
-  if params.get('batch_norm') == 'before':
-    if not isinstance(model, tf.keras.Sequential):
-      raise ValueError('batch norm can be inserted into Sequential models '
-                       'only.')
-    layers = [tf.keras.Input(shape=model.input_shape[1:])]
-    for layer in model.layers:
-      new = edit(layer)
-      if layer is output or not isinstance(layer, _MIXING):
-        layers.append(new)
-        continue
-      cfg = new.get_config()
-      activation = probes.activation_name(new)
-      cfg['activation'] = 'linear'
-      layers += [type(new).from_config(cfg),
-                 tf.keras.layers.BatchNormalization(name=f'{layer.name}_bn')]
-      if activation:
-        layers.append(tf.keras.layers.Activation(
-            activation, name=f'{layer.name}_act'))
-    new_model = tf.keras.Sequential(layers, name=model.name)
-  else:
-    new_model = tf.keras.models.clone_model(model, clone_function=edit,
-                                            recursive=True)
-  if drop_last:
-    if isinstance(new_model, tf.keras.Sequential):
-      new_model = tf.keras.Sequential(
-          [tf.keras.Input(shape=model.input_shape[1:])] + new_model.layers[:-1],
-          name=model.name)
-    else:
-      new_model = tf.keras.Model(new_model.input,
-                                 new_model.get_layer(output.name).input,
-                                 name=model.name)
-  if copy_weights and not (params.get('kernel_initializer')
-                           or params.get('output_initializer')):
-    _copy_weights(model, new_model)
-  return new_model
+
+def _with_batch_norm(model: tf.keras.Model, edit, output) -> tf.keras.Model:
+  """A Sequential model's edited layers with each hidden Dense/Conv split
+  into the layer without activation, BatchNormalization and the activation."""
+  if not isinstance(model, tf.keras.Sequential):
+    raise ValueError('batch norm can be inserted into Sequential models '
+                     'only.')
+  layers = [tf.keras.Input(shape=model.input_shape[1:])]
+  for layer in model.layers:
+    new = edit(layer)
+    if layer is output or not isinstance(layer, _MIXING):
+      layers.append(new)
+      continue
+    cfg = new.get_config()
+    activation = probes.activation_name(new)
+    cfg['activation'] = 'linear'
+    layers += [type(new).from_config(cfg),
+               tf.keras.layers.BatchNormalization(name=f'{layer.name}_bn')]
+    if activation:
+      layers.append(tf.keras.layers.Activation(
+          activation, name=f'{layer.name}_act'))
+  return tf.keras.Sequential(layers, name=model.name)
 
 
 def _activation_only(layer) -> bool:
@@ -1047,6 +1079,43 @@ def format_block(rep: Dict[str, Any]) -> str:
   return '\n'.join(lines)
 
 
+def _candidates_markdown(rep: Dict[str, Any]) -> List[str]:
+  """repair.md's candidates: each one's changes and short-budget result."""
+  if not rep['candidates']:
+    return ['No candidate: nothing mechanical to try for these findings.']
+  lines = []
+  over = rep.get('trial_overrides') or {}
+  if over:
+    lines += [f'Short budget per candidate: `{over}` (same seed).', '']
+  rows = []
+  for c in rep['candidates']:
+    t = c.get('trial') or {}
+    metric = t.get('metric', 'val_accuracy')
+    rows.append({'candidate': c['name'], 'answers': ', '.join(c['kinds']),
+                 'changes': c['changes'],
+                 f'trial best {metric}': t.get('best_' + metric),
+                 'trial steps': (t.get('steps', 0) + t.get(
+                     'lr_finder_steps', 0)) if t else None,
+                 'trial status': t.get('status') or c.get('trial_note'),
+                 'trial health': ', '.join(t.get('health', [])) if t
+                                 else None,
+                 'chosen': 'yes' if c['name'] == rep.get('chosen') else ''})
+  return lines + [report.markdown_table(rows, missing='–')]
+
+
+def _compute_markdown(comp: Dict[str, Any]) -> List[str]:
+  """repair.md's compute: the original budget and what the repair added."""
+  return [
+      f'- original budget: {comp["original_budget_steps"]} steps '
+      f'({comp["original_budget_examples"]} training examples)',
+      f'- {comp["trial_runs"]} trial runs: {comp["trial_steps"]} steps',
+      f'- {comp["final_runs"]} repaired run: {comp["final_steps"]} steps',
+      f'- extra: {comp["extra_examples"]} training examples = '
+      f'**{_fmt(comp["multiple"], ".2f")}x** the original budget '
+      '(LR finder sweeps included; in examples so that a smaller '
+      'batch is not counted as more work)']
+
+
 def format_markdown(rep: Dict[str, Any]) -> str:
   """repair.md."""
   lines = [f'# Repair: {os.path.basename(os.path.abspath(rep["workdir"]))}',
@@ -1071,27 +1140,7 @@ def format_markdown(rep: Dict[str, Any]) -> str:
     lines.append(f'- {info["note"]}')
   if rep.get('no_remedy'):
     lines.append(f'- No mechanical remedy for: {", ".join(rep["no_remedy"])}.')
-  lines += ['', '## Candidates', '']
-  if rep['candidates']:
-    over = rep.get('trial_overrides') or {}
-    if over:
-      lines += [f'Short budget per candidate: `{over}` (same seed).', '']
-    rows = []
-    for c in rep['candidates']:
-      t = c.get('trial') or {}
-      metric = t.get('metric', 'val_accuracy')
-      rows.append({'candidate': c['name'], 'answers': ', '.join(c['kinds']),
-                   'changes': c['changes'],
-                   f'trial best {metric}': t.get('best_' + metric),
-                   'trial steps': (t.get('steps', 0) + t.get(
-                       'lr_finder_steps', 0)) if t else None,
-                   'trial status': t.get('status') or c.get('trial_note'),
-                   'trial health': ', '.join(t.get('health', [])) if t
-                                   else None,
-                   'chosen': 'yes' if c['name'] == rep.get('chosen') else ''})
-    lines.append(report.markdown_table(rows, missing='–'))
-  else:
-    lines.append('No candidate: nothing mechanical to try for these findings.')
+  lines += ['', '## Candidates', ''] + _candidates_markdown(rep)
   if rep.get('not_tried'):
     lines += ['', f'Not tried (limit {MAX_CANDIDATES}): '
               + ', '.join(rep['not_tried']) + '.']
@@ -1105,18 +1154,8 @@ def format_markdown(rep: Dict[str, Any]) -> str:
         formats={'val_accuracy': '.4f', 'test_accuracy': '.4f',
                  'learning_rate': '.4g'},
         missing='–')]
-  comp = rep.get('compute')
-  if comp:
-    lines += ['', '## Compute', '',
-              f'- original budget: {comp["original_budget_steps"]} steps '
-              f'({comp["original_budget_examples"]} training examples)',
-              f'- {comp["trial_runs"]} trial runs: {comp["trial_steps"]} steps',
-              f'- {comp["final_runs"]} repaired run: {comp["final_steps"]} '
-              'steps',
-              f'- extra: {comp["extra_examples"]} training examples = '
-              f'**{_fmt(comp["multiple"], ".2f")}x** the original budget '
-              '(LR finder sweeps included; in examples so that a smaller '
-              'batch is not counted as more work)']
+  if rep.get('compute'):
+    lines += ['', '## Compute', ''] + _compute_markdown(rep['compute'])
   return '\n'.join(lines) + '\n'
 
 
@@ -1152,6 +1191,36 @@ def _before_after(s: Subject, searched) -> List[Dict[str, Any]]:
   return rows
 
 
+def _report(mode: str, workdir: str, findings, info, tried, rest,
+            searched) -> Dict[str, Any]:
+  """The repair report's findings, model, candidates (each with its trial)
+  and choice."""
+  trials = {r['name']: r for r in searched['trials']}
+  rep: Dict[str, Any] = {
+      'mode': mode, 'workdir': workdir, 'findings': findings,
+      'model': dict(info),
+      'no_remedy': [f['kind'] for f in findings
+                    if not KIND_REMEDIES.get(f['kind'])],
+      'candidates': [], 'not_tried': [c.name for c in rest],
+      'trial_overrides': searched['trial_overrides'],
+      'chosen': searched['chosen']}
+  for c in tried:
+    row = {**c.to_dict(), 'changes': c.changes_text()}
+    if c.name in trials:
+      row['trial'] = {k: v for k, v in trials[c.name].items()
+                      if k not in ('config', 'name')}
+    elif len(tried) == 1:
+      row['trial_note'] = 'the only candidate: trained for the full budget'
+    rep['candidates'].append(row)
+  if searched['chosen']:
+    t = trials.get(searched['chosen'])
+    rep['choice_reason'] = (
+        'the only candidate.' if t is None else
+        f'the best short-budget {t["metric"]} '
+        f'({_fmt(t.get("best_" + t["metric"]))}) of {len(tried)} candidates.')
+  return rep
+
+
 def repair(config: config_lib.Config, workdir: str,
            result: Optional[Dict[str, Any]] = None, model=None,
            datasets=None, num_classes: Optional[int] = None,
@@ -1184,29 +1253,7 @@ def repair(config: config_lib.Config, workdir: str,
   cands = candidates(findings, config, s.info)
   tried, rest = cands[:MAX_CANDIDATES], cands[MAX_CANDIDATES:]
   searched = search(s, tried, os.path.join(workdir, REPAIR_DIR))
-  trials = {r['name']: r for r in searched['trials']}
-  rep: Dict[str, Any] = {
-      'mode': mode, 'workdir': workdir, 'findings': findings,
-      'model': {k: v for k, v in s.info.items()},
-      'no_remedy': [f['kind'] for f in findings
-                    if not KIND_REMEDIES.get(f['kind'])],
-      'candidates': [], 'not_tried': [c.name for c in rest],
-      'trial_overrides': searched['trial_overrides'],
-      'chosen': searched['chosen']}
-  for c in tried:
-    row = {**c.to_dict(), 'changes': c.changes_text()}
-    if c.name in trials:
-      row['trial'] = {k: v for k, v in trials[c.name].items()
-                      if k not in ('config', 'name')}
-    elif len(tried) == 1:
-      row['trial_note'] = 'the only candidate: trained for the full budget'
-    rep['candidates'].append(row)
-  if searched['chosen']:
-    t = trials.get(searched['chosen'])
-    rep['choice_reason'] = (
-        'the only candidate.' if t is None else
-        f'the best short-budget {t["metric"]} '
-        f'({_fmt(t.get("best_" + t["metric"]))}) of {len(tried)} candidates.')
+  rep = _report(mode, workdir, findings, s.info, tried, rest, searched)
   rep['before_after'] = _before_after(s, searched)
   if searched['status'] in ('no_candidates', 'interrupted'):
     rep['status'] = searched['status']
