@@ -1,0 +1,123 @@
+"""Trainer: the compiled plain and observed steps (per-layer norms equal an
+independent GradientTape; both train alike; no summary op inside)."""
+
+
+import numpy as np
+import pytest
+import tensorflow as tf
+
+from tests.test_models import dense_layers
+from tftrain import models
+from tftrain import trainer as trainer_lib
+
+DEPTH, WIDTH, BATCH = 5, 8, 16
+
+
+
+def make_data(n=2 * BATCH, seed=0):
+  rng = np.random.default_rng(seed)
+  images = rng.normal(size=(n, 4, 4, 1)).astype(np.float32)
+  labels = rng.integers(0, 10, size=n).astype(np.int32)
+  return images, labels
+
+
+def make_trainer(activation='sigmoid', **kwargs):
+  strategy = tf.distribute.get_strategy()
+  model = models.deep_mlp((4, 4, 1), depth=DEPTH, width=WIDTH,
+                          activation=activation, seed=3)
+  optimizer = tf.keras.optimizers.SGD(0.1)
+  return trainer_lib.Trainer(model, optimizer, strategy, BATCH, **kwargs)
+
+
+def tape_norms(model, images, labels):
+  """Per-layer gradient norms (kernel and bias together), plain GradientTape."""
+  layers = dense_layers(model)
+  with tf.GradientTape() as tape:
+    logits = model(images, training=True)
+    loss = tf.reduce_mean(tf.nn.sparse_softmax_cross_entropy_with_logits(
+        labels, logits))
+  grads = tape.gradient(loss, [[l.kernel, l.bias] for l in layers])
+  return np.array([np.sqrt(sum(np.sum(g.numpy() ** 2) for g in pair))
+                   for pair in grads])
+
+
+def distributed_iterator(trainer, images, labels):
+  ds = tf.data.Dataset.from_tensor_slices((images, labels)).batch(BATCH)
+  return iter(trainer.strategy.experimental_distribute_dataset(ds))
+
+
+
+def test_weighted_layers_group_variables_by_layer_path():
+  model = models.build_dense_stack((4, 4, 1), [3, 3], batch_norm='before')
+  layers = models.weighted_layers(model)
+  assert [l.name for l in layers] == ['dense_000', 'bn_000', 'dense_001',
+                                      'bn_001', 'logits']
+  paths = [v.path for v in model.trainable_variables]
+  assert [[paths[i].split('/')[-1] for i in l.indices] for l in layers] == [
+      ['kernel'], ['gamma', 'beta'], ['kernel'], ['gamma', 'beta'],
+      ['kernel', 'bias']]
+  assert layers[1].kernel is None and paths[layers[4].kernel].endswith(
+      'logits/kernel')
+
+
+@pytest.mark.parametrize('activation', ['sigmoid', 'selu'])
+def test_observed_step_norms_equal_independent_gradient_tape(activation):
+  images, labels = make_data()
+  trainer = make_trainer(activation)
+  weights = [v.numpy() for v in trainer.model.trainable_variables]
+  expected_first = tape_norms(trainer.model, images[:BATCH], labels[:BATCH])
+  iterator = distributed_iterator(trainer, images, labels)
+  out = trainer.observed_step(iterator)['observation']
+  np.testing.assert_allclose(out['grad_norms'], expected_first, rtol=1e-5)
+  assert out['grad_norms'].shape == (DEPTH + 1,)
+  np.testing.assert_allclose(out['global_grad_norm'],
+                             np.sqrt(np.sum(expected_first ** 2)), rtol=1e-5)
+  # SGD: ||dW|| / ||W|| = lr * ||g|| / ||W|| for each layer.
+  w_norms = np.array([np.sqrt(sum(np.sum(weights[i] ** 2) for i in l.indices))
+                      for l in trainer.layers])
+  np.testing.assert_allclose(out['weight_norms'], w_norms, rtol=1e-5)
+  np.testing.assert_allclose(out['update_ratios'],
+                             0.1 * expected_first / w_norms, rtol=1e-4)
+  # The step applied the update: the second batch's norms come from new
+  # weights, and match a tape on those weights.
+  moved = [v.numpy() for v in trainer.model.trainable_variables]
+  assert any(not np.allclose(a, b) for a, b in zip(weights, moved))
+  expected_second = tape_norms(trainer.model, images[BATCH:], labels[BATCH:])
+  out = trainer.observed_step(iterator)['observation']
+  np.testing.assert_allclose(out['grad_norms'], expected_second, rtol=1e-5)
+
+
+def test_observed_and_plain_steps_train_identically():
+  images, labels = make_data(4 * BATCH)
+  plain, mixed = make_trainer('relu'), make_trainer('relu')
+  it_plain = distributed_iterator(plain, images, labels)
+  it_mixed = distributed_iterator(mixed, images, labels)
+  a = plain.train_steps(it_plain, 4)
+  b = [mixed.train_steps(it_mixed, 1), mixed.observed_step(it_mixed),
+       mixed.train_steps(it_mixed, 2)]
+  np.testing.assert_allclose(a['losses'],
+                             np.concatenate([o['losses'] for o in b]),
+                             rtol=1e-6)
+  assert a['count'] == sum(o['count'] for o in b) == 4 * BATCH
+  for v, w in zip(plain.model.variables, mixed.model.variables):
+    np.testing.assert_allclose(v.numpy(), w.numpy(), rtol=1e-6, atol=1e-7)
+
+
+def test_no_summary_op_inside_the_compiled_steps():
+  images, labels = make_data(3 * BATCH)
+  trainer = make_trainer('relu')
+  iterator = distributed_iterator(trainer, images, labels)
+  trainer.train_steps(iterator, 1)
+  trainer.observed_step(iterator)
+  trainer.observed_step(iterator, histograms=True)
+  for fn in (trainer._train_loop, trainer._observed_fns[False],
+             trainer._observed_fns[True]):
+    graphs = [fn.get_concrete_function(iterator, tf.constant(1)).graph
+              if fn is trainer._train_loop
+              else fn.get_concrete_function(iterator).graph]
+    ops = set()
+    for graph in graphs:
+      ops |= {op.type for op in graph.get_operations()}
+      for f in graph._functions.values():   # while-loop bodies, step fns
+        ops |= {node.op for node in f.definition.node_def}
+    assert ops and not [o for o in ops if 'Summary' in o or o == 'If'], ops
