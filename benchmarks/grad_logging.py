@@ -26,9 +26,8 @@ from absl import app
 from absl import flags
 
 from benchmarks import common
-from tftrain import probes
 from tftrain import config as config_lib
-from tftrain import summaries
+from tftrain import probes
 
 FLAGS = flags.FLAGS
 common.add_common_flags(flags)
@@ -58,10 +57,19 @@ def model_variants(cached, kind, steps):
       log_every_steps=1, histogram_every_steps=1), logdir + '/every')
   every.hooks = ([probes.DepthProbe(images, labels, 1, 'selu')]
                  if kind == 'deep' else [])
+  # The same defaults with the per-layer norms as one reduction per variable
+  # and layer (Trainer.fused_norms=False), the way they were computed before.
+  unfused = common.TftrainRunner(
+      cached, kind, 32, base, logdir + '/unfused',
+      [probes.DepthProbe(images, labels, 500, 'selu')] if kind == 'deep'
+      else [])
+  unfused.trainer.fused_norms = False
   variants = {
       'logging off': lambda rep: runner.run(rep, steps, logging=False),
       'launcher defaults':
           lambda rep: runner.run(rep, steps),
+      'launcher defaults, per-layer reductions (not fused)':
+          lambda rep: unfused.run(rep, steps),
       'every step (norms, histograms, probe per loop)':
           lambda rep: every.run(rep, steps // 10),
   }

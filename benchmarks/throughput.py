@@ -1,8 +1,9 @@
 """Benchmark 1: tftrain's loop vs Keras 3 `model.fit` on the same work.
 
-Same model, same tf.data pipeline (cached MNIST, shuffled, batched,
-prefetched), same optimizer: the seed's MLP 300-100 (SGD 0.3) at batch 32 and
-256, and `launch.deep`'s 100 x Dense(100) SELU model (Nadam) at batch 32.
+Same model, same tf.data pipeline (cached, shuffled, batched, prefetched),
+same optimizer: the seed's MLP 300-100 (SGD 0.3) at batch 32 and 256 and
+`launch.deep`'s 100 x Dense(100) SELU model (Nadam) at batch 32 on MNIST, and
+`--model=cnn` (Nadam 5e-4) at batch 64 and 256 on CIFAR-10.
 tftrain runs with its defaults (logging on: loss, lr and per-layer gradient
 norms every 100 steps); `fit` with its default settings and at its best
 (`steps_per_execution=50`, with and without `jit_compile`). Each variant keeps
@@ -12,7 +13,8 @@ in one process; best-of-N is reported beside median and min.
   python -m benchmarks.throughput [--repeats=7]
 
 Targets: tftrain defaults (best of N) >= 1.0x the best `fit` variant (best of
-N) on the MLP at batch 32 and 256, and on the 100-layer model.
+N) on every case (issue 25 asks >= 1.1x on the 100-layer model: shown as its
+own line).
 """
 
 import sys
@@ -27,9 +29,13 @@ from tftrain import config as config_lib
 FLAGS = flags.FLAGS
 common.add_common_flags(flags)
 flags.DEFINE_integer('repeats', 7, 'Timed repetitions per variant.')
-flags.DEFINE_list('cases', ['mlp:32', 'mlp:256', 'deep:32'],
-                  'model:batch cases (model: mlp or deep).')
+flags.DEFINE_list('cases', ['mlp:32', 'mlp:256', 'deep:32', 'cnn:64',
+                           'cnn:256'],
+                  'model:batch cases (model: mlp or deep on MNIST, cnn on '
+                  'CIFAR-10).')
 flags.DEFINE_integer('deep_steps', 300, 'Steps per repetition, deep model.')
+flags.DEFINE_integer('cnn_examples', 6400,
+                     'Examples per repetition, CNN (CIFAR-10).')
 
 
 def case_variants(cached, kind, batch, steps):
@@ -54,14 +60,17 @@ def case_variants(cached, kind, batch, steps):
   return variants
 
 
-def run_benchmark(cached, cases, repeats, deep_steps):
+def run_benchmark(datasets, cases, repeats, deep_steps, cnn_examples=6400):
+  """`datasets`: kind -> cached train split (MNIST for mlp/deep, CIFAR-10
+  for cnn)."""
   rows, targets = [], []
   for case in cases:
     kind, batch = case.split(':')
     batch = int(batch)
-    steps = deep_steps if kind == 'deep' else 55000 // batch
-    speeds = common.interleave(case_variants(cached, kind, batch, steps),
-                               repeats)
+    steps = {'deep': deep_steps, 'cnn': cnn_examples // batch}.get(
+        kind, 55000 // batch)
+    speeds = common.interleave(
+        case_variants(datasets[kind], kind, batch, steps), repeats)
     best = {name: max(v) for name, v in speeds.items()}
     fit_best = max(v for k, v in best.items() if k.startswith('fit'))
     fit_default = best['fit (default)']
@@ -73,17 +82,29 @@ def run_benchmark(cached, cases, repeats, deep_steps):
     ours = best['tftrain defaults (logging on)']
     targets.append(common.target(
         f'{kind} batch {batch}: tftrain defaults / best fit (best of '
-        f'{repeats})', ours / fit_best, '>=', 1.0))
+        f'{repeats})', ours / fit_best, '>=', 1.1 if kind == 'deep' else 1.0))
+    targets.append(common.target(
+        f'{kind} batch {batch}: tftrain + jit_compile / tftrain (best of '
+        f'{repeats})', best['tftrain + jit_compile (logging on)'] / ours, '>=',
+        1.0))
   return rows, targets
 
 
 def main(argv):
   del argv
-  cached, _, _ = common.mnist_cached(FLAGS.data_dir, FLAGS.raw_data_dir)
-  rows, targets = run_benchmark(cached['train'], FLAGS.cases, FLAGS.repeats,
-                                FLAGS.deep_steps)
+  kinds = {case.split(':')[0] for case in FLAGS.cases}
+  datasets = {}
+  if kinds & {'mlp', 'deep'}:
+    mnist, _, _ = common.mnist_cached(FLAGS.data_dir, FLAGS.raw_data_dir)
+    datasets.update(mlp=mnist['train'], deep=mnist['train'])
+  if 'cnn' in kinds:
+    cifar, _, _ = common.cifar10_cached(FLAGS.data_dir, FLAGS.raw_data_dir)
+    datasets['cnn'] = cifar['train']
+  rows, targets = run_benchmark(datasets, FLAGS.cases, FLAGS.repeats,
+                                FLAGS.deep_steps, FLAGS.cnn_examples)
   ok = common.report(
-      'throughput', 'Training throughput: tftrain vs Keras fit (MNIST)', rows,
+      'throughput', 'Training throughput: tftrain vs Keras fit (MNIST; CNN: '
+      'CIFAR-10)', rows,
       ['case', 'variant', 'best (ex/s)', 'median', 'min', 'n',
        'vs fit default', 'vs fit best'], targets)
   sys.exit(0 if ok else 1)

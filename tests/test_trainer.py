@@ -121,3 +121,20 @@ def test_no_summary_op_inside_the_compiled_steps():
       for f in graph._functions.values():   # while-loop bodies, step fns
         ops |= {node.op for node in f.definition.node_def}
     assert ops and not [o for o in ops if 'Summary' in o or o == 'If'], ops
+
+
+def test_fused_norms_equal_the_per_layer_reductions():
+  images, labels = make_data()
+  outs = []
+  for fused in (True, False):
+    trainer = make_trainer('selu')       # same seed: the same initial weights
+    trainer.fused_norms = fused
+    outs.append(trainer.observed_step(
+        distributed_iterator(trainer, images, labels))['observation'])
+  fused, reference = outs
+  assert fused['grad_norms'].shape == (DEPTH + 1,)
+  assert np.all(fused['update_ratios'] > 0)
+  for key in ('grad_norms', 'weight_norms', 'update_ratios',
+              'global_grad_norm'):
+    np.testing.assert_allclose(fused[key], reference[key], rtol=1e-5,
+                               err_msg=key)

@@ -50,6 +50,38 @@ def _norm(tensors) -> tf.Tensor:
                            for t in tensors]))
 
 
+def _flat(tensors) -> tf.Tensor:
+  """The tensors (variables: their current values) as one float32 vector."""
+  if not tensors:
+    return tf.zeros([0])
+  return tf.concat([tf.reshape(tf.cast(t, tf.float32), [-1])
+                    for t in tensors], 0)
+
+
+def _fused_measurements(grads, before, after, groups):
+  """`Trainer._measurements` from flat vectors (`_flat` of each layer's
+  variables in order; `groups`: each layer's variables, for their sizes):
+  squares summed per layer by one segment sum, instead of a reduction, an
+  add and a square root per variable and layer (100 layers: hundreds of
+  small ops)."""
+  if not groups:    # a frozen model
+    empty = tf.zeros([0])
+    return {'grad_norms': empty, 'global_grad_norm': tf.constant(0.0),
+            'weight_norms': empty, 'update_ratios': empty}
+  sizes = [sum(int(np.prod(v.shape)) for v in g) for g in groups]
+  ids = tf.repeat(tf.range(len(groups)), sizes)
+
+  def norms(flat):
+    return tf.sqrt(tf.math.unsorted_segment_sum(tf.square(flat), ids,
+                                                len(groups)))
+  grad_norms, weight_norms = norms(grads), norms(before)
+  return {'grad_norms': grad_norms,
+          'global_grad_norm': tf.norm(grad_norms),
+          'weight_norms': weight_norms,
+          'update_ratios': norms(after - before) / tf.maximum(weight_norms,
+                                                              1e-30)}
+
+
 class _LazyLayers:
   """Per-layer flat arrays built from per-variable arrays on first access."""
 
@@ -88,6 +120,9 @@ class Trainer:
     self.layer_names = [l.name for l in self.layers]
     with strategy.scope():
       optimizer.build(model.trainable_variables)
+    # Per-layer norms as one fused computation (`_fused_measurements`); False:
+    # one reduction per variable and layer (kept to compare them, BUILD.md).
+    self.fused_norms = True
     self._train_loop = None
     self._observed_fns = {}
     self._eval_fns = {}
@@ -142,14 +177,22 @@ class Trainer:
       inv = 1.0 / tf.cast(self.optimizer.dynamic_scale, tf.float32)
       true_grads = [g * inv for g in true_grads]
     learning_rate = tf.cast(self.optimizer.learning_rate, tf.float32)
-    before = [[tf.identity(variables[i]) for i in l.indices]
-              for l in self.layers]
-    self._apply(applied, variables)
-    after = [[tf.identity(variables[i]) for i in l.indices]
-             for l in self.layers]
-    grouped = [[true_grads[i] for i in l.indices] for l in self.layers]
+    groups = [l.indices for l in self.layers]
+    if self.fused_norms:
+      before = _flat([variables[i] for g in groups for i in g])
+      self._apply(applied, variables)
+      after = _flat([variables[i] for g in groups for i in g])
+      measured = _fused_measurements(
+          _flat([true_grads[i] for g in groups for i in g]), before, after,
+          [[variables[i] for i in g] for g in groups])
+    else:
+      before = [[tf.identity(variables[i]) for i in g] for g in groups]
+      self._apply(applied, variables)
+      after = [[tf.identity(variables[i]) for i in g] for g in groups]
+      measured = self._measurements(
+          [[true_grads[i] for i in g] for g in groups], before, after)
     out = {'loss': loss, 'stats': stats, 'learning_rate': learning_rate}
-    out.update(self._measurements(grouped, before, after))
+    out.update(measured)
     if histograms:    # as they are: the host flattens them if it writes
       out['grads'] = true_grads
       out['weights'] = [tf.identity(v) for v in variables]
@@ -289,6 +332,9 @@ class Trainer:
   def set_learning_rate(self, schedule) -> None:
     """The one place the LR changes: swaps the schedule, drops compiled steps."""
     self._inner_optimizer.learning_rate = schedule
+    # Per-layer norms as one fused computation (`_fused_measurements`); False:
+    # one reduction per variable and layer (kept to compare them, BUILD.md).
+    self.fused_norms = True
     self._train_loop = None
     self._observed_fns = {}
 
