@@ -332,9 +332,6 @@ class Trainer:
   def set_learning_rate(self, schedule) -> None:
     """The one place the LR changes: swaps the schedule, drops compiled steps."""
     self._inner_optimizer.learning_rate = schedule
-    # Per-layer norms as one fused computation (`_fused_measurements`); False:
-    # one reduction per variable and layer (kept to compare them, BUILD.md).
-    self.fused_norms = True
     self._train_loop = None
     self._observed_fns = {}
 
