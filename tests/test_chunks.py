@@ -48,3 +48,15 @@ def test_run_steps_observes_the_loggers_steps():
   assert float(out['observation']['loss']) == pytest.approx(
       float(out['losses'][5]), rel=1e-5)
   assert int(trainer.optimizer.iterations.numpy()) == 7
+
+
+def test_calls_say_which_ones_compiled():
+  trainer = make_trainer()
+  images, labels = make_data(n=12 * BATCH)
+  iterator = distributed_iterator(trainer, images, labels)
+  logger = summaries.StepLogger(None, trainer.layer_names, 6, 0, True)
+  compiled = [out['compiled'] for out, _ in
+              chunks.calls(trainer, iterator, 12, 3, logger)]
+  # Steps 1-3 trace the plain loop, 4-6 end on the first observed step
+  # (traced then); the rest reuse both.
+  assert compiled == [True, True, False, False]

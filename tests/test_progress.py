@@ -43,3 +43,20 @@ def test_without_absl_set_up_the_lines_are_printed(capsys):
   out = capsys.readouterr().out
   assert out.startswith('epoch 1/2 step 10 loss=0.5000 accuracy=0.7500 ')
   assert out.count('\n') == 1
+
+
+def test_a_compiling_call_is_left_out_of_the_speed_and_eta(monkeypatch,
+                                                          caplog):
+  monkeypatch.setattr(progress, 'absl_logging_active', lambda: True)
+  monkeypatch.setattr(progress, 'is_terminal', lambda: False)
+  sums = np.array([5.0, 4.0, 10.0])
+  p = progress.Progress(config_lib.Config(epochs=1), steps_per_epoch=20,
+                        log_seconds=0.0)
+  p.start_epoch(0, 0)
+  with caplog.at_level(logging.INFO, logger='absl'):
+    p.update(4, 4, 0.4, sums, 320.0, 4)       # 0.1 s per step
+    p.update(5, 1, 30.0, sums, None, 5)       # compiled the observed step
+  lines = [r.getMessage() for r in caplog.records if 'progress:' in r.getMessage()]
+  assert p.steps_done == 4 and p.train_seconds == 0.4
+  # 15 steps left at 0.1 s each (1.5 s: '2s'); the last speed, not 1/30.
+  assert lines[-1].endswith('examples/s=320 eta 2s')

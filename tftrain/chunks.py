@@ -141,8 +141,9 @@ def calls(trainer: trainer_lib.Trainer, iterator, num_steps: int,
   `profile` where its window says).
 
   Yields:
-    (`run_steps`' output, its seconds) after each call; the caller may stop
-    between calls (a signal) by leaving the loop.
+    (`run_steps`' output plus 'compiled': whether the call traced a step
+    function, its seconds) after each call; the caller may stop between
+    calls (a signal) by leaving the loop.
   """
   done = 0
   global_step = int(trainer.optimizer.iterations.numpy())
@@ -151,9 +152,11 @@ def calls(trainer: trainer_lib.Trainer, iterator, num_steps: int,
                     first and not done, profile.breaks if profile else ())
     if profile is not None:
       profile.before_call(global_step + 1)
+    traces = trainer.trace_count
     start = time.perf_counter()
     out = run_steps(trainer, iterator, n, logger)
     seconds = time.perf_counter() - start
+    out['compiled'] = trainer.trace_count != traces
     if profile is not None:
       profile.after_call(out['step'])
     done += n

@@ -302,10 +302,13 @@ class _Run:
     stats['train_seconds'] += seconds
     stats['examples'] += out['count']
     speed = out['count'] / max(seconds, 1e-9)
+    # A call that compiled a step function is no measure of the speed.
     self.progress.update(step_in_epoch, out['steps_run'], seconds,
-                         stats['sums'], speed, out['step'])
-    summaries.write_scalars(self.exp.writers[summaries.TRAIN], out['step'],
-                            {'examples_per_second': speed}, flush=False)
+                         stats['sums'], None if out['compiled'] else speed,
+                         out['step'])
+    if not out['compiled']:
+      summaries.write_scalars(self.exp.writers[summaries.TRAIN], out['step'],
+                              {'examples_per_second': speed}, flush=False)
     if self.first_loop:
       self.first_loop = False
       self.progress.first_call_done(out['steps_run'])

@@ -70,6 +70,7 @@ class Progress:
     self.log_seconds = log_seconds
     self.train_seconds = 0.0     # in this process: for the ETA
     self.steps_done = 0
+    self.speed = 0.0             # examples/s of the last call that ran only
     self.bar = None
     self.epoch = 0
     self._last_log = time.time()
@@ -94,9 +95,14 @@ class Progress:
     return '?' if seconds is None else format_seconds(seconds)
 
   def update(self, step_in_epoch: int, steps: int, seconds: float, sums,
-             speed: float, global_step: int) -> None:
-    self.steps_done += steps
-    self.train_seconds += seconds
+             speed: Optional[float], global_step: int) -> None:
+    """After a compiled call; `speed` None: the call compiled (its time is
+    left out of the speed and the ETA, which then shows the last speed)."""
+    if speed is not None:
+      self.steps_done += steps
+      self.train_seconds += seconds
+      self.speed = speed
+    speed = self.speed
     loss, accuracy = sums[0] / sums[2], sums[1] / sums[2]
     if self.bar is not None:
       self.bar.update(step_in_epoch, [('loss', loss), ('accuracy', accuracy),

@@ -325,6 +325,14 @@ class Trainer:
             'observation': out}
 
   @property
+  def trace_count(self) -> int:
+    """How many times the compiled train/observed steps were traced so far
+    (a call that traced spent most of its time compiling)."""
+    fns = [self._train_loop, *self._observed_fns.values()]
+    return sum(f.experimental_get_tracing_count() for f in fns
+               if f is not None)
+
+  @property
   def learning_rate_schedule(self):
     """The LR schedule (or value) the optimizer uses."""
     return self._inner_optimizer._learning_rate  # pylint: disable=protected-access
