@@ -188,3 +188,37 @@ def test_saturation_of_any_activation_from_its_derivative():
       tf.keras.layers.Dense(2, name='logits')])
   assert [l.name for l in probes.probed_layers(model)] == ['hs']
   del np
+
+
+def _history(rows):
+  return [{'epoch': i + 1, 'loss': loss, 'val_loss': val_loss,
+           'accuracy': val_acc + 0.005, 'val_accuracy': val_acc}
+          for i, (loss, val_loss, val_acc) in enumerate(rows)]
+
+
+# The main job's epochs 8-14 (launch.mnist --learning_rate=auto, Intel Xeon):
+# at 1cycle's peak the validation loss jumps +55%, and the run gets over it.
+MAIN_JOB_PEAK = [(0.0429, 0.0977, 0.9742), (0.0377, 0.0729, 0.9786),
+                 (0.0316, 0.1128, 0.9714), (0.032, 0.1019, 0.9722),
+                 (0.0349, 0.0985, 0.9742), (0.0304, 0.0912, 0.9762),
+                 (0.0273, 0.0766, 0.9798), (0.0166, 0.0907, 0.981)]
+
+
+def test_a_jump_the_run_recovers_from_is_not_oscillating():
+  assert health.analyze(run_with(history=_history(MAIN_JOB_PEAK))) == []
+
+
+def test_a_jump_it_never_recovers_from_or_repeated_jumps_are_oscillating():
+  never = MAIN_JOB_PEAK[:3] + [(0.04, 0.11, 0.97)] * 3   # (not overfitting)
+  found = health.analyze(run_with(history=_history(never)))
+  assert [f.kind for f in found] == ['oscillating_loss']
+  assert found[0].numbers['epoch'] == 3
+  # Three jumps of +30% or more, each followed by a new best accuracy.
+  rows, acc = [], 0.90
+  for _ in range(3):
+    rows += [(0.1, 0.20, acc), (0.1, 0.30, acc - 0.01)]
+    acc += 0.02
+  rows.append((0.1, 0.2, acc))
+  found = health.analyze(run_with(history=_history(rows)))
+  assert [f.kind for f in found] == ['oscillating_loss']
+  assert found[0].numbers['jumps'] == 3

@@ -124,6 +124,9 @@ THRESHOLDS = {
     # than oscillation_train_rise (unstable steps, not overfitting).
     'oscillation_jump': 0.25,
     'oscillation_train_rise': 0.05,
+    # ... and is reported when the run's validation accuracy never beats the
+    # level before the jump again, or when it jumps this many times.
+    'oscillation_repeats': 3,
 }
 
 _SATURATING = ('sigmoid', 'tanh')
@@ -820,23 +823,40 @@ def _budget_findings(run, t) -> List[Finding]:
 
 
 def _oscillation_finding(run, t) -> List[Finding]:
-  """The validation loss jumps up between epochs while training does not."""
-  pairs = [(h.get('epoch', i + 1), h['loss'], h['val_loss'])
-           for i, h in enumerate(run.get('history') or [])
-           if 'loss' in h and 'val_loss' in h and math.isfinite(h['loss'])
-           and math.isfinite(h['val_loss'])]
-  for (_, train0, val0), (epoch, train1, val1) in zip(pairs, pairs[1:]):
+  """The validation loss jumps up between epochs while training does not,
+  and the run does not get over it: its validation accuracy never again
+  beats the level before the jump (a one-off jump it recovers from, e.g. at
+  1cycle's peak learning rate, cost it nothing), or it jumps repeatedly."""
+  rows = [(h.get('epoch', i + 1), h['loss'], h['val_loss'],
+           h.get('val_accuracy'))
+          for i, h in enumerate(run.get('history') or [])
+          if 'loss' in h and 'val_loss' in h and math.isfinite(h['loss'])
+          and math.isfinite(h['val_loss'])]
+  jumps = []
+  for i, ((_, train0, val0, _), (epoch, train1, val1, _)) in enumerate(
+      zip(rows, rows[1:])):
     jump = val1 / max(val0, 1e-12) - 1
     if (jump > t['oscillation_jump']
         and train1 <= (1 + t['oscillation_train_rise']) * train0):
-      return [_finding(
-          'oscillating_loss', f'Training is unstable: the validation loss '
-          f'jumped from {_fmt(val0)} to {_fmt(val1)} (+{jump:.0%}) in epoch '
-          f'{epoch} while the training loss went from {_fmt(train0)} to '
-          f'{_fmt(train1)}.', numbers={'val_loss_before': val0,
-                                       'val_loss_after': val1, 'jump': jump,
-                                       'epoch': epoch}, tag='epoch_loss')]
-  return []
+      jumps.append((i, epoch, val0, val1, jump, train0, train1))
+
+  def recovered(i):
+    before = rows[i][3]
+    later = [r[3] for r in rows[i + 2:] if r[3] is not None]
+    return before is not None and any(a > before for a in later)
+  lasting = [j for j in jumps if not recovered(j[0])]
+  if not lasting and len(jumps) < t['oscillation_repeats']:
+    return []
+  _, epoch, val0, val1, jump, train0, train1 = (lasting or jumps)[0]
+  more = (f' It jumped {len(jumps)} times.' if len(jumps) > 1 else '')
+  return [_finding(
+      'oscillating_loss', f'Training is unstable: the validation loss '
+      f'jumped from {_fmt(val0)} to {_fmt(val1)} (+{jump:.0%}) in epoch '
+      f'{epoch} while the training loss went from {_fmt(train0)} to '
+      f'{_fmt(train1)}.{more}', numbers={'val_loss_before': val0,
+                                         'val_loss_after': val1, 'jump': jump,
+                                         'epoch': epoch, 'jumps': len(jumps)},
+      tag='epoch_loss')]
 
 
 def _batch_note(run) -> str:
