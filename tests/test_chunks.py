@@ -60,3 +60,18 @@ def test_calls_say_which_ones_compiled():
   # Steps 1-3 trace the plain loop, 4-6 end on the first observed step
   # (traced then); the rest reuse both.
   assert compiled == [True, True, False, False]
+
+
+def test_a_run_with_histograms_compiles_one_observed_step():
+  trainer = make_trainer()
+  images, labels = make_data(n=12 * BATCH)
+  iterator = distributed_iterator(trainer, images, labels)
+  logger = summaries.StepLogger(None, trainer.layer_names, 2, 4, True)
+  observations = []
+  for _ in range(3):          # observed at 2 (norms only) and 4 (histograms)
+    out = chunks.run_steps(trainer, iterator, 2, logger)
+    observations.append(out['observation'])
+  assert len(trainer._observed_fns) == 1       # pylint: disable=protected-access
+  assert 'grads' not in observations[0] and 'grads' not in observations[2]
+  assert len(observations[1]['grads']) == len(trainer.layer_names)
+  assert observations[0]['grad_norms'].shape == (len(trainer.layer_names),)

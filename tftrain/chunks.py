@@ -46,7 +46,9 @@ def run_steps(trainer: trainer_lib.Trainer, iterator, num_steps: int,
     if k is not None and k <= left:
       parts = [lambda k=k: trainer.train_steps(iterator, k - 1)] if k > 1 else []
       histograms = logger.wants_histograms(step + k)
-      parts.append(lambda h=histograms: trainer.observed_step(iterator, h))
+      ever = logger.histogram_every_steps > 0   # one compiled variant
+      parts.append(lambda h=histograms: trainer.observed_step(
+          iterator, h, compiled_with_histograms=ever))
     else:
       parts = [lambda: trainer.train_steps(iterator, left)]
     for call in parts:
