@@ -490,14 +490,16 @@ def repair_case(base: str, fault: str, arrays, root: str, twin_acc: float
       repair='errors' if 'error' in severities else 'warnings')
   start = time.perf_counter()
   rep = repair_lib.repair(config, workdir, None, model=build,
-                          datasets=datasets, num_classes=10)['repair']
+                          datasets=datasets, num_classes=10,
+                          train=loop.train_and_evaluate)['repair']
   seconds = time.perf_counter() - start
   final = rep['before_after'][-1] if len(rep['before_after']) > 1 else {}
   acc = final.get('test_accuracy')
   acc = acc if acc is not None else math.nan
   # The baseline: as many candidates as the repair tried, drawn from every
   # remedy that applies to this model, through the same trials and final.
-  subject = repair_lib.subject(config, workdir, None, build, datasets, 10)
+  subject = repair_lib.subject(config, workdir, None, build, datasets, 10,
+                               train=loop.train_and_evaluate)
   pool = repair_lib.all_candidates(config, subject.info)
   k = min(len(rep['candidates']), len(pool))
   rng = np.random.default_rng(zlib.crc32(name.encode()))

@@ -361,7 +361,8 @@ def test_subclassed_repair_says_it_cannot_be_rebuilt(tmp_path):
   findings = [finding('vanishing_gradients'), finding('unscaled_inputs')]
   out = repair.repair(config.replace(repair='errors'), workdir, result,
                       model=lambda s, n: Subclassed(n), datasets=datasets,
-                      num_classes=3, findings=findings)['repair']
+                      num_classes=3, findings=findings,
+                      train=loop.train_and_evaluate)['repair']
   assert [c['name'] for c in out['candidates']] == ['standardize']
   assert out['candidates'][0]['model_change'] is None
   markdown = open(os.path.join(workdir, repair.REPAIR_MD)).read()
@@ -375,10 +376,12 @@ def test_not_needed_without_findings_of_the_severity(tmp_path):
   with open(os.path.join(workdir, 'metrics.json'), 'w') as f:
     json.dump({'status': 'completed', 'history': []}, f)
   health.write_report(workdir, [health.Finding('overfitting', 'warning', 's')])
-  out = repair.maybe_repair(tiny_config(repair='errors'), workdir)
+  out = repair.maybe_repair(tiny_config(repair='errors'), workdir,
+                            train=loop.train_and_evaluate)
   assert out['repair']['status'] == 'not_needed'
   assert not os.path.exists(os.path.join(workdir, repair.REPAIR_MD))
-  assert repair.maybe_repair(tiny_config(), workdir) == {
+  assert repair.maybe_repair(tiny_config(), workdir,
+                             train=loop.train_and_evaluate) == {
       'status': 'completed', 'history': []}
 
 

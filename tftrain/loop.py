@@ -27,6 +27,7 @@ from tftrain import export
 from tftrain import lr_finder
 from tftrain import progress as progress_lib
 from tftrain import record
+from tftrain import repair as repair_lib
 from tftrain import signals
 from tftrain import summaries
 from tftrain import workdir as workdir_lib
@@ -126,11 +127,11 @@ def _train_and_evaluate(config, workdir, hooks, model, datasets, num_classes,
   distribute.wait_for_all_workers(strategy)   # multi-worker: leave together
   if not repairing:
     return result
-  # repair.py trains through this function (import cycle broken here).
-  from tftrain import repair  # pylint: disable=g-import-not-at-top
-  return repair.maybe_repair(config, workdir, result, model=model,
-                             datasets=datasets, num_classes=num_classes,
-                             initial_weights=initial_weights)
+  # The candidates train through this function (repair gets it passed).
+  return repair_lib.maybe_repair(config, workdir, result, model=model,
+                                 datasets=datasets, num_classes=num_classes,
+                                 initial_weights=initial_weights,
+                                 train=train_and_evaluate)
 
 
 def run(exp: experiment.Experiment,

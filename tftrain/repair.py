@@ -49,7 +49,6 @@ from tftrain import config as config_lib
 from tftrain import data
 from tftrain import errors
 from tftrain import health
-from tftrain import loop
 from tftrain import models
 from tftrain import probes
 from tftrain import report
@@ -779,6 +778,9 @@ class Subject:
   num_classes: Optional[int] = None
   initial_weights: Optional[List[Any]] = None   # a model object's start
   info: Dict[str, Any] = dataclasses.field(default_factory=dict)
+  # What trains each candidate: `loop.train_and_evaluate` (passed in, so
+  # this module does not import the loop that calls it).
+  train: Optional[Callable[..., Dict[str, Any]]] = None
   _scaled: Optional[Dict[str, tf.data.Dataset]] = None
 
   @property
@@ -799,9 +801,9 @@ class Subject:
 def subject(config: config_lib.Config, workdir: str,
             result: Optional[Dict[str, Any]] = None, model=None,
             datasets=None, num_classes: Optional[int] = None,
-            initial_weights=None) -> Subject:
+            initial_weights=None, train=None) -> Subject:
   """The Subject of a finished run in `workdir` (its metrics.json when
-  `result` is None)."""
+  `result` is None); `train`: `loop.train_and_evaluate`."""
   if result is None:
     result = _read_json(os.path.join(workdir, workdir_lib.METRICS_JSON))
   info = describe_model(config, workdir, result, model, datasets, num_classes)
@@ -810,7 +812,7 @@ def subject(config: config_lib.Config, workdir: str,
     info['note'] += (' Its weights before the original run were not kept, '
                      'so every candidate continues from the trained weights.')
   return Subject(config, workdir, result, model, datasets, num_classes,
-                 initial_weights, info)
+                 initial_weights, info, train)
 
 
 def _read_json(path: str) -> Dict[str, Any]:
@@ -920,7 +922,7 @@ def _train(s: Subject, candidate: Candidate, run_dir: str,
   logging.info('repair: %s in %s (%s)', candidate.name, run_dir,
                candidate.changes_text())
   try:
-    result = loop.train_and_evaluate(
+    result = s.train(
         config, run_dir, model=_model_for(s, candidate),
         datasets=_datasets_for(s, candidate), num_classes=s.num_classes)
   except errors.NonFiniteError:
@@ -1224,8 +1226,8 @@ def _report(mode: str, workdir: str, findings, info, tried, rest,
 def repair(config: config_lib.Config, workdir: str,
            result: Optional[Dict[str, Any]] = None, model=None,
            datasets=None, num_classes: Optional[int] = None,
-           initial_weights=None, findings: Optional[Sequence[Any]] = None
-           ) -> Dict[str, Any]:
+           initial_weights=None, findings: Optional[Sequence[Any]] = None,
+           *, train: Callable[..., Dict[str, Any]]) -> Dict[str, Any]:
   """Repairs the finished run in `workdir`; returns `result` with 'repair'.
 
   Args:
@@ -1237,6 +1239,8 @@ def repair(config: config_lib.Config, workdir: str,
     initial_weights: a model object's weights before the original trained.
     findings: the findings to repair (default: those of health.json with the
       severities of `config.repair`).
+    train: what trains each candidate: `loop.train_and_evaluate` (passed
+      in: the loop calls this module, so it does not import the loop).
 
   Returns:
     `result` plus 'repair': {status (repaired | improved | not_improved |
@@ -1245,7 +1249,7 @@ def repair(config: config_lib.Config, workdir: str,
   """
   mode = config.repair if config.repair != 'off' else 'errors'
   s = subject(config, workdir, result, model, datasets, num_classes,
-              initial_weights)
+              initial_weights, train)
   if findings is None:
     findings = [f for f in _findings_of(workdir)
                 if f['severity'] in SEVERITIES[mode]]
@@ -1291,7 +1295,8 @@ def _jsonable(obj):
 def maybe_repair(config: config_lib.Config, workdir: str,
                  result: Optional[Dict[str, Any]] = None, model=None,
                  datasets=None, num_classes: Optional[int] = None,
-                 initial_weights=None) -> Dict[str, Any]:
+                 initial_weights=None, *,
+                 train: Callable[..., Dict[str, Any]]) -> Dict[str, Any]:
   """`repair` when `config.repair` asks for it and the report has a finding
   of its severities; else `result` (with 'repair': {'status': 'not_needed'}
   when the report had none). An interrupted run is returned as it is."""
@@ -1308,4 +1313,4 @@ def maybe_repair(config: config_lib.Config, workdir: str,
     rep['block'] = rep['summary']
     return {**result, 'repair': rep}
   return repair(config, workdir, result, model, datasets, num_classes,
-                initial_weights, wanted)
+                initial_weights, wanted, train=train)
