@@ -123,11 +123,13 @@ def test_no_summary_op_inside_the_compiled_steps():
     assert ops and not [o for o in ops if 'Summary' in o or o == 'If'], ops
 
 
-def test_fused_norms_equal_the_per_layer_reductions():
+@pytest.mark.parametrize('jit_compile', [False, True])
+def test_fused_norms_equal_the_per_layer_reductions(jit_compile):
   images, labels = make_data()
   outs = []
   for fused in (True, False):
-    trainer = make_trainer('selu')       # same seed: the same initial weights
+    # Same seed: the same initial weights.
+    trainer = make_trainer('selu', jit_compile=jit_compile)
     trainer.fused_norms = fused
     outs.append(trainer.observed_step(
         distributed_iterator(trainer, images, labels))['observation'])

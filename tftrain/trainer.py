@@ -68,8 +68,12 @@ def _fused_measurements(grads, before, after, groups):
     empty = tf.zeros([0])
     return {'grad_norms': empty, 'global_grad_norm': tf.constant(0.0),
             'weight_norms': empty, 'update_ratios': empty}
-  sizes = [sum(int(np.prod(v.shape)) for v in g) for g in groups]
-  ids = tf.repeat(tf.range(len(groups)), sizes)
+  sizes = np.cumsum([sum(int(np.prod(v.shape)) for v in g) for g in groups])
+  # Each element's layer (static shape; tf.repeat with a list of repeats
+  # gives a padded result under XLA).
+  ids = tf.searchsorted(tf.constant(sizes[:-1], tf.int64),
+                        tf.range(int(sizes[-1]), dtype=tf.int64),
+                        side='right', out_type=tf.int32)
 
   def norms(flat):
     return tf.sqrt(tf.math.unsorted_segment_sum(tf.square(flat), ids,
