@@ -1,4 +1,5 @@
-"""All four benchmarks, one after the other, each in its own process.
+"""The speed and accuracy benchmarks, one after the other, each in its own
+process (`benchmarks.diagnosis`, hours in full, runs on its own).
 
   python -m benchmarks.run_all [--data_dir=...] [--raw_data_dir=...]
 
@@ -10,7 +11,8 @@ import subprocess
 import sys
 import time
 
-BENCHMARKS = ('throughput', 'grad_logging', 'input_pipeline', 'time_to_accuracy')
+BENCHMARKS = ('throughput', 'grad_logging', 'fixed_cost', 'input_pipeline',
+              'time_to_accuracy')
 
 
 def main():
