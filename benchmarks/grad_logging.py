@@ -57,19 +57,19 @@ def model_variants(cached, kind, steps):
       log_every_steps=1, histogram_every_steps=1), logdir + '/every')
   every.hooks = ([probes.DepthProbe(images, labels, 1, 'selu')]
                  if kind == 'deep' else [])
-  # The same defaults with the per-layer norms as one reduction per variable
-  # and layer (Trainer.fused_norms=False), the way they were computed before.
-  unfused = common.TftrainRunner(
-      cached, kind, 32, base, logdir + '/unfused',
+  # The same defaults with the per-layer norms fused into segment sums over
+  # flat vectors (Trainer.fused_norms=True; off by default, see BUILD.md).
+  fused = common.TftrainRunner(
+      cached, kind, 32, base, logdir + '/fused',
       [probes.DepthProbe(images, labels, 500, 'selu')] if kind == 'deep'
       else [])
-  unfused.trainer.fused_norms = False
+  fused.trainer.fused_norms = True
   variants = {
       'logging off': lambda rep: runner.run(rep, steps, logging=False),
       'launcher defaults':
           lambda rep: runner.run(rep, steps),
-      'launcher defaults, per-layer reductions (not fused)':
-          lambda rep: unfused.run(rep, steps),
+      'launcher defaults, fused norms (fused_norms=True)':
+          lambda rep: fused.run(rep, steps),
       'every step (norms, histograms, probe per loop)':
           lambda rep: every.run(rep, steps // 10),
   }

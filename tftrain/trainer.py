@@ -124,9 +124,10 @@ class Trainer:
     self.layer_names = [l.name for l in self.layers]
     with strategy.scope():
       optimizer.build(model.trainable_variables)
-    # Per-layer norms as one fused computation (`_fused_measurements`); False:
-    # one reduction per variable and layer (kept to compare them, BUILD.md).
-    self.fused_norms = True
+    # Per-layer norms as one fused computation over flat vectors
+    # (`_fused_measurements`) instead of a reduction per variable and layer.
+    # Off: measured no cheaper (benchmarks.grad_logging, BUILD.md round 4).
+    self.fused_norms = False
     self._train_loop = None
     self._observed_fns = {}
     self._eval_fns = {}
