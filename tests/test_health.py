@@ -216,8 +216,18 @@ def test_dead_units_in_one_layer():
   assert f.layers == ['act_001']
   assert f.numbers['worst_fraction'] == pytest.approx(0.7)
   assert f.tag == 'activation_dead/act_001'
+  assert f.severity == 'warning'
   run = with_stats(healthy_run(depth=3), 'dead', [0.0, 0.3, 0.1])
   assert 'dead_units' not in kinds(run)
+
+
+def test_a_layer_with_every_unit_dead_is_an_error():
+  """No gradient passes back through it (e.g. zero-initialized ReLU nets)."""
+  run = with_stats(healthy_run(depth=3), 'dead', [0.0, 1.0, 0.1])
+  f = only(run, 'dead_units')
+  assert f.severity == 'error' and f.layers == ['act_001']
+  run = with_stats(healthy_run(depth=3), 'dead', [0.0, 0.98, 0.1])
+  assert only(run, 'dead_units').severity == 'warning'
 
 
 # ----------------------------------------------------------- learning rate --

@@ -66,6 +66,9 @@ THRESHOLDS = {
     # dead_units: fraction of a layer's units that output 0 on every probe
     # example; one such layer is a finding.
     'dead_fraction': 0.5,
+    # ... an error when a layer's median dead fraction reaches this (all its
+    # units dead: no gradient passes back through it).
+    'dead_layer_fraction': 0.99,
     # lr_too_high: median hidden-layer ||W_after - W_before|| / ||W_before||
     # above (healthy runs sit around 1e-4..1e-2) ...
     'lr_high_update_ratio': 1e-1,
@@ -473,6 +476,10 @@ def _activation_findings(run, t) -> List[Finding]:
         {'layers_hit': len(hit), 'layers_measured': len(measured),
          'median_fraction': np.median(list(med.values())),
          'worst_fraction': med[worst]}, f'activation_{key}/{worst}',
+        # A layer whose units all output 0 passes no gradient back: nothing
+        # before it (or the layer itself) can learn.
+        severity=('error' if key == 'dead'
+                  and med[worst] >= t['dead_layer_fraction'] else 'warning'),
         remedy=remedy))
   return out
 
