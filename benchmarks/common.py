@@ -84,16 +84,21 @@ class Timer:
     self.seconds = time.perf_counter() - self.start
 
 
-def mnist_cached(data_dir=None, raw_data_dir=None, validation_size=5000):
-  """Cached MNIST splits prepared through TFDS (as the launchers do)."""
-  from tftrain import data  # pylint: disable=g-import-not-at-top
-  data_dir = data.prepare('mnist', data_dir, raw_data_dir)
-  splits, info = data.load_splits('mnist', data_dir, validation_size)
+def cached_splits(name: str, data_dir=None, raw_data_dir=None,
+                  validation_size=5000):
+  """Cached splits of TFDS dataset `name` prepared as the launchers do, each
+  filled once (outside any timing)."""
+  data_dir = data.prepare(name, data_dir, raw_data_dir)
+  splits, info = data.load_splits(name, data_dir, validation_size)
   cached = {k: d.cache() for k, d in splits.items()}
-  for d in cached.values():      # fill the caches once, outside any timing
+  for d in cached.values():
     for _ in d.batch(10000):
       pass
   return cached, info, data_dir
+
+
+def mnist_cached(data_dir=None, raw_data_dir=None, validation_size=5000):
+  return cached_splits('mnist', data_dir, raw_data_dir, validation_size)
 
 
 def add_common_flags(flags):
@@ -119,17 +124,6 @@ def build_optimizer(kind: str):
   if kind == 'cnn':
     return tf.keras.optimizers.Nadam(5e-4)
   return tf.keras.optimizers.Nadam(1e-4)
-
-
-def cifar10_cached(data_dir=None, raw_data_dir=None, validation_size=5000):
-  """Cached CIFAR-10 splits prepared through TFDS, filled once."""
-  data_dir = data.prepare('cifar10', data_dir, raw_data_dir)
-  splits, info = data.load_splits('cifar10', data_dir, validation_size)
-  cached = {k: d.cache() for k, d in splits.items()}
-  for d in cached.values():
-    for _ in d.batch(10000):
-      pass
-  return cached, info, data_dir
 
 
 class TftrainRunner:

@@ -98,7 +98,8 @@ def main(argv):
     mnist, _, _ = common.mnist_cached(FLAGS.data_dir, FLAGS.raw_data_dir)
     datasets.update(mlp=mnist['train'], deep=mnist['train'])
   if 'cnn' in kinds:
-    cifar, _, _ = common.cifar10_cached(FLAGS.data_dir, FLAGS.raw_data_dir)
+    cifar, _, _ = common.cached_splits('cifar10', FLAGS.data_dir,
+                                       FLAGS.raw_data_dir)
     datasets['cnn'] = cifar['train']
   rows, targets = run_benchmark(datasets, FLAGS.cases, FLAGS.repeats,
                                 FLAGS.deep_steps, FLAGS.cnn_examples)
