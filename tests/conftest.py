@@ -11,11 +11,18 @@ constants are patched for that one preparation; afterwards
 process, e.g. `python -m launch.mnist --data_dir=D`.
 """
 
+import atexit
 import fcntl
+import json
 import os
 import shutil
+import signal
+import socket
 import subprocess
 import sys
+import tempfile
+import threading
+from typing import Any, Dict
 
 import pytest
 
@@ -114,16 +121,182 @@ def launcher_command(module: str, *args: str):
   return [sys.executable, '-m', module, *args]
 
 
+class ForkedProcess:
+  """What the tests use of a text-mode `subprocess.Popen` with piped stdout
+  and stderr, for a process the fork server forked."""
+
+  def __init__(self, server, rid: int, pid: int, args, stdout, stderr):
+    self._server, self._rid = server, rid
+    self.pid, self.args = pid, args
+    self.stdout, self.stderr = stdout, stderr
+    self.returncode = None
+
+  def poll(self):
+    if self.returncode is None:
+      self.returncode = self._server.returncode(self._rid, 0)
+    return self.returncode
+
+  def wait(self, timeout=None):
+    if self.returncode is None:
+      self.returncode = self._server.returncode(self._rid, timeout)
+      if self.returncode is None:
+        raise subprocess.TimeoutExpired(self.args, timeout)
+    return self.returncode
+
+  def send_signal(self, sig):
+    if self.poll() is None:
+      os.kill(self.pid, sig)
+
+  def kill(self):
+    self.send_signal(signal.SIGKILL)
+
+  def communicate(self, timeout=None):
+    """The rest of stdout and stderr, once the process ended."""
+    texts = {}
+    def read(name, stream):
+      texts[name] = stream.read()
+      stream.close()
+    readers = [threading.Thread(target=read, args=(n, s), daemon=True)
+               for n, s in (('out', self.stdout), ('err', self.stderr))]
+    for r in readers:
+      r.start()
+    self.wait(timeout)
+    for r in readers:
+      r.join(timeout)
+    return texts.get('out', ''), texts.get('err', '')
+
+
+class ForkServer:
+  """The client of `tests/forkserver.py` (one server per test process,
+  started on first use): `popen(argv)` is `subprocess.Popen([python, *argv],
+  stdout=PIPE, stderr=PIPE, text=True)` for a process forked from a server
+  that has TensorFlow imported already; `run(argv)` is `subprocess.run`."""
+
+  def __init__(self):
+    self._lock = threading.Lock()
+    self._proc = None
+    self._sock = None
+    self._replies: Dict[int, Dict[str, Any]] = {}
+    self._events: Dict[int, threading.Condition] = {}
+    self._changed = threading.Condition(self._lock)
+    self._next = 0
+    self._gone = False
+    self._log = None
+    self._log_name = None
+
+  def _start(self):
+    ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
+    self._log = tempfile.NamedTemporaryFile(  # pylint: disable=consider-using-with
+        'w', prefix='forkserver-', suffix='.log', delete=False)
+    self._log_name = self._log.name
+    self._proc = subprocess.Popen(
+        [sys.executable, '-m', 'tests.forkserver', str(theirs.fileno())],
+        cwd=REPO_ROOT, env=launcher_env(), stdin=subprocess.DEVNULL,
+        stdout=self._log, stderr=self._log, pass_fds=(theirs.fileno(),))
+    theirs.close()
+    self._sock = ours
+    threading.Thread(target=self._read, daemon=True).start()
+    atexit.register(self.close)
+
+  def _read(self):
+    while True:
+      try:
+        message = self._sock.recv(1 << 16)
+      except OSError:
+        message = b''
+      with self._lock:
+        if not message:
+          self._gone = True
+          self._changed.notify_all()
+          return
+        reply = json.loads(message)
+        self._replies.setdefault(reply['id'], {}).update(reply)
+        self._changed.notify_all()
+
+  def _wait(self, rid: int, key: str, timeout):
+    """The reply's `key` once given (None after `timeout` seconds)."""
+    with self._lock:
+      self._changed.wait_for(
+          lambda: key in self._replies.get(rid, {}) or self._gone, timeout)
+      if key not in self._replies.get(rid, {}) and self._gone:
+        raise RuntimeError(f'the fork server died; see {self._log_name}')
+      return self._replies.get(rid, {}).get(key)
+
+  def returncode(self, rid: int, timeout):
+    return self._wait(rid, 'returncode', timeout)
+
+  def popen(self, argv, env=None, cwd=REPO_ROOT, sigint_default=False
+            ) -> ForkedProcess:
+    out_r, out_w = os.pipe()
+    err_r, err_w = os.pipe()
+    with self._lock:
+      if self._proc is None:
+        self._start()
+      self._next += 1
+      rid = self._next
+      request = {'id': rid, 'argv': list(argv), 'cwd': str(cwd),
+                 'env': dict(launcher_env() if env is None else env),
+                 'sigint_default': sigint_default}
+      socket.send_fds(self._sock, [json.dumps(request).encode()],
+                      [out_w, err_w])
+    os.close(out_w)
+    os.close(err_w)
+    pid = self._wait(rid, 'pid', 60)
+    return ForkedProcess(self, rid, pid, [sys.executable, *argv],
+                         os.fdopen(out_r, errors='replace'),
+                         os.fdopen(err_r, errors='replace'))
+
+  def run(self, argv, env=None, cwd=REPO_ROOT, timeout: float = 180
+          ) -> subprocess.CompletedProcess:
+    proc = self.popen(argv, env=env, cwd=cwd)
+    try:
+      out, err = proc.communicate(timeout)
+    except subprocess.TimeoutExpired:
+      proc.kill()
+      raise
+    return subprocess.CompletedProcess(proc.args, proc.returncode, out, err)
+
+  def close(self):
+    if self._proc is not None and self._proc.poll() is None:
+      # shutdown, not only close: it wakes the reader thread's recv and
+      # gives the server its end of file.
+      self._sock.shutdown(socket.SHUT_RDWR)
+      self._sock.close()
+      self._proc.wait(timeout=60)
+    if self._log is not None:
+      self._log.close()
+      os.remove(self._log.name)
+      self._log = None
+
+
+FORK_SERVER = ForkServer()
+
+
+def popen_python(argv, env=None, cwd=REPO_ROOT, sigint_default=False
+                 ) -> ForkedProcess:
+  """`subprocess.Popen([python, *argv], stdout=PIPE, stderr=PIPE,
+  text=True)` through the fork server (`sigint_default`: the child takes
+  SIGINT's default action, as a shell's background child would not)."""
+  return FORK_SERVER.popen(argv, env=env, cwd=cwd,
+                           sigint_default=sigint_default)
+
+
+def run_python(argv, env=None, cwd=REPO_ROOT, timeout: float = 180
+               ) -> subprocess.CompletedProcess:
+  """`python *argv` with its output captured (text), through the fork
+  server: what `subprocess.run` gives, without importing TensorFlow again."""
+  return FORK_SERVER.run(argv, env=env, cwd=cwd, timeout=timeout)
+
+
 @pytest.fixture(scope='session')
 def run_launcher():
   """`run_launcher('launch.mnist', '--flag=v', ..., timeout=s)` -> CompletedProcess.
 
-  Runs the real launcher as `python -m` from the repo root (text output).
+  Runs the real launcher as `python -m` from the repo root (text output), in
+  a process forked from the fork server (`run_python`).
   """
   def run(module: str, *args: str, timeout: float = 180):
-    return subprocess.run(launcher_command(module, *args), cwd=REPO_ROOT,
-                          env=launcher_env(), capture_output=True, text=True,
-                          timeout=timeout, check=False)
+    return run_python(['-m', module, *args], timeout=timeout)
   return run
 
 

@@ -9,7 +9,6 @@ import pytest
 
 from launch import deep
 from tftrain import errors
-from tftrain import config as config_lib
 from tests import testing
 
 

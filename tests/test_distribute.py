@@ -6,8 +6,6 @@ strategy tests run in fresh subprocesses.
 
 import json
 import os
-import subprocess
-import sys
 import time
 
 import numpy as np
@@ -48,9 +46,9 @@ print('RESULT' + json.dumps(out))
 
 
 def test_mirrored_follows_single_device_trajectory(tiny_cifar_data_dir, tmp_path):
-  proc = subprocess.run(
-      [sys.executable, '-c', MIRRORED_SCRIPT, tiny_cifar_data_dir, str(tmp_path)],
-      cwd=ROOT, env=ENV, capture_output=True, text=True, timeout=240)
+  proc = conftest.run_python(
+      ['-c', MIRRORED_SCRIPT, tiny_cifar_data_dir, str(tmp_path)], env=ENV,
+      timeout=240)
   assert proc.returncode == 0, proc.stderr[-3000:]
   line = [l for l in proc.stdout.splitlines() if l.startswith('RESULT')][0]
   out = json.loads(line[len('RESULT'):])
@@ -74,14 +72,12 @@ def test_multi_worker_two_processes_agree(tiny_cifar_data_dir, tmp_path):
   for index in range(2):
     env = dict(ENV, TF_CONFIG=json.dumps(
         {'cluster': cluster, 'task': {'type': 'worker', 'index': index}}))
-    procs.append(subprocess.Popen(
-        [sys.executable, '-m', 'launch.mnist', '--dataset=cifar10',
+    procs.append(conftest.popen_python(
+        ['-m', 'launch.mnist', '--dataset=cifar10',
          f'--data_dir={tiny_cifar_data_dir}', '--validation_size=40', '--hidden=16',
          '--batch_size=20', '--epochs=2', '--steps_per_loop=5',
          '--progress=false', '--strategy=multi_worker', f'--workdir={workdir}',
-         '--learning_rate=0.05'],
-        cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-        text=True))
+         '--learning_rate=0.05'], env=env))
   deadline = time.time() + 240
   try:
     outputs = [p.communicate(timeout=max(deadline - time.time(), 1))

@@ -18,9 +18,7 @@ def test_disk_full_is_one_line_through_the_launcher():
       '  raise errors.DiskFullError("--workdir=w: no space left on the device '
       'while writing x; free space and rerun the same command to resume.")\n'
       'app.run(lambda argv: launch_flags.run_main(body), argv=[sys.argv[0]])\n')
-  result = subprocess.run([sys.executable, '-c', code], cwd=conftest.REPO_ROOT,
-                          env=conftest.launcher_env(), capture_output=True,
-                          text=True, timeout=120)
+  result = conftest.run_python(['-c', code], timeout=120)
   assert result.returncode == 1
   assert result.stderr.strip().splitlines()[-1] == (
       'error: --workdir=w: no space left on the device while writing x; free '

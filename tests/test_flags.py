@@ -65,12 +65,8 @@ def test_choices_are_listed_in_the_help():
 def test_help_lists_the_launchers_own_flags_grouped():
   """`python -m launch.deep --help` shows its flags under group headings
   (absl key flags adopted from launch/flags.py), exit status 0."""
-  import subprocess  # pylint: disable=g-import-not-at-top
-  import sys  # pylint: disable=g-import-not-at-top
   from tests import conftest  # pylint: disable=g-import-not-at-top
-  out = subprocess.run([sys.executable, '-m', 'launch.deep', '--help'],
-                       cwd=conftest.REPO_ROOT, env=conftest.launcher_env(),
-                       capture_output=True, text=True, timeout=120)
+  out = conftest.run_python(['-m', 'launch.deep', '--help'], timeout=120)
   assert out.returncode == 0, out.stderr
   text = out.stdout
   assert text.startswith('Vanishing/exploding gradients made visible')
@@ -99,8 +95,6 @@ def test_console_scripts_point_at_each_launchers_entry(tmp_path):
   """pyproject.toml's console scripts resolve, and one run as an installed
   script would (argv[0] a path elsewhere) shows the launcher's --help."""
   import os  # pylint: disable=g-import-not-at-top
-  import subprocess  # pylint: disable=g-import-not-at-top
-  import sys  # pylint: disable=g-import-not-at-top
   import tomllib  # pylint: disable=g-import-not-at-top
   from tests import conftest  # pylint: disable=g-import-not-at-top
   with open(os.path.join(conftest.REPO_ROOT, 'pyproject.toml'), 'rb') as f:
@@ -116,9 +110,7 @@ def test_console_scripts_point_at_each_launchers_entry(tmp_path):
     assert module.startswith('launch.') and attr == 'console'
   code = ('import sys; sys.argv = ["/somewhere/bin/tftrain-cifar10", "--help"]; '
           'from launch.cifar10 import console; console()')
-  out = subprocess.run([sys.executable, '-c', code], cwd=str(tmp_path),
-                       env=conftest.launcher_env(), capture_output=True,
-                       text=True, timeout=120)
+  out = conftest.run_python(['-c', code], cwd=str(tmp_path), timeout=120)
   assert out.returncode == 0, out.stderr
   assert out.stdout.startswith('CIFAR-10 deep MLP')
   assert "--batch_norm: Batch norm before or after the activation." in out.stdout

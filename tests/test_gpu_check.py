@@ -1,10 +1,9 @@
 """benchmarks.gpu_check in its tiny CPU mode: the table and the mirrored check."""
 
 import os
-import subprocess
-import sys
-
 import pytest
+
+from tests import conftest
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -12,9 +11,9 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 @pytest.mark.slow
 def test_gpu_check_tiny_mode_on_cpu():
   env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL='3', PYTHONPATH=ROOT)
-  proc = subprocess.run(
-      [sys.executable, '-m', 'benchmarks.gpu_check', '--tiny', '--repeats=1'],
-      cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
+  proc = conftest.run_python(
+      ['-m', 'benchmarks.gpu_check', '--tiny', '--repeats=1'], env=env,
+      timeout=300)
   assert proc.returncode == 0, proc.stderr[-3000:]
   out = proc.stdout
   assert 'gpu_check on CPU' in out

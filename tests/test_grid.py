@@ -3,8 +3,6 @@
 import csv
 import json
 import os
-import subprocess
-import sys
 
 import numpy as np
 import pytest
@@ -13,7 +11,7 @@ import tensorflow as tf
 from tftrain import config as config_lib
 from tftrain import errors
 from tftrain import grid as grid_lib
-from tests.conftest import REPO_ROOT, launcher_env
+from tests import conftest
 from tests import testing
 
 BASE = config_lib.Config(optimizer='nadam', learning_rate=5e-4)
@@ -309,9 +307,7 @@ def seed_flags_config():
           'from launch import flags as f\n'
           'flags.FLAGS(["x"])\n'
           'print(json.dumps(f.config_from_flags().__dict__))\n')
-  proc = subprocess.run([sys.executable, '-c', code], cwd=REPO_ROOT,
-                        env=launcher_env(), capture_output=True, text=True,
-                        timeout=120, check=False)
+  proc = conftest.run_python(['-c', code], timeout=120)
   assert proc.returncode == 0, proc.stderr[-2000:]
   values = json.loads(proc.stdout.strip().splitlines()[-1])
   return config_lib.Config(**{k: tuple(v) if isinstance(v, list) else v

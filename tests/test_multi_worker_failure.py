@@ -8,7 +8,6 @@ checkpoint, and the rerun of both workers must resume and complete.
 import json
 import os
 import signal
-import subprocess
 import time
 
 import pytest
@@ -23,9 +22,8 @@ def _start_workers(cluster, args, **env_overrides):
   for index in range(2):
     env = dict(conftest.launcher_env(), **env_overrides, TF_CONFIG=json.dumps(
         {'cluster': cluster, 'task': {'type': 'worker', 'index': index}}))
-    procs.append(subprocess.Popen(
-        conftest.launcher_command('launch.mnist', *args), cwd=conftest.REPO_ROOT,
-        env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True))
+    procs.append(conftest.popen_python(['-m', 'launch.mnist', *args],
+                                       env=env))
   return procs
 
 

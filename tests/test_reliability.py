@@ -39,11 +39,14 @@ def train_args(data_dir, workdir, *extra):
           *extra)
 
 
+def run_launcher_process(module, *args, timeout=300):
+  """A launcher run to its end (through the fork server); CompletedProcess."""
+  return conftest.run_python(['-m', module, *args], timeout=timeout)
+
+
 def popen_launcher(module, *args):
-  return subprocess.Popen(conftest.launcher_command(module, *args),
-                          cwd=conftest.REPO_ROOT, env=conftest.launcher_env(),
-                          stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                          text=True)
+  """A launcher as a real subprocess, for tests that signal or kill it."""
+  return conftest.popen_python(['-m', module, *args])
 
 
 def read_json(path):
@@ -226,9 +229,7 @@ def bad_flag_results(tiny_mnist_data_dir, tmp_path_factory):
                 '--validation_size=100', '--progress=false']
     given = {a.split('=')[0] for a in args}
     args = [d for d in defaults if d.split('=')[0] not in given] + args
-    return subprocess.run(conftest.launcher_command(module, *args),
-                          cwd=conftest.REPO_ROOT, env=conftest.launcher_env(),
-                          capture_output=True, text=True, timeout=180), workdir
+    return conftest.run_python(['-m', module, *args], timeout=180), workdir
 
   with concurrent.futures.ThreadPoolExecutor(max_workers=3) as pool:
     results = list(pool.map(run, enumerate(BAD_FLAGS)))
@@ -273,8 +274,8 @@ def reference(tiny_mnist_data_dir, tmp_path_factory):
   stale = dead_pid()
   with open(os.path.join(workdir, '.lock'), 'w') as f:
     json.dump({'pid': stale, 'host': os.uname().nodename}, f)
-  proc = popen_launcher('launch.mnist', *train_args(tiny_mnist_data_dir, workdir))
-  stdout, stderr = proc.communicate(timeout=300)
+  proc = run_launcher_process('launch.mnist', *train_args(tiny_mnist_data_dir, workdir))
+  stdout, stderr = proc.stdout, proc.stderr
   assert proc.returncode == 0, (stdout, stderr)
   return workdir, read_json(os.path.join(workdir, 'metrics.json'))
 
@@ -317,8 +318,8 @@ def test_sigterm_checkpoints_mid_epoch_and_resume_matches(
   assert not os.path.exists(os.path.join(workdir, '.lock'))
 
   # The same command resumes from that step and ends where the reference did.
-  proc = popen_launcher('launch.mnist', *args)
-  stdout, stderr = proc.communicate(timeout=300)
+  proc = run_launcher_process('launch.mnist', *args)
+  stdout, stderr = proc.stdout, proc.stderr
   assert proc.returncode == 0, (stdout, stderr)
   resumed = read_json(os.path.join(workdir, 'metrics.json'))
   assert resumed['resumed'] and resumed['status'] == 'completed'
@@ -342,8 +343,8 @@ def test_sigkill_mid_epoch_then_resume_matches(reference, tiny_mnist_data_dir,
   # The dead process's lock stays behind; the rerun takes it over.
   assert read_json(os.path.join(workdir, '.lock'))['pid'] == proc.pid
 
-  proc = popen_launcher('launch.mnist', *args)
-  stdout, stderr = proc.communicate(timeout=300)
+  proc = run_launcher_process('launch.mnist', *args)
+  stdout, stderr = proc.stdout, proc.stderr
   assert proc.returncode == 0, (stdout, stderr)
   resumed = read_json(os.path.join(workdir, 'metrics.json'))
   assert resumed['resumed'] and resumed['status'] == 'completed'
@@ -369,8 +370,8 @@ def test_divergence_names_the_step_and_keeps_the_last_finite_checkpoint(
     json.dump(dict(saved, learning_rate=1e30), f)
   args = train_args(tiny_mnist_data_dir, workdir, f'--epochs={EPOCHS + 1}',
                     '--learning_rate=1e30')
-  proc = popen_launcher('launch.mnist', *args)
-  stdout, stderr = proc.communicate(timeout=300)
+  proc = run_launcher_process('launch.mnist', *args)
+  stdout, stderr = proc.stdout, proc.stderr
   result = subprocess.CompletedProcess(args, proc.returncode, stdout, stderr)
   line = assert_one_line_error(result, 'non-finite loss or gradient at step',
                                '--learning_rate')
@@ -410,19 +411,18 @@ def test_failed_starts_leave_an_existing_run_untouched(
     with open(os.path.join(workdirs['locked'], '.lock'), 'w') as f:
       json.dump({'pid': holder.pid, 'host': os.uname().nodename}, f)
     before = {k: file_hashes(w) for k, w in workdirs.items()}
-    procs = {
-        'corrupt': popen_launcher('launch.mnist', *train_args(
-            tiny_mnist_data_dir, workdirs['corrupt'], f'--epochs={EPOCHS + 1}')),
-        'locked': popen_launcher('launch.mnist', *train_args(
-            tiny_mnist_data_dir, workdirs['locked'], f'--epochs={EPOCHS + 1}')),
-        'batch': popen_launcher('launch.mnist', *train_args(
-            tiny_mnist_data_dir, workdirs['batch'], '--batch_size=301')),
+    starts = {
+        'corrupt': train_args(tiny_mnist_data_dir, workdirs['corrupt'],
+                              f'--epochs={EPOCHS + 1}'),
+        'locked': train_args(tiny_mnist_data_dir, workdirs['locked'],
+                             f'--epochs={EPOCHS + 1}'),
+        'batch': train_args(tiny_mnist_data_dir, workdirs['batch'],
+                            '--batch_size=301'),
     }
-    results = {}
-    for name, proc in procs.items():
-      stdout, stderr = proc.communicate(timeout=300)
-      results[name] = subprocess.CompletedProcess(proc.args, proc.returncode,
-                                                  stdout, stderr)
+    with concurrent.futures.ThreadPoolExecutor(max_workers=3) as pool:
+      futures = {name: pool.submit(run_launcher_process, 'launch.mnist', *a)
+                 for name, a in starts.items()}
+      results = {name: f.result() for name, f in futures.items()}
   finally:
     holder.kill()
     holder.wait()
@@ -565,11 +565,8 @@ def test_signal_during_the_lr_finder_stops_cleanly_and_the_rerun_works(
   args = conftest.launcher_command(
       'launch.mnist', f'--data_dir={tiny_mnist_data_dir}',
       f'--workdir={workdir}', *FINDER_ARGS)
-  proc = subprocess.Popen(
-      args, cwd=conftest.REPO_ROOT, env=conftest.launcher_env(),
-      stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-      # A child of a non-interactive shell ignores SIGINT (TF-NOTES).
-      preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
+  # A child of a non-interactive shell ignores SIGINT (TF-NOTES).
+  proc = conftest.popen_python(args[1:], sigint_default=True)
   try:
     seen = _wait_for_line(proc.stderr, 'LR finder: sweeping')
     proc.send_signal(sig)
@@ -589,8 +586,7 @@ def test_signal_during_the_lr_finder_stops_cleanly_and_the_rerun_works(
   assert not os.path.exists(os.path.join(workdir, '.lock'))
   assert read_json(os.path.join(workdir, 'metrics.json'))['status'] == 'interrupted'
 
-  proc = subprocess.run(args, cwd=conftest.REPO_ROOT, env=conftest.launcher_env(),
-                        capture_output=True, text=True, timeout=600)
+  proc = conftest.run_python(args[1:], timeout=600)
   assert proc.returncode == 0, proc.stderr[-3000:]
   metrics = read_json(os.path.join(workdir, 'metrics.json'))
   assert metrics['status'] == 'completed' and metrics['epochs_run'] == 1
@@ -603,13 +599,9 @@ def test_signal_during_the_lr_finder_stops_cleanly_and_the_rerun_works(
 @pytest.mark.slow
 def test_ctrl_c_during_launch_lr_find_is_one_line(tiny_mnist_data_dir, tmp_path):
   workdir = str(tmp_path / 'run')
-  proc = subprocess.Popen(
-      conftest.launcher_command(
-          'launch.lr_find', f'--data_dir={tiny_mnist_data_dir}',
-          f'--workdir={workdir}', *FINDER_ARGS),
-      cwd=conftest.REPO_ROOT, env=conftest.launcher_env(),
-      stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-      preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
+  proc = conftest.popen_python(
+      ['-m', 'launch.lr_find', f'--data_dir={tiny_mnist_data_dir}',
+       f'--workdir={workdir}', *FINDER_ARGS], sigint_default=True)
   try:
     seen = _wait_for_line(proc.stderr, 'LR finder: sweeping')
     proc.send_signal(signal.SIGINT)
@@ -665,12 +657,10 @@ def test_bad_tf_config_is_one_line_before_the_workdir(tf_config, needle,
                                                       tmp_path):
   workdir = str(tmp_path / 'run')
   env = dict(conftest.launcher_env(), TF_CONFIG=tf_config)
-  result = subprocess.run(
-      conftest.launcher_command('launch.mnist', '--strategy=multi_worker',
-                                f'--data_dir={tiny_mnist_data_dir}',
-                                f'--workdir={workdir}'),
-      cwd=conftest.REPO_ROOT, env=env, capture_output=True, text=True,
-      timeout=180)
+  result = conftest.run_python(
+      ['-m', 'launch.mnist', '--strategy=multi_worker',
+       f'--data_dir={tiny_mnist_data_dir}', f'--workdir={workdir}'],
+      env=env, timeout=180)
   line = assert_one_line_error(result, '--strategy=multi_worker: ', needle)
   assert result.returncode == 2, line
   assert not os.path.exists(workdir)
@@ -692,8 +682,8 @@ def test_real_full_disk_on_a_tiny_tmpfs(tiny_mnist_data_dir, tmp_path):
             '--validation_size=100', '--batch_size=10', '--hidden=64',
             '--epochs=6', '--patience=0', '--learning_rate=0.05',
             '--monitor=val_loss', '--progress=false')
-    proc = popen_launcher('launch.mnist', *args)
-    stdout, stderr = proc.communicate(timeout=300)
+    proc = run_launcher_process('launch.mnist', *args)
+    stdout, stderr = proc.stdout, proc.stderr
     result = subprocess.CompletedProcess(args, proc.returncode, stdout, stderr)
     line = assert_one_line_error(result, f'--workdir={workdir}: no space left '
                                  'on the device while writing')
@@ -707,8 +697,8 @@ def test_real_full_disk_on_a_tiny_tmpfs(tiny_mnist_data_dir, tmp_path):
     # Free space, rerun: it resumes from that checkpoint and completes.
     subprocess.run(['mount', '-o', 'remount,size=20m', str(mount_point)],
                    check=True)
-    proc = popen_launcher('launch.mnist', *args)
-    stdout, stderr = proc.communicate(timeout=300)
+    proc = run_launcher_process('launch.mnist', *args)
+    stdout, stderr = proc.stdout, proc.stderr
     assert proc.returncode == 0, stderr[-3000:]
     metrics = read_json(os.path.join(workdir, 'metrics.json'))
     assert metrics['resumed'] and metrics['status'] == 'completed'

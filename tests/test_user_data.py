@@ -14,7 +14,6 @@ import pytest
 import tensorflow as tf
 
 from tftrain import config as config_lib
-from tftrain import data
 from tftrain import errors
 from tftrain import loop
 from tftrain import user_data

@@ -12,6 +12,7 @@ import tftrain
 from tftrain import config as config_lib
 from tftrain import loop
 from tftrain import workdir as workdir_lib
+from tests import conftest
 from tests import testing
 
 README = os.path.join(os.path.dirname(os.path.dirname(__file__)), 'README.md')
@@ -153,13 +154,11 @@ print('RESULT' + json.dumps(out))
 
 @pytest.mark.slow
 def test_user_model_mirrored_matches_single_device(tmp_path):
-  import subprocess  # pylint: disable=g-import-not-at-top
-  import sys  # pylint: disable=g-import-not-at-top
   root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-  proc = subprocess.run(
-      [sys.executable, '-c', MIRRORED_USER_SCRIPT, str(tmp_path)], cwd=root,
+  proc = conftest.run_python(
+      ['-c', MIRRORED_USER_SCRIPT, str(tmp_path)],
       env=dict(os.environ, TF_CPP_MIN_LOG_LEVEL='3', PYTHONPATH=root),
-      capture_output=True, text=True, timeout=240)
+      timeout=240)
   assert proc.returncode == 0, proc.stderr[-3000:]
   line = [l for l in proc.stdout.splitlines() if l.startswith('RESULT')][0]
   out = json.loads(line[len('RESULT'):])
