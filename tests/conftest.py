@@ -325,3 +325,17 @@ def free_ports(n):
   for s in socks:
     s.close()
   return ports
+
+
+def pytest_collection_modifyitems(items):
+  """The modules with the most `slow` tests first (xdist's loadscope hands
+  modules out in this order: the longest ones start first, so neither
+  worker ends alone on a long module); the order inside a module is kept."""
+  slow = {}
+  for item in items:
+    slow.setdefault(item.module.__name__, 0)
+    if item.get_closest_marker('slow') is not None:
+      slow[item.module.__name__] += 1
+  order = {name: i for i, name in enumerate(slow)}
+  items.sort(key=lambda item: (-slow[item.module.__name__],
+                               order[item.module.__name__]))
