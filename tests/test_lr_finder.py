@@ -305,3 +305,27 @@ def test_launcher_prints_suggestions_and_paths(tiny_mnist_data_dir, tmp_path,
   assert os.path.exists(png)
   with open(os.path.join(workdir, 'lr_finder', 'lr_finder.json')) as f:
     assert json.load(f)['default'] == 'valley'
+
+
+def test_auto_learning_rate_with_op_determinism(tiny_mnist_data_dir,
+                                                run_launcher, tmp_path):
+  """`--deterministic` with the LR finder: op determinism forbids creating
+  TF's global generator, which the sweep's state restore used to ask for
+  (a fresh process has none). Two runs give the same pick and results."""
+  results = []
+  for name in ('a', 'b'):
+    workdir = str(tmp_path / name)
+    proc = run_launcher(
+        'launch.mnist', '--deterministic', '--learning_rate=auto',
+        f'--data_dir={tiny_mnist_data_dir}', f'--workdir={workdir}',
+        '--validation_size=100', '--hidden=16', '--batch_size=20',
+        '--epochs=1', '--lr_find_start=1e-4', '--lr_find_end=10',
+        '--progress=false', timeout=240)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    with open(os.path.join(workdir, 'metrics.json')) as f:
+      results.append(json.load(f))
+  first, second = results
+  assert first['lr_finder']['suggestion'] > 0
+  assert first['learning_rate'] == first['lr_finder']['suggestion']
+  for key in ('learning_rate', 'test_loss', 'test_accuracy'):
+    assert first[key] == second[key], key

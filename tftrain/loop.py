@@ -157,21 +157,21 @@ def run(exp: experiment.Experiment,
     with signals.SignalGuard() as guard:
       phases.guard = guard
       if not phases.choose_learning_rate():
-        return phases.result
-      phases.trace_graph()
+        return phases.finish('interrupted')     # a rerun sweeps again
+      if (not phases.result['resumed'] and exp.config.trace_graph and
+          exp.is_chief):
+        summaries.trace_model_graph(exp.writers[summaries.TRAIN],
+                                    exp.trainer.model, exp.datasets['train'])
       status = phases.train()
     return phases.finish(status)
 
 
 class _Run:
-  """The state `run`'s phases share, and the phases.
-
-  `resume` (checkpoint and history), `choose_learning_rate` (the given one,
-  or the LR finder's, found once and kept for resumes), `train` (epochs:
-  `train_epoch` runs the compiled loop in calls with the hooks between them,
-  `end_epoch` validates, writes, keeps the best weights, stops early and
-  checkpoints) and `finish` (best weights restored, final metrics, export,
-  health report, metrics.json).
+  """The state `run`'s phases share, and the phases: `resume`,
+  `choose_learning_rate` (the LR finder's pick is found once and kept for
+  resumes), `train` (`train_epoch`: the compiled loop in calls, the hooks
+  between them; `end_epoch`: validate, write, keep the best, stop early,
+  checkpoint) and `finish` (best weights, final metrics, export, health).
   """
 
   def __init__(self, exp: experiment.Experiment,
@@ -211,34 +211,15 @@ class _Run:
       learning_rate, found = lr_finder.choose(
           self.exp, self.state['learning_rate'],
           should_stop=lambda: self.guard.signum is not None)
-    except errors.Interrupted as e:
-      self._interrupted_in_finder(e)
+    except errors.Interrupted as e:     # no checkpoint: the sweep restored
+      self.result.update(interrupted_in='lr_finder', interrupted_step=self.step,
+                         lr_finder_steps_done=e.steps_done)
       return False
     if found is not None:
       self.result['lr_finder'] = found
     experiment.use_peak_learning_rate(self.exp, learning_rate)
     self.result['learning_rate'] = learning_rate
     return True
-
-  def _interrupted_in_finder(self, error: errors.Interrupted) -> None:
-    """The result of a run stopped by a signal during the LR finder: no
-    checkpoint (the sweep restored the model; a rerun runs it again)."""
-    exp = self.exp
-    self.result.update(
-        status='interrupted', interrupted_in='lr_finder',
-        interrupted_step=self.step, lr_finder_steps_done=error.steps_done,
-        history=self.history, wall_seconds=time.time() - self.started,
-        epochs_run=len(self.history))
-    for writer in exp.writers.values():
-      writer.flush()
-    if exp.is_chief:
-      workdir_lib.write_metrics(exp.workdir, self.result)
-
-  def trace_graph(self) -> None:
-    exp = self.exp
-    if not self.result['resumed'] and self.config.trace_graph and exp.is_chief:
-      summaries.trace_model_graph(exp.writers[summaries.TRAIN],
-                                  self.trainer.model, exp.datasets['train'])
 
   def train(self) -> str:
     """The epochs; returns the status (completed, early_stopped,

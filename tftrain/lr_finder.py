@@ -283,8 +283,11 @@ def _preserved_state(exp):
   weights = trainer.snapshot()
   schedule = trainer.learning_rate_schedule
   py_state, np_state = random.getstate(), np.random.get_state()
-  tf_gen = tf.random.get_global_generator()
-  tf_state = tf_gen.state.numpy()
+  try:
+    tf_gen = tf.random.get_global_generator()
+  except RuntimeError:   # op determinism on and no global generator yet:
+    tf_gen = None        # none exists whose state the sweep could change
+  tf_state = tf_gen.state.numpy() if tf_gen is not None else None
   keras_gen = _keras_global_seed_generator()
   keras_state = keras_gen.state.numpy() if keras_gen is not None else None
   try:
@@ -294,7 +297,8 @@ def _preserved_state(exp):
     trainer.set_learning_rate(schedule)
     random.setstate(py_state)
     np.random.set_state(np_state)
-    tf_gen.reset(tf_state)
+    if tf_gen is not None:
+      tf_gen.reset(tf_state)
     if keras_gen is not None:
       keras_gen.state.assign(keras_state)
 
