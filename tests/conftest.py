@@ -177,7 +177,6 @@ class ForkServer:
     self._proc = None
     self._sock = None
     self._replies: Dict[int, Dict[str, Any]] = {}
-    self._events: Dict[int, threading.Condition] = {}
     self._changed = threading.Condition(self._lock)
     self._next = 0
     self._gone = False
@@ -288,16 +287,18 @@ def run_python(argv, env=None, cwd=REPO_ROOT, timeout: float = 180
   return FORK_SERVER.run(argv, env=env, cwd=cwd, timeout=timeout)
 
 
+def run_module(module: str, *args: str, timeout: float = 180
+               ) -> subprocess.CompletedProcess:
+  """`python -m module *args` from the repo root to its end (text output),
+  in a process forked from the fork server (`run_python`)."""
+  return run_python(['-m', module, *args], timeout=timeout)
+
+
 @pytest.fixture(scope='session')
 def run_launcher():
-  """`run_launcher('launch.mnist', '--flag=v', ..., timeout=s)` -> CompletedProcess.
-
-  Runs the real launcher as `python -m` from the repo root (text output), in
-  a process forked from the fork server (`run_python`).
-  """
-  def run(module: str, *args: str, timeout: float = 180):
-    return run_python(['-m', module, *args], timeout=timeout)
-  return run
+  """`run_launcher('launch.mnist', '--flag=v', ..., timeout=s)` -> CompletedProcess
+  (`run_module`)."""
+  return run_module
 
 
 @pytest.fixture(scope='session')

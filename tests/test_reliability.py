@@ -39,9 +39,8 @@ def train_args(data_dir, workdir, *extra):
           *extra)
 
 
-def run_launcher_process(module, *args, timeout=300):
-  """A launcher run to its end (through the fork server); CompletedProcess."""
-  return conftest.run_python(['-m', module, *args], timeout=timeout)
+def run_launcher_process(module, *args):
+  return conftest.run_module(module, *args, timeout=300)
 
 
 def popen_launcher(module, *args):
@@ -229,7 +228,7 @@ def bad_flag_results(tiny_mnist_data_dir, tmp_path_factory):
                 '--validation_size=100', '--progress=false']
     given = {a.split('=')[0] for a in args}
     args = [d for d in defaults if d.split('=')[0] not in given] + args
-    return conftest.run_python(['-m', module, *args], timeout=180), workdir
+    return conftest.run_module(module, *args), workdir
 
   with concurrent.futures.ThreadPoolExecutor(max_workers=3) as pool:
     results = list(pool.map(run, enumerate(BAD_FLAGS)))
