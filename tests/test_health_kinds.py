@@ -82,6 +82,12 @@ CASES = {
                            'loss': 2.04, 'val_loss': 2.17},
                           {'epoch': 3, 'accuracy': 0.24, 'val_accuracy': 0.19,
                            'loss': 1.99, 'val_loss': 3.01}]), 'warning'),
+    # 50% noisy training labels on a model that learns slowly (measured on
+    # the 20-layer CIFAR-10 net: train 0.146, 0.158; val 0.203, 0.228): the
+    # gap is small in points, but val is 2.2x as far above chance as train.
+    'label_noise  ': (
+        run_with(history=epochs([(0.12, 0.16, 2.37), (0.146, 0.203, 2.29),
+                                 (0.158, 0.228, 2.27)])), 'warning'),
     'too_much_regularization': (
         run_with({'dropout': 0.9}, history=epochs(
             [(0.3, 0.7, 2.0), (0.4, 0.8, 1.9), (0.45, 0.85, 1.8)])),
@@ -114,6 +120,12 @@ def test_each_new_kind_just_below_its_threshold_is_silent():
       run_with(history=epochs([(0.8, 0.9, 0.5), (0.8, 0.94, 0.4),
                                (0.8, 0.8 + t['val_above_train'] * 0.99,
                                 0.35)])),
+      # The running train accuracy's lag behind a fast learner (val 1.3x
+      # as far above chance), and a 1.75x ratio with too small a gap.
+      run_with(history=epochs([(0.2, 0.3, 2.1), (0.33, 0.4, 1.9),
+                               (0.43, 0.52, 1.7)])),
+      run_with(history=epochs([(0.13, 0.17, 2.3), (0.14, 0.18, 2.28),
+                               (0.15, 0.199, 2.27)])),
       # Outputs that sum to 1 only roughly: logits, not probabilities.
       run_with({'output_min': 0.0, 'output_row_sum_error': 0.05}),
   ]
@@ -163,6 +175,30 @@ def test_slow_convergence_is_lr_too_low():
   bending['history'] = epochs([(0.8, 0.9, 2.2), (0.9, 0.92, 0.6),
                                (0.92, 0.93, 0.5)])
   assert health.analyze(fast) == [] and health.analyze(bending) == []
+
+
+def test_tiny_updates_with_a_loss_still_near_a_uniform_guess_is_lr_too_low():
+  # Measured (Nadam 5e-6 on the 20-layer CIFAR-10 net): update ratio 8e-6,
+  # a decelerating loss that ends at ln(10) after 3 epochs.
+  guessing = run_with(history=epochs([(0.127, 0.143, 3.21), (0.159, 0.179, 2.48),
+                                      (0.184, 0.197, 2.31)]))
+  guessing['num_classes'] = 10
+  guessing['update_ratios'] = [[8e-6] * 3 for _ in guessing['steps']]
+  found = health.analyze(guessing)
+  assert [f.kind for f in found] == ['lr_too_low'], health.format_block(found)
+  assert found[0].numbers['guess_loss'] == pytest.approx(2.302585)
+  assert 'uniform guess' in found[0].summary
+  # Below the fraction of ln C (the healthy twins end at 0.49-0.78 ln C),
+  # or a loss that stopped falling: not slow convergence.
+  t = health.THRESHOLDS
+  learned = copy.deepcopy(guessing)
+  learned['history'][-1]['loss'] = t['slow_guess_loss_fraction'] * 0.99 * 2.302585
+  learned['history'][-2]['loss'] = learned['history'][-1]['loss'] + 0.2
+  flat = copy.deepcopy(guessing)
+  flat['history'][-1]['loss'] = 2.47
+  assert health.analyze(learned) == [], health.format_block(
+      health.analyze(learned))
+  assert health.analyze(flat) == [], health.format_block(health.analyze(flat))
 
 
 def test_saturation_of_any_activation_from_its_derivative():

@@ -110,6 +110,13 @@ THRESHOLDS = {
     # label_noise / too_much_regularization: validation accuracy above the
     # (dropout-on, running) train accuracy by more than this, last epoch.
     'val_above_train': 0.15,
+    # ... or, in each of the last two epochs, validation accuracy above
+    # chance by more than this multiple of the train accuracy's margin
+    # above chance (labels with noise p give about 1 / (1 - p): 2x at 50%;
+    # the running train accuracy's lag gives ~1.2-1.3x after epoch 1) and
+    # above the train accuracy by at least val_above_train_min.
+    'val_train_margin_ratio': 1.75,
+    'val_above_train_min': 0.05,
     # ... too_much_regularization when the model's largest dropout rate is
     # at least this; otherwise the training labels are suspect.
     'heavy_dropout': 0.5,
@@ -122,6 +129,12 @@ THRESHOLDS = {
     'slow_drop_ratio': 0.6,
     'slow_min_drop': 0.03,
     'slow_loss_fraction': 0.5,
+    # ... or, with the same tiny updates and a loss still falling by
+    # slow_min_drop, the last epoch's training loss is still at least this
+    # fraction of ln(C), the loss of a uniform guess: after the whole budget
+    # the model has taken in almost nothing of the labels (measured: a 100x
+    # too low Nadam rate 0.90-1.00 ln C, healthy twins 0.49-0.78 ln C).
+    'slow_guess_loss_fraction': 0.85,
     # oscillating_loss: the validation loss jumps up by more than this
     # fraction in one epoch while the training loss did not rise by more
     # than oscillation_train_rise (unstable steps, not overfitting).
@@ -812,8 +825,8 @@ def _budget_findings(run, t) -> List[Finding]:
         'from the inputs.', numbers={'train_accuracy': last['accuracy'],
                                     'val_accuracy': last['val_accuracy']},
         tag='epoch_accuracy', severity='error'))
-  elif (len(history) >= 2     # epoch 1's running accuracy lags behind
-        and last['val_accuracy'] - last['accuracy'] > t['val_above_train']):
+  elif len(history) >= 2 and _val_above_train(history[-2:], chance, t):
+    # (epoch 1's running accuracy lags behind: never judged alone)
     dropout = (run.get('model_facts') or {}).get('dropout', 0.0)
     kind = ('too_much_regularization' if dropout >= t['heavy_dropout']
             else 'label_noise')
@@ -827,6 +840,18 @@ def _budget_findings(run, t) -> List[Finding]:
                             'val_accuracy': last['val_accuracy'],
                             'dropout': dropout}, tag='epoch_accuracy'))
   return out
+
+
+def _val_above_train(epochs, chance, t) -> bool:
+  """Validation accuracy far above the running train accuracy: by an
+  absolute margin in the last epoch, or by a margin over chance that is a
+  multiple of the train accuracy's, in every one of `epochs`."""
+  last = epochs[-1]
+  if last['val_accuracy'] - last['accuracy'] > t['val_above_train']:
+    return True
+  return (last['val_accuracy'] - last['accuracy'] > t['val_above_train_min']
+          and all(h['val_accuracy'] - chance > t['val_train_margin_ratio'] * (
+              max(h['accuracy'] - chance, 0.0)) for h in epochs))
 
 
 def _oscillation_finding(run, t) -> List[Finding]:
@@ -876,25 +901,35 @@ def _batch_note(run) -> str:
 
 
 def _slow_convergence(run, t, med) -> Optional[Finding]:
-  """Tiny updates and a loss still falling at an undiminished rate."""
+  """Tiny updates and a loss still falling: at an undiminished rate, or
+  still at the level of a uniform guess after the whole budget."""
   losses = [h['loss'] for h in run.get('history') or []
             if math.isfinite(h.get('loss', math.nan))]
   if med is None or med >= t['slow_update_ratio'] or len(losses) < 3:
     return None
   first, prev, last = losses[-3], losses[-2], losses[-1]
   drop_prev, drop_last = first - prev, prev - last
-  if not (drop_prev > 0 and drop_last >= t['slow_drop_ratio'] * drop_prev
-          and drop_last > t['slow_min_drop'] * prev
-          and last > t['slow_loss_fraction'] * losses[0]):
+  classes = run.get('num_classes')
+  guess = math.log(classes) if classes and classes > 1 else None
+  falling = drop_last > t['slow_min_drop'] * prev
+  undiminished = (drop_prev > 0 and drop_last >= t['slow_drop_ratio'] * drop_prev
+                  and last > t['slow_loss_fraction'] * losses[0])
+  guessing = guess is not None and last >= t['slow_guess_loss_fraction'] * guess
+  if not (falling and (undiminished or guessing)):
     return None
+  why = (f'still at {_fmt(last / guess)}x the loss of a uniform guess '
+         f'(ln {classes} = {_fmt(guess)})' if guessing and not undiminished
+         else f'{_fmt(last / losses[0])}x its first value')
   return _finding(
       'lr_too_low', f'Training converges slowly: the hidden layers\' update '
-      f'ratio is {_fmt(med)} and the training loss is still falling at an '
-      f'undiminished rate ({_fmt(first)} -> {_fmt(prev)} -> {_fmt(last)} over '
-      f'the last epochs, {_fmt(last / losses[0])}x its first value).',
+      f'ratio is {_fmt(med)} and the training loss is still falling '
+      f'({_fmt(first)} -> {_fmt(prev)} -> {_fmt(last)} over the last '
+      f'epochs, {why}).',
       numbers={'update_ratio_median': med, 'loss_first': losses[0],
                'loss_last': last, 'last_drop': drop_last,
-               'previous_drop': drop_prev}, tag='update_ratio')
+               'previous_drop': drop_prev,
+               'guess_loss': guess if guess is not None else math.nan},
+      tag='update_ratio')
 
 
 def analyze(run: Dict[str, Any], thresholds: Optional[Dict] = None
