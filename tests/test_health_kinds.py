@@ -88,6 +88,15 @@ CASES = {
     'label_noise  ': (
         run_with(history=epochs([(0.12, 0.16, 2.37), (0.146, 0.203, 2.29),
                                  (0.158, 0.228, 2.27)])), 'warning'),
+    # Nadam 0.05 with batch norm (measured): validation loss 1.27x and 1.25x
+    # the training loss at equal accuracy, in a run that fits neither.
+    'oscillating_loss ': (
+        run_with(history=[{'epoch': 1, 'accuracy': 0.201, 'val_accuracy': 0.221,
+                           'loss': 2.168, 'val_loss': 2.748},
+                          {'epoch': 2, 'accuracy': 0.222, 'val_accuracy': 0.224,
+                           'loss': 2.028, 'val_loss': 2.528},
+                          {'epoch': 3, 'accuracy': 0.245, 'val_accuracy': 0.178,
+                           'loss': 1.975, 'val_loss': 2.237}]), 'warning'),
     'too_much_regularization': (
         run_with({'dropout': 0.9}, history=epochs(
             [(0.3, 0.7, 2.0), (0.4, 0.8, 1.9), (0.45, 0.85, 1.8)])),
@@ -131,6 +140,23 @@ def test_each_new_kind_just_below_its_threshold_is_silent():
   ]
   for run in below:
     assert health.analyze(run) == [], health.format_block(health.analyze(run))
+
+
+def test_validation_loss_above_training_is_unstable_only_when_nothing_fits():
+  t = health.THRESHOLDS
+  def run(ratio, train_acc=0.22, val_acc=0.22, loss=2.0):
+    return run_with(history=[
+        {'epoch': e, 'accuracy': train_acc, 'val_accuracy': val_acc,
+         'loss': loss, 'val_loss': ratio * loss} for e in (1, 2, 3)])
+  assert [f.kind for f in health.analyze(run(1.3))] == ['oscillating_loss']
+  # Just below the ratio; a model that fits its training data better than
+  # the validation data (overfitting); one that fits well (the main job:
+  # train loss 0.03, val 0.07 at 0.99 vs 0.98 accuracy).
+  for quiet in (run(t['unstable_loss_ratio'] * 0.99),
+                run(1.3, train_acc=0.3, val_acc=0.22),
+                run(2.3, train_acc=0.99, val_acc=0.98, loss=0.03)):
+    assert health.analyze(quiet) == [], health.format_block(
+        health.analyze(quiet))
 
 
 def test_first_epoch_running_accuracy_is_not_label_noise():
@@ -199,6 +225,12 @@ def test_tiny_updates_with_a_loss_still_near_a_uniform_guess_is_lr_too_low():
   assert health.analyze(learned) == [], health.format_block(
       health.analyze(learned))
   assert health.analyze(flat) == [], health.format_block(health.analyze(flat))
+  # With raw 0-255 inputs the slow convergence is their symptom: the report
+  # names the cause only.
+  raw = copy.deepcopy(guessing)
+  raw['model_facts'].update(input_abs_max=255.0, input_mean=120.0,
+                            input_std=64.0)
+  assert [f.kind for f in health.analyze(raw)] == ['unscaled_inputs']
 
 
 def test_saturation_of_any_activation_from_its_derivative():

@@ -13,7 +13,7 @@ import contextlib
 import dataclasses
 import os
 import random
-from typing import Any, Callable, Dict, List, Optional, Sequence
+from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
 import tensorflow as tf
@@ -46,6 +46,8 @@ class Experiment:
   workdir: str
   logger: summaries.StepLogger     # which steps are observed; the writes
   user_data: bool = False          # datasets given by the caller, not TFDS
+  # The train split as tensors (`data.in_memory`): epochs batched by index.
+  train_arrays: Optional[Tuple[tf.Tensor, ...]] = None
 
 
 # `hook(exp, event, outputs)`: see `loop.train_and_evaluate`; a factory makes
@@ -197,7 +199,8 @@ def build_experiment(config: config_lib.Config, workdir: str,
       config.histogram_every_steps, config.grad_norms,
       records_path=os.path.join(run_dir, workdir_lib.OBSERVATIONS))
   return Experiment(config, strategy, trainer, cached, info, steps_per_epoch,
-                    writers, is_chief, run_dir, logger, datasets is not None)
+                    writers, is_chief, run_dir, logger, datasets is not None,
+                    data.in_memory(cached['train'], num_train))
 
 
 @contextlib.contextmanager

@@ -143,6 +143,19 @@ THRESHOLDS = {
     # ... and is reported when the run's validation accuracy never beats the
     # level before the jump again, or when it jumps this many times.
     'oscillation_repeats': 3,
+    # ... or, in at least unstable_epochs epochs, the validation loss is
+    # above unstable_loss_ratio x the (running) training loss at a validation
+    # accuracy no more than unstable_acc_slack below the training accuracy,
+    # while the training loss is still above unstable_fit_fraction x ln(C):
+    # not overfitting (the model fits its training data no better than the
+    # validation data, and fits neither), but weights (or batch-norm
+    # statistics) that are in a worse place at each epoch's end than on
+    # average during it (measured: Nadam 0.05 with batch norm 1.27x and 1.25x
+    # at equal accuracy; healthy twins 0.86-0.96x).
+    'unstable_loss_ratio': 1.2,
+    'unstable_acc_slack': 0.02,
+    'unstable_fit_fraction': 0.5,
+    'unstable_epochs': 2,
 }
 
 _SATURATING = ('sigmoid', 'tanh')
@@ -878,7 +891,7 @@ def _oscillation_finding(run, t) -> List[Finding]:
     return before is not None and any(a > before for a in later)
   lasting = [j for j in jumps if not recovered(j[0])]
   if not lasting and len(jumps) < t['oscillation_repeats']:
-    return []
+    return _unstable_validation(run, t)
   _, epoch, val0, val1, jump, train0, train1 = (lasting or jumps)[0]
   more = (f' It jumped {len(jumps)} times.' if len(jumps) > 1 else '')
   return [_finding(
@@ -889,6 +902,38 @@ def _oscillation_finding(run, t) -> List[Finding]:
                                          'val_loss_after': val1, 'jump': jump,
                                          'epoch': epoch, 'jumps': len(jumps)},
       tag='epoch_loss')]
+
+
+def _unstable_validation(run, t) -> List[Finding]:
+  """The validation loss well above the training loss at equal accuracy
+  in a run that fits neither: unstable steps, not overfitting."""
+  classes = run.get('num_classes')
+  if not classes or classes < 2:
+    return []
+  fit_limit = t['unstable_fit_fraction'] * math.log(classes)
+  rows = [h for h in run.get('history') or []
+          if all(math.isfinite(h.get(k, math.nan)) for k in
+                 ('loss', 'val_loss', 'accuracy', 'val_accuracy'))]
+  unstable = [h for h in rows
+              if h['val_loss'] > t['unstable_loss_ratio'] * h['loss']
+              and h['val_accuracy'] >= h['accuracy'] - t['unstable_acc_slack']
+              and h['loss'] > fit_limit]
+  if len(unstable) < t['unstable_epochs']:
+    return []
+  worst = max(unstable, key=lambda h: h['val_loss'] / h['loss'])
+  epochs = ', '.join(str(h.get('epoch', '?')) for h in unstable)
+  return [_finding(
+      'oscillating_loss', f'Training is unstable: in epochs {epochs} the '
+      f'validation loss was far above the training loss (up to '
+      f'{_fmt(worst["val_loss"])} vs {_fmt(worst["loss"])}, '
+      f'{worst["val_loss"] / worst["loss"]:.2f}x) at a validation accuracy as '
+      f'high as the training accuracy ({_fmt(worst["val_accuracy"])} vs '
+      f'{_fmt(worst["accuracy"])}), in a run that fits neither (training '
+      f'loss above {_fmt(fit_limit)}): the weights at each epoch\'s end are '
+      f'worse than on average during it, which is not overfitting.',
+      numbers={'val_loss': worst['val_loss'], 'train_loss': worst['loss'],
+               'ratio': worst['val_loss'] / worst['loss'],
+               'epochs': len(unstable)}, tag='epoch_loss')]
 
 
 def _batch_note(run) -> str:
@@ -983,6 +1028,9 @@ def analyze(run: Dict[str, Any], thresholds: Optional[Dict] = None
 SUPERSEDES = {
     'labels_unlearnable': ('chance_accuracy',),
     'model_not_training': ('chance_accuracy', 'lr_too_low'),
+    # Raw pixel values saturate units and distort the update sizes: slow
+    # convergence is their symptom, and scaling is the fix.
+    'unscaled_inputs': ('lr_too_low',),
 }
 
 
