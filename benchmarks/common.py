@@ -126,20 +126,6 @@ def build_optimizer(kind: str):
   return tf.keras.optimizers.Nadam(1e-4)
 
 
-_ARRAYS = {}
-
-
-def in_memory(cached):
-  """The split as tensors, as `experiment.build_experiment` holds it (the
-  launchers' epochs are batched by index from these); once per split."""
-  if id(cached) not in _ARRAYS:
-    n = int(cached.cardinality())
-    if n < 0:
-      n = int(cached.reduce(0, lambda count, _: count + 1))
-    _ARRAYS[id(cached)] = (cached, data.in_memory(cached, n))
-  return _ARRAYS[id(cached)][1]
-
-
 class TftrainRunner:
   """A warm tftrain Trainer driven by `chunks` (the launchers' step loop).
 
@@ -167,8 +153,7 @@ class TftrainRunner:
                                      writers={summaries.TRAIN: writer})
 
   def run(self, epoch: int, steps: int, logging: bool = True) -> int:
-    it = iter(data.train_batches(self.cached, self.batch, 0, epoch,
-                                 arrays=in_memory(self.cached)).take(steps))
+    it = iter(data.train_batches(self.cached, self.batch, 0, epoch).take(steps))
     for out, _ in chunks.calls(self.trainer, it, steps,
                                self.config.steps_per_loop,
                                self.logger if logging else None):
@@ -178,13 +163,8 @@ class TftrainRunner:
 
 
 def fit_runner(cached, kind: str, batch: int, steps_per_execution=1,
-               jit_compile=False, arrays=None):
-  """Keras `fit` on the same model, data and optimizer; returns run(epoch, steps).
-
-  The batches come from the shuffled examples (the pipeline a user writes)
-  or, with `arrays` (`in_memory`), from tftrain's index-batched pipeline:
-  the same batches either way.
-  """
+               jit_compile=False):
+  """Keras `fit` on the same model, data and optimizer; returns run(epoch, steps)."""
   model = build_model(kind)
   model.compile(optimizer=build_optimizer(kind),
                 loss=tf.keras.losses.SparseCategoricalCrossentropy(
@@ -193,8 +173,7 @@ def fit_runner(cached, kind: str, batch: int, steps_per_execution=1,
                 jit_compile=jit_compile)
 
   def run(epoch, steps):
-    model.fit(data.train_batches(cached, batch, 0, epoch,
-                                 arrays=arrays).take(steps),
+    model.fit(data.train_batches(cached, batch, 0, epoch).take(steps),
               epochs=1, verbose=0)
     return steps * batch
   return run

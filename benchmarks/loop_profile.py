@@ -5,14 +5,11 @@ same steps per repetition, warm, interleaved in one process, best of N beside
 the median. Each variant removes one piece of tftrain's compiled loop:
 
 - `tftrain train_steps`: the Trainer's plain loop as the launchers call it
-  (batches gathered by index from the split held in memory, `data.in_memory`;
-  `--steps_per_loop` steps per call: a while loop over `strategy.run`, a
+  (`--steps_per_loop` steps per call: a while loop over `strategy.run`, a
   SUM reduction of the loss and of the (loss sum, correct, count) stats per
   step, the per-step loss in a TensorArray, the non-finite stop in the
   loop's condition), one host sync per call;
 - `+ jit step`: the same with the step XLA-compiled (`--jit_compile`);
-- `shuffled examples`: the same loop fed by shuffling and batching the cached
-  examples (the pipeline before index batching; the same batches);
 - `no strategy.run`: the same while loop calling the replica step directly,
   no reductions (what one replica needs);
 - `no strategy.run, no per-step outputs`: also no TensorArray and no finite
@@ -22,8 +19,7 @@ the median. Each variant removes one piece of tftrain's compiled loop:
 - `XLA on the whole loop`: the N steps in one XLA cluster, over N batches
   already in memory (no iterator: XLA cannot compile `next(iterator)`); an
   upper bound, not a usable loop;
-- `fit steps_per_execution=N` with and without `jit_compile` on the shuffled
-  examples, and with `jit_compile` on tftrain's in-memory batches.
+- `fit steps_per_execution=N` with and without `jit_compile`.
 
   python -m benchmarks.loop_profile [--batch=256] [--repeats=7]
 
@@ -54,19 +50,17 @@ def _trainer(jit_compile=False):
       tf.distribute.get_strategy(), FLAGS.batch, jit_compile=jit_compile)
 
 
-def _batches(cached, epoch, steps, indexed=False):
-  return data.train_batches(
-      cached, FLAGS.batch, 0, epoch,
-      arrays=common.in_memory(cached) if indexed else None).take(steps)
+def _batches(cached, epoch, steps):
+  return data.train_batches(cached, FLAGS.batch, 0, epoch).take(steps)
 
 
-def tftrain_variant(cached, steps, jit_compile=False, indexed=True):
+def tftrain_variant(cached, steps, jit_compile=False):
   """The Trainer's own plain loop, `steps_per_loop` steps per call."""
   trainer = _trainer(jit_compile)
 
   def run(epoch):
     it = iter(trainer.strategy.experimental_distribute_dataset(
-        _batches(cached, epoch, steps, indexed)))
+        _batches(cached, epoch, steps)))
     done = 0
     while done < steps:
       n = min(FLAGS.steps_per_loop, steps - done)
@@ -147,14 +141,9 @@ def main(argv):
   fit_spe = common.fit_runner(cached, 'mlp', FLAGS.batch, FLAGS.steps_per_loop)
   fit_jit = common.fit_runner(cached, 'mlp', FLAGS.batch,
                               FLAGS.steps_per_loop, True)
-  fit_jit_mem = common.fit_runner(cached, 'mlp', FLAGS.batch,
-                                  FLAGS.steps_per_loop, True,
-                                  arrays=common.in_memory(cached))
   variants = {
       'tftrain train_steps': tftrain_variant(cached, steps),
       'tftrain train_steps + jit step': tftrain_variant(cached, steps, True),
-      'tftrain train_steps, shuffled examples (no index batching)':
-          tftrain_variant(cached, steps, indexed=False),
       'no strategy.run': direct_variant(cached, steps, True),
       'no strategy.run, no per-step outputs': direct_variant(
           cached, steps, False),
@@ -167,8 +156,6 @@ def main(argv):
           lambda rep: fit_spe(rep, steps),
       f'fit steps_per_execution={FLAGS.steps_per_loop} + jit_compile':
           lambda rep: fit_jit(rep, steps),
-      f'fit steps_per_execution={FLAGS.steps_per_loop} + jit_compile, '
-      'in-memory batches': lambda rep: fit_jit_mem(rep, steps),
   }
   speeds = common.interleave(variants, FLAGS.repeats)
   best = {name: max(v) for name, v in speeds.items()}

@@ -1,14 +1,12 @@
 """Benchmark 1: tftrain's loop vs Keras 3 `model.fit` on the same work.
 
-Same model, same batches, same optimizer: the seed's MLP 300-100 (SGD 0.3) at batch 32 and 256 and
+Same model, same tf.data pipeline (cached, shuffled, batched, prefetched),
+same optimizer: the seed's MLP 300-100 (SGD 0.3) at batch 32 and 256 and
 `launch.deep`'s 100 x Dense(100) SELU model (Nadam) at batch 32 on MNIST, and
 `--model=cnn` (Nadam 5e-4) at batch 64 and 256 on CIFAR-10.
 tftrain runs with its defaults (logging on: loss, lr and per-layer gradient
-norms every 100 steps, epochs batched by index from the split held in
-memory, as the launchers do); `fit` with its default settings and at its best
-(`steps_per_execution=50`, with and without `jit_compile`) on the shuffled
-examples a user's pipeline gives, and at its very best: `steps_per_execution=50`
-+ `jit_compile` fed tftrain's in-memory batches. Each variant keeps
+norms every 100 steps); `fit` with its default settings and at its best
+(`steps_per_execution=50`, with and without `jit_compile`). Each variant keeps
 its own warm model; after a warm-up call each, the variants run interleaved
 in one process; best-of-N is reported beside median and min.
 
@@ -52,11 +50,6 @@ def case_variants(cached, kind, batch, steps):
       'fit steps_per_execution=50': common.fit_runner(cached, kind, batch, 50),
       'fit steps_per_execution=50 + jit_compile':
           common.fit_runner(cached, kind, batch, 50, True),
-      # fit fed tftrain's own pipeline (the same batches, index-batched
-      # from memory): what fit reaches at its very best.
-      'fit steps_per_execution=50 + jit_compile, in-memory batches':
-          common.fit_runner(cached, kind, batch, 50, True,
-                            arrays=common.in_memory(cached)),
   }
   variants = {
       'tftrain defaults (logging on)': lambda rep: ours.run(rep, steps),

@@ -99,39 +99,6 @@ def test_train_batches_order_depends_only_on_seed_and_epoch():
   assert len(list(data.train_batches(ds, 6, 0, 0))) == 3   # drop remainder
 
 
-@pytest.mark.parametrize('buffer', [7, 60000])
-def test_in_memory_batches_equal_the_shuffled_examples(buffer):
-  # Shuffling indices and gathering gives the very batches the element
-  # pipeline gives (shuffle's order comes from seed and buffer only), with
-  # skip() for resumes, a buffer smaller than the split, and the last
-  # partial batch dropped.
-  rng = np.random.default_rng(0)
-  x = rng.normal(size=(103, 3, 2)).astype(np.float32)
-  y = rng.integers(0, 10, 103)
-  ds = tf.data.Dataset.from_tensor_slices((x, y)).cache()
-  arrays = data.in_memory(ds, 103)
-  assert arrays[0].shape == (103, 3, 2) and arrays[1].dtype == tf.int64
-  for epoch, skip in ((0, 0), (2, 5)):
-    plain = list(data.train_batches(ds, 8, 3, epoch, buffer).skip(skip))
-    fast = list(data.train_batches(ds, 8, 3, epoch, buffer,
-                                   arrays=arrays).skip(skip))
-    assert len(plain) == len(fast) == 12 - skip
-    for (px, py), (fx, fy) in zip(plain, fast):
-      np.testing.assert_array_equal(px.numpy(), fx.numpy())
-      np.testing.assert_array_equal(py.numpy(), fy.numpy())
-  assert not np.array_equal(list(data.train_batches(ds, 8, 3, 0, buffer))[0][1],
-                            list(data.train_batches(ds, 8, 3, 1, buffer))[0][1])
-
-
-def test_in_memory_only_for_fixed_shapes_within_the_budget():
-  ds = tf.data.Dataset.from_tensor_slices((tf.zeros([10, 4]), tf.range(10)))
-  assert data.in_memory(ds, 10, max_bytes=10 * (16 + 4)) is not None
-  assert data.in_memory(ds, 10, max_bytes=10 * (16 + 4) - 1) is None
-  ragged = tf.data.Dataset.range(1, 4).map(lambda n: (tf.zeros([n]), n))
-  assert data.in_memory(ragged, 3) is None
-  assert data.in_memory(tf.data.Dataset.range(3), 3) is None   # not a pair
-
-
 def test_channel_stats_match_numpy():
   rng = np.random.default_rng(0)
   x = rng.random((50, 4, 4, 3)).astype(np.float32)

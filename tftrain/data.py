@@ -341,53 +341,18 @@ def _options() -> tf.data.Options:
   return options
 
 
-# A train split up to this size is also held as tensors (`in_memory`), and
-# its epochs are batched by index: the same batches, far less tf.data work.
-IN_MEMORY_BYTES = 1 << 30
-
-
-def in_memory(cached: tf.data.Dataset, num_examples: int,
-              max_bytes: int = IN_MEMORY_BYTES) -> Optional[Tuple[tf.Tensor, ...]]:
-  """The whole split as one tensor per component (on the CPU), or None.
-
-  None when an element is not a tuple of fixed-shape tensors or the split
-  takes more than `max_bytes`.
-  """
-  spec = cached.element_spec
-  if not isinstance(spec, tuple) or not all(
-      isinstance(s, tf.TensorSpec) and s.shape.is_fully_defined()
-      for s in spec):
-    return None
-  size = num_examples * sum(s.shape.num_elements() * s.dtype.size
-                            for s in spec)
-  if num_examples <= 0 or size > max_bytes:
-    return None
-  with tf.device('/cpu:0'):
-    return tuple(cached.batch(num_examples).get_single_element())
-
-
 def train_batches(cached: tf.data.Dataset, batch_size: int, seed: int,
-                  epoch: int, shuffle_buffer: int = 60000,
-                  arrays: Optional[Tuple[tf.Tensor, ...]] = None
-                  ) -> tf.data.Dataset:
+                  epoch: int, shuffle_buffer: int = 60000) -> tf.data.Dataset:
   """One epoch of shuffled global batches; the order depends only on (seed, epoch).
 
-  A per-epoch seed keeps the data order reproducible across resumes. With
-  `arrays` (the split `in_memory`) the example indices are shuffled and
-  batched and each batch is gathered at once: tf.data's shuffle draws its
-  order from the seed and the buffer, not the elements, so the batches are
-  the same as shuffling the examples themselves (`tests/test_data.py`).
+  A per-epoch seed keeps the data order reproducible across resumes.
   """
-  source = cached if arrays is None else tf.data.Dataset.range(
-      int(arrays[0].shape[0]))
-  batches = (source
-             .shuffle(shuffle_buffer, seed=seed * 100003 + epoch,
-                      reshuffle_each_iteration=False)
-             .batch(batch_size, drop_remainder=True))
-  if arrays is not None:
-    batches = batches.map(lambda i: tuple(tf.gather(a, i) for a in arrays),
-                          num_parallel_calls=AUTOTUNE)
-  return batches.prefetch(AUTOTUNE).with_options(_options())
+  return (cached
+          .shuffle(shuffle_buffer, seed=seed * 100003 + epoch,
+                   reshuffle_each_iteration=False)
+          .batch(batch_size, drop_remainder=True)
+          .prefetch(AUTOTUNE)
+          .with_options(_options()))
 
 
 def eval_batches(cached: tf.data.Dataset, batch_size: int) -> tf.data.Dataset:

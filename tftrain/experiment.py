@@ -13,7 +13,7 @@ import contextlib
 import dataclasses
 import os
 import random
-from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
+from typing import Any, Callable, Dict, List, Optional, Sequence
 
 import numpy as np
 import tensorflow as tf
@@ -46,8 +46,6 @@ class Experiment:
   workdir: str
   logger: summaries.StepLogger     # which steps are observed; the writes
   user_data: bool = False          # datasets given by the caller, not TFDS
-  # The train split as tensors (`data.in_memory`): epochs batched by index.
-  train_arrays: Optional[Tuple[tf.Tensor, ...]] = None
 
 
 # `hook(exp, event, outputs)`: see `loop.train_and_evaluate`; a factory makes
@@ -199,8 +197,7 @@ def build_experiment(config: config_lib.Config, workdir: str,
       config.histogram_every_steps, config.grad_norms,
       records_path=os.path.join(run_dir, workdir_lib.OBSERVATIONS))
   return Experiment(config, strategy, trainer, cached, info, steps_per_epoch,
-                    writers, is_chief, run_dir, logger, datasets is not None,
-                    data.in_memory(cached['train'], num_train))
+                    writers, is_chief, run_dir, logger, datasets is not None)
 
 
 @contextlib.contextmanager

@@ -133,7 +133,7 @@ THRESHOLDS = {
     # slow_min_drop, the last epoch's training loss is still at least this
     # fraction of ln(C), the loss of a uniform guess: after the whole budget
     # the model has taken in almost nothing of the labels (measured: a 100x
-    # too low Nadam rate 0.90-1.00 ln C, healthy twins 0.49-0.78 ln C).
+    # too low Nadam rate 0.90-1.00 ln C, CIFAR-10 healthy twins 0.49-0.78 ln C).
     'slow_guess_loss_fraction': 0.85,
     # oscillating_loss: the validation loss jumps up by more than this
     # fraction in one epoch while the training loss did not rise by more

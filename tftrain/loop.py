@@ -253,8 +253,7 @@ class _Run:
     exp, config, state = self.exp, self.config, self.state
     step_in_epoch = int(state['step_in_epoch'].numpy())
     batches = data.train_batches(exp.datasets['train'], config.batch_size,
-                                 config.seed, epoch,
-                                 arrays=exp.train_arrays).skip(step_in_epoch)
+                                 config.seed, epoch).skip(step_in_epoch)
     iterator = iter(exp.strategy.experimental_distribute_dataset(batches))
     stats = {'sums': state['epoch_sums'].numpy().copy(), 'start': time.time(),
              'train_seconds': 0.0, 'examples': 0.0}

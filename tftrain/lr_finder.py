@@ -385,7 +385,7 @@ def _sweep_losses(exp, schedule, num_steps: int, beta: float, should_stop):
   config, trainer = exp.config, exp.trainer
   offset = int(trainer.optimizer.iterations.numpy())
   batches = data.train_batches(exp.datasets['train'], config.batch_size,
-                               config.seed, epoch=0, arrays=exp.train_arrays)
+                               config.seed, epoch=0)
   iterator = iter(exp.strategy.experimental_distribute_dataset(batches))
   # Calls of at most 25 steps and at most 2x LR growth: the stop check runs
   # between calls, and a non-finite loss loses the failing call's losses.
