@@ -41,6 +41,7 @@ def names(cands):
   return [c.name for c in cands]
 
 
+RELU_GLOROT = config_lib.Config(kernel_initializer='glorot_uniform')
 # kind -> (config, model info, expected candidate names, expected changes of
 # the first candidate: Config fields, model change).
 BUILTIN = repair.describe_model(DEEP_SIGMOID)
@@ -64,8 +65,9 @@ CASES = {
     'lr_too_low': (config_lib.Config(learning_rate=0.003), repair.describe_model(
         config_lib.Config(learning_rate=0.003)), ['lr_x10', 'lr_finder', 'adam'],
                    {'learning_rate': pytest.approx(0.03)}, None),
-    'dead_units': (DEEP_SIGMOID, BUILTIN,
-                   ['he_init', 'leaky_relu_he', 'lr_div10'],
+    # A ReLU net with Glorot kernels: back to He (the default for ReLU).
+    'dead_units': (RELU_GLOROT, repair.describe_model(RELU_GLOROT),
+                   ['default_init', 'leaky_relu_he', 'lr_div10'],
                    {'kernel_initializer': 'he_normal'}, None),
     'unscaled_inputs': (DEEP_SIGMOID, BUILTIN, ['standardize'],
                         {'standardize': True}, None),
@@ -139,6 +141,19 @@ def test_candidates_are_deduplicated_and_symptoms_are_fallbacks():
   got = repair.candidates([finding('diverged'), finding('lr_too_high')],
                           onecycle, repair.describe_model(onecycle))
   assert names(got) == ['lr_div10', 'lr_finder']   # lr_finder_onecycle = lr_finder
+
+
+def test_a_diverged_user_model_with_a_wild_init_gets_the_default_init():
+  wild = user_info(initializers=['random_normal'],
+                   output_initializer='random_normal')
+  got = repair.candidates([finding('diverged')], config_lib.Config(), wild)
+  assert names(got) == ['lr_div10', 'lr_finder_onecycle', 'default_init']
+  assert got[2].model_change.as_dict() == {
+      'kernel_initializer': 'he_normal', 'output_initializer': 'glorot_uniform'}
+  # Where the init is the default already, only the LR changes are tried.
+  assert names(repair.candidates([finding('diverged')], config_lib.Config(),
+                                 user_info())) == ['lr_div10',
+                                                   'lr_finder_onecycle']
 
 
 def test_no_op_remedies_are_left_out():
