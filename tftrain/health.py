@@ -113,7 +113,7 @@ THRESHOLDS = {
     # ... or, in each of the last two epochs, validation accuracy above
     # chance by more than this multiple of the train accuracy's margin
     # above chance (labels with noise p give about 1 / (1 - p): 2x at 50%;
-    # the running train accuracy's lag gives ~1.2-1.3x after epoch 1) and
+    # the 15 healthy twins of the diagnosis suite: 0.84-1.24x from epoch 2) and
     # above the train accuracy by at least val_above_train_min.
     'val_train_margin_ratio': 1.75,
     'val_above_train_min': 0.05,
@@ -151,7 +151,8 @@ THRESHOLDS = {
     # validation data, and fits neither), but weights (or batch-norm
     # statistics) that are in a worse place at each epoch's end than on
     # average during it (measured: Nadam 0.05 with batch norm 1.27x and 1.25x
-    # at equal accuracy; healthy twins 0.86-0.96x).
+    # at equal accuracy; the diagnosis suite's healthy twins 0.50-1.33x, those
+    # above 1.2x with train accuracy well above validation or loss < 0.5 ln C).
     'unstable_loss_ratio': 1.2,
     'unstable_acc_slack': 0.02,
     'unstable_fit_fraction': 0.5,
