@@ -69,6 +69,11 @@ CASES = {
     'linear_stack': (
         run_with({'linear_pairs': [['dense_000', 'dense_001']]}), 'warning'),
     'symmetric_units': (run_with(stats=spreads(1e-6)), 'error'),
+    # All-zero kernels (batch norm between them, so no unit is 'dead' in
+    # the probe: every output is exactly 0): caught before the first step.
+    'symmetric_units ': (run_with({'constant_kernels': [
+        {'index': i, 'layer': f'dense_{i:03d}', 'value': 0.0}
+        for i in range(3)]}), 'error'),
     'too_few_steps': (run_with(total_steps=3), 'error'),
     'labels_unlearnable': (
         run_with(history=epochs([(0.3, 0.1, 2.0), (0.6, 0.11, 1.2),
@@ -133,6 +138,12 @@ def test_each_new_kind_just_below_its_threshold_is_silent():
                                (0.43, 0.52, 1.7)])),
       run_with(history=epochs([(0.13, 0.17, 2.3), (0.14, 0.18, 2.28),
                                (0.15, 0.199, 2.27)])),
+      # A zero-initialized output layer (its labels break the symmetry),
+      # and constant kernels that feed random ones.
+      run_with({'constant_kernels': [{'index': 2, 'layer': 'logits',
+                                      'value': 0.0}]}),
+      run_with({'constant_kernels': [{'index': 0, 'layer': 'dense_000',
+                                      'value': 1.0}]}),
       # Outputs that sum to 1 only roughly: logits, not probabilities.
       run_with({'output_min': 0.0, 'output_row_sum_error': 0.05}),
   ]
@@ -182,6 +193,28 @@ def test_linear_pairs_of_a_model():
       layers.Dense(8, activation='relu', name='b'), layers.Dense(8, name='c'),
       layers.ReLU(name='r'), layers.Dense(3, name='logits')])
   assert checkup.linear_pairs(checkup.flat_layers(model)) == [['a', 'b']]
+
+
+def test_constant_kernels_of_a_model():
+  import tensorflow as tf  # pylint: disable=g-import-not-at-top
+  from tftrain import checkup  # pylint: disable=g-import-not-at-top
+  layers = tf.keras.layers
+  model = tf.keras.Sequential([
+      tf.keras.Input((4,)), layers.Dense(8, kernel_initializer='zeros',
+                                         name='z'),
+      layers.BatchNormalization(name='bn'),
+      layers.Dense(8, kernel_initializer='ones', name='o'),
+      layers.Dense(8, name='r'), layers.Dense(1, kernel_initializer='ones',
+                                              name='one_unit'),
+      layers.Dense(3, kernel_initializer='zeros', name='logits')])
+  weighted = [l for l in checkup.flat_layers(model) if l.weights]
+  assert checkup.constant_kernels(weighted) == [
+      {'index': 0, 'layer': 'z', 'value': 0.0},
+      {'index': 2, 'layer': 'o', 'value': 1.0},
+      {'index': 5, 'layer': 'logits', 'value': 0.0}]
+  run = run_with({'constant_kernels': checkup.constant_kernels(weighted)})
+  # z feeds bn (index 1, not a kernel): nothing is trapped here.
+  assert 'symmetric_units' not in [f.kind for f in health.analyze(run)]
 
 
 def test_slow_convergence_is_lr_too_low():

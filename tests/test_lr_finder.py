@@ -225,6 +225,13 @@ def test_suggestion_rules_on_a_synthetic_curve():
   assert lr_finder.suggest_divergence(lrs[:500], 'diverged') == pytest.approx(
       lrs[499] / 10)
   assert lr_finder.suggest_divergence(lrs, 'end_lr') is None
+  # Capped at the minimum's LR: a blow-up far above it (an adaptive
+  # optimizer's long rise) does not drag the pick past the minimum.
+  assert lr_finder.suggest_divergence(lrs, 'diverged', smoothed=loss) == \
+      pytest.approx(lrs[i_min])
+  assert lr_finder.suggest_divergence(lrs[:500], 'diverged',
+                                      smoothed=loss[:500]) == pytest.approx(
+                                          lrs[499] / 10)
 
 
 def test_smoothing_is_098_for_slow_sweeps_and_spans_a_fifth_of_a_decade():

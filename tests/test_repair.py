@@ -54,16 +54,21 @@ CASES = {
                         ['relu_he', 'selu_lecun', 'batch_norm'],
                         {'activation': 'relu',
                          'kernel_initializer': 'he_normal'}, None),
-    'exploding_gradients': (DEEP_SIGMOID, BUILTIN, ['lr_div10', 'batch_norm'],
+    'exploding_gradients': (DEEP_SIGMOID, BUILTIN,
+                            ['lr_div10', 'lr_div100', 'batch_norm'],
                             {'learning_rate': pytest.approx(1e-5)}, None),
-    'lr_too_high': (DEEP_SIGMOID, BUILTIN, ['lr_finder', 'lr_div10'],
+    'lr_too_high': (DEEP_SIGMOID, BUILTIN,
+                    ['lr_finder', 'lr_div10', 'lr_div100'],
                     {'learning_rate': 'auto'}, None),
-    'oscillating_loss': (DEEP_SIGMOID, BUILTIN, ['lr_div10', 'lr_finder'],
+    'oscillating_loss': (DEEP_SIGMOID, BUILTIN, ['lr_div10', 'lr_finder',
+                                                 'lr_div100'],
                          {'learning_rate': pytest.approx(1e-5)}, None),
-    'diverged': (DEEP_SIGMOID, BUILTIN, ['lr_div10', 'lr_finder_onecycle'],
+    'diverged': (DEEP_SIGMOID, BUILTIN, ['lr_div10', 'lr_finder_onecycle',
+                                         'lr_div100'],
                  {'learning_rate': pytest.approx(1e-5)}, None),
     'lr_too_low': (config_lib.Config(learning_rate=0.003), repair.describe_model(
-        config_lib.Config(learning_rate=0.003)), ['lr_x10', 'lr_finder', 'adam'],
+        config_lib.Config(learning_rate=0.003)),
+                   ['lr_x10', 'lr_x100', 'lr_finder', 'adam'],
                    {'learning_rate': pytest.approx(0.03)}, None),
     # A ReLU net with Glorot kernels: back to He (the default for ReLU).
     'dead_units': (RELU_GLOROT, repair.describe_model(RELU_GLOROT),
@@ -140,20 +145,23 @@ def test_candidates_are_deduplicated_and_symptoms_are_fallbacks():
   onecycle = config_lib.Config(schedule='onecycle', learning_rate=0.3)
   got = repair.candidates([finding('diverged'), finding('lr_too_high')],
                           onecycle, repair.describe_model(onecycle))
-  assert names(got) == ['lr_div10', 'lr_finder']   # lr_finder_onecycle = lr_finder
+  # lr_finder_onecycle = lr_finder
+  assert names(got) == ['lr_div10', 'lr_finder', 'lr_div100']
 
 
 def test_a_diverged_user_model_with_a_wild_init_gets_the_default_init():
   wild = user_info(initializers=['random_normal'],
                    output_initializer='random_normal')
   got = repair.candidates([finding('diverged')], config_lib.Config(), wild)
-  assert names(got) == ['lr_div10', 'lr_finder_onecycle', 'default_init']
-  assert got[2].model_change.as_dict() == {
+  assert names(got) == ['lr_div10', 'default_init', 'lr_finder_onecycle',
+                        'lr_div100']
+  assert got[1].model_change.as_dict() == {
       'kernel_initializer': 'he_normal', 'output_initializer': 'glorot_uniform'}
   # Where the init is the default already, only the LR changes are tried.
   assert names(repair.candidates([finding('diverged')], config_lib.Config(),
-                                 user_info())) == ['lr_div10',
-                                                   'lr_finder_onecycle']
+                                 user_info())) == [
+                                     'lr_div10', 'lr_finder_onecycle',
+                                     'lr_div100']
 
 
 def test_no_op_remedies_are_left_out():
@@ -338,24 +346,28 @@ def test_tiny_repair_end_to_end(tmp_path, monkeypatch):
   assert saved['status'] == rep['status'] == 'repaired'
   assert [f['kind'] for f in saved['findings']] == ['diverged']
   tried = [c['name'] for c in saved['candidates']]
-  assert tried == ['lr_div10', 'lr_finder_onecycle']
+  assert tried == ['lr_div10', 'lr_finder_onecycle', 'lr_div100']
   for name in tried:
     assert name in markdown
     assert os.path.exists(os.path.join(workdir, 'repair', 'trials', name,
                                        'metrics.json'))
+    # Trials are not exported (export=False); the final run is.
+    assert not os.path.exists(os.path.join(workdir, 'repair', 'trials', name,
+                                           'export'))
   # The choice is the best short-budget validation accuracy.
   scores = {c['name']: c['trial']['best_val_accuracy']
             for c in saved['candidates']}
   assert saved['chosen'] == max(scores, key=scores.get)
   final_dir = os.path.join(workdir, 'repair', saved['chosen'])
   assert os.path.exists(os.path.join(final_dir, 'health.json'))
+  assert os.path.isdir(os.path.join(final_dir, 'export'))
   before, after = saved['before_after']
   assert before['status'] == 'diverged' and after['status'] == 'completed'
   assert after['val_accuracy'] > 0.9 and after['run_dir'] == final_dir
   # Compute: every trial's steps and the final's, over the original budget
   # (3 epochs x 40 steps).
   comp = saved['compute']
-  assert comp['original_budget_steps'] == 120 and comp['trial_runs'] == 2
+  assert comp['original_budget_steps'] == 120 and comp['trial_runs'] == 3
   assert comp['final_steps'] == 120
   assert comp['trial_steps'] == sum(
       c['trial']['steps'] + c['trial']['lr_finder_steps']

@@ -86,6 +86,7 @@ def model_facts(exp) -> Dict[str, Any]:
       'weighted_layers': len(weighted),
       'frozen_layers': [l.name for l in weighted if not l.trainable_weights],
       'linear_pairs': linear_pairs(layers),
+      'constant_kernels': constant_kernels(weighted),
       'dropout': max(dropout, default=0.0),
       'batch_size': exp.config.batch_size,
       'train_examples': exp.data_info.num_train or (
@@ -93,6 +94,21 @@ def model_facts(exp) -> Dict[str, Any]:
   if rows.shape[-1] < 2:       # one output: a row sum says nothing
     facts['output_row_sum_error'] = float('inf')
   return facts
+
+
+def constant_kernels(weighted) -> List[Dict[str, Any]]:
+  """Weighted layers (index among them, name, value) whose kernel of more
+  than one unit holds one value: every unit starts as every other."""
+  out = []
+  for i, layer in enumerate(weighted):
+    kernel = getattr(layer, 'kernel', None)
+    if kernel is None or len(kernel.shape) < 2 or kernel.shape[-1] < 2:
+      continue
+    k = tf.convert_to_tensor(kernel)
+    low, high = float(tf.reduce_min(k)), float(tf.reduce_max(k))
+    if low == high:
+      out.append({'index': i, 'layer': layer.name, 'value': low})
+  return out
 
 
 def _subclassed(model) -> bool:

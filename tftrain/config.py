@@ -164,6 +164,9 @@ class Config:
       True, 'Log activation statistics (saturated/dead units) on a probe '
       'batch.')
   trace_graph: bool = _field(True, "Write the model's graph for TensorBoard.")
+  export: bool = _field(
+      True, 'Write the trained model as a SavedModel (<workdir>/export) at '
+      'the end; off for sweeps and benchmarks that only read the metrics.')
   profile_steps: Tuple[int, ...] = _field(
       (), 'START,END: a tf.profiler trace of global steps START..END into the '
       "run directory, for TensorBoard's Profile tab (pip install "
@@ -340,7 +343,7 @@ FIELD_TYPES = {f.name: f.type for f in dataclasses.fields(Config)}
 # `epochs` may change unless the schedule spans the run (1cycle).
 RESUME_SAFE_FIELDS = frozenset({
     'log_every_steps', 'histogram_every_steps', 'grad_norms',
-    'activation_stats', 'trace_graph', 'stop_on_error', 'progress',
+    'activation_stats', 'trace_graph', 'export', 'stop_on_error', 'progress',
     'profile_steps', 'eval_batch_size', 'eval_test_every_epoch',
     'mc_dropout_samples', 'steps_per_loop', 'jit_compile', 'strategy',
     'data_dir', 'raw_data_dir', 'overwrite'})

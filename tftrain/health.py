@@ -784,8 +784,33 @@ def _model_findings(run, t) -> List[Finding]:
   return out
 
 
+def _constant_kernel_finding(run) -> List[Finding]:
+  """A constant kernel feeding another constant kernel (model facts, before
+  the first step): each unit of the first gets the same gradient, as the
+  weights it feeds are alike, so they stay alike. (One constant layer
+  before random ones is not trapped: the random weights tell its units'
+  gradients apart, as a zero-initialized output layer's labels do.)"""
+  consts = (run.get('model_facts') or {}).get('constant_kernels') or []
+  at = {c['index'] for c in consts}
+  hit = [c for c in consts if c['index'] + 1 in at]
+  if not hit:
+    return []
+  names = [c['layer'] for c in hit]
+  values = sorted({_fmt(c['value']) for c in hit})
+  return [_finding(
+      'symmetric_units', f'Units start identical: {len(hit)} layers '
+      f'({_compact(names, names)}) have a constant kernel (every weight '
+      f'{" or ".join(values)}) feeding another constant kernel, so their '
+      'units get the same gradient and stay identical (a constant kernel '
+      'initializer).', names, [0, 0], {'layers_hit': len(hit)},
+      f'grad_norm/{names[0]}', severity='error')]
+
+
 def _symmetric_finding(run, t) -> List[Finding]:
   """Layers whose units all compute the same value (symmetric init)."""
+  static = _constant_kernel_finding(run)
+  if static:
+    return static
   records = run.get('activation_stats') or []
   later = records[len(records) // 2:]
   order = list(dict.fromkeys(l for _, s in records for l in s))

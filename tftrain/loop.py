@@ -344,7 +344,7 @@ class _Run:
             self.state, self.best_manager, trainer.model, self.config.monitor,
             self.monitor_sign, self.config.restore_best_weights))
       result.update(experiment.final_metrics(exp, self.eval_ds))
-      if exp.is_chief:
+      if exp.is_chief and self.config.export:
         result['export'] = export.export(
             trainer.model, exp.data_info, exp.workdir,
             None if exp.user_data else self.config.dataset)['dir']

@@ -277,7 +277,9 @@ REMEDIES: Dict[str, Callable[[config_lib.Config, Dict[str, Any]],
     'he_init': _he_init,
     'nonlinear': _nonlinear,
     'lr_div10': _scaled_lr(0.1, '10x lower'),
+    'lr_div100': _scaled_lr(0.01, '100x lower'),
     'lr_x10': _scaled_lr(10.0, '10x higher'),
+    'lr_x100': _scaled_lr(100.0, '100x higher'),
     'lr_finder': _lr_finder,
     'lr_finder_onecycle': _lr_finder_onecycle,
     'adam': _adam,
@@ -295,15 +297,18 @@ KIND_REMEDIES: Dict[str, Tuple[str, ...]] = {
     'unscaled_inputs': ('standardize',),
     'symmetric_units': ('default_init',),
     'vanishing_gradients': ('selu_lecun', 'batch_norm', 'relu_he'),
-    'exploding_gradients': ('lr_div10', 'default_init', 'batch_norm'),
+    # A rate off by one order and one off by two are both tried (the trial
+    # picks): 10x is still 10x too far from a rate 100x off.
+    'exploding_gradients': ('lr_div10', 'lr_div100', 'default_init',
+                            'batch_norm'),
     'saturated_units': ('relu_he', 'selu_lecun', 'batch_norm'),
     # default_init: He for ReLU hidden layers, Glorot for the output (what
     # a healthy model starts from; He on the output too trained 1.2 points
     # below the twins); dropped as a no-op where the model has it already.
     'dead_units': ('default_init', 'leaky_relu_he', 'lr_div10'),
-    'lr_too_high': ('lr_finder', 'lr_div10'),
-    'oscillating_loss': ('lr_div10', 'lr_finder'),
-    'lr_too_low': ('lr_x10', 'lr_finder', 'adam'),
+    'lr_too_high': ('lr_finder', 'lr_div10', 'lr_div100'),
+    'oscillating_loss': ('lr_div10', 'lr_finder', 'lr_div100'),
+    'lr_too_low': ('lr_x10', 'lr_x100', 'lr_finder', 'adam'),
     'too_few_steps': ('smaller_batch',),
     'chance_accuracy': ('lr_finder', 'standardize', 'batch_norm'),
     'labels_unlearnable': (),       # the data: nothing mechanical to try
@@ -312,7 +317,8 @@ KIND_REMEDIES: Dict[str, Tuple[str, ...]] = {
     # A divergence within the first steps at a rate that trains the same
     # model from a sane start is the initialization's (init stddev 3: 10x
     # lower LR still at chance); a no-op where the init is the default.
-    'diverged': ('lr_div10', 'lr_finder_onecycle', 'default_init'),
+    'diverged': ('lr_div10', 'default_init', 'lr_finder_onecycle',
+                 'lr_div100'),
     'overfitting': ('add_dropout',),
     'linear_stack': ('nonlinear',),
     'lr_far_from_finder': ('lr_finder',),
@@ -972,7 +978,8 @@ def search(s: Subject, cands: Sequence[Candidate], root: str
     overrides = trial_budget(s.config, spe, len(cands))
     out['trial_overrides'] = overrides
     for c in cands:
-      row = _train(s, c, os.path.join(root, TRIALS_DIR, c.name), overrides)
+      row = _train(s, c, os.path.join(root, TRIALS_DIR, c.name),
+                   {**overrides, 'export': False})
       row['name'] = c.name
       out['trials'].append(row)
       if row['status'] == 'interrupted':
