@@ -199,21 +199,32 @@ def test_constant_kernels_of_a_model():
   import tensorflow as tf  # pylint: disable=g-import-not-at-top
   from tftrain import checkup  # pylint: disable=g-import-not-at-top
   layers = tf.keras.layers
-  model = tf.keras.Sequential([
-      tf.keras.Input((4,)), layers.Dense(8, kernel_initializer='zeros',
-                                         name='z'),
-      layers.BatchNormalization(name='bn'),
-      layers.Dense(8, kernel_initializer='ones', name='o'),
-      layers.Dense(8, name='r'), layers.Dense(1, kernel_initializer='ones',
-                                              name='one_unit'),
-      layers.Dense(3, kernel_initializer='zeros', name='logits')])
-  weighted = [l for l in checkup.flat_layers(model) if l.weights]
-  assert checkup.constant_kernels(weighted) == [
-      {'index': 0, 'layer': 'z', 'value': 0.0},
-      {'index': 2, 'layer': 'o', 'value': 1.0},
-      {'index': 5, 'layer': 'logits', 'value': 0.0}]
-  run = run_with({'constant_kernels': checkup.constant_kernels(weighted)})
-  # z feeds bn (index 1, not a kernel): nothing is trapped here.
+
+  def kernels(*middle):
+    model = tf.keras.Sequential([
+        tf.keras.Input((4,)), layers.Dense(8, kernel_initializer='zeros',
+                                           name='z'), *middle,
+        layers.Dense(8, kernel_initializer='ones', name='o'),
+        layers.Dense(8, name='r'), layers.Dense(1, kernel_initializer='ones',
+                                                name='one_unit'),
+        layers.Dense(3, kernel_initializer='zeros', name='logits')])
+    weighted = [l for l in checkup.flat_layers(model) if l.weights]
+    return checkup.constant_kernels(weighted)
+
+  # Batch norm as initialized (gamma 1, beta 0) treats every unit alike:
+  # z and o are neighbours, and z is trapped.
+  found = kernels(layers.BatchNormalization(name='bn'))
+  assert found == [{'index': 0, 'layer': 'z', 'value': 0.0},
+                   {'index': 1, 'layer': 'o', 'value': 1.0},
+                   {'index': 4, 'layer': 'logits', 'value': 0.0}]
+  run = run_with({'constant_kernels': found})
+  symmetric = [f for f in health.analyze(run) if f.kind == 'symmetric_units']
+  assert len(symmetric) == 1 and symmetric[0].layers == ['z']
+  # A random gamma tells z's units apart: nothing is trapped.
+  varied = kernels(layers.BatchNormalization(
+      gamma_initializer='random_normal', name='bn'))
+  assert [c['index'] for c in varied] == [0, 2, 5]
+  run = run_with({'constant_kernels': varied})
   assert 'symmetric_units' not in [f.kind for f in health.analyze(run)]
 
 

@@ -12,7 +12,7 @@ heatmap.
 """
 
 import os
-from typing import Any, Dict, List, Optional
+from typing import Any, Dict, List, Optional, Tuple
 
 from absl import logging
 import numpy as np
@@ -96,18 +96,33 @@ def model_facts(exp) -> Dict[str, Any]:
   return facts
 
 
+def _one_value(variable) -> Tuple[bool, float]:
+  v = tf.convert_to_tensor(variable)
+  low, high = float(tf.reduce_min(v)), float(tf.reduce_max(v))
+  return low == high, low
+
+
 def constant_kernels(weighted) -> List[Dict[str, Any]]:
-  """Weighted layers (index among them, name, value) whose kernel of more
-  than one unit holds one value: every unit starts as every other."""
-  out = []
-  for i, layer in enumerate(weighted):
+  """Layers whose kernel of more than one unit holds one value (every unit
+  starts as every other), with their index in the chain of weighted layers.
+
+  A weighted layer without a kernel whose every variable holds one value
+  (batch norm as initialized: gamma 1, beta 0) treats all units alike, so
+  it is left out of the chain: the kernels on either side of it are
+  neighbours. One with varied weights breaks the chain.
+  """
+  out, index = [], 0
+  for layer in weighted:
     kernel = getattr(layer, 'kernel', None)
-    if kernel is None or len(kernel.shape) < 2 or kernel.shape[-1] < 2:
+    if kernel is None:
+      if not all(_one_value(w)[0] for w in layer.weights):
+        index += 1
       continue
-    k = tf.convert_to_tensor(kernel)
-    low, high = float(tf.reduce_min(k)), float(tf.reduce_max(k))
-    if low == high:
-      out.append({'index': i, 'layer': layer.name, 'value': low})
+    if len(kernel.shape) >= 2 and kernel.shape[-1] >= 2:
+      alike, value = _one_value(kernel)
+      if alike:
+        out.append({'index': index, 'layer': layer.name, 'value': value})
+    index += 1
   return out
 
 
