@@ -153,7 +153,10 @@ class TftrainRunner:
                                      writers={summaries.TRAIN: writer})
 
   def run(self, epoch: int, steps: int, logging: bool = True) -> int:
-    it = iter(data.train_batches(self.cached, self.batch, 0, epoch).take(steps))
+    it = data.Feed(self.trainer.strategy,
+                   data.train_batches(self.cached, self.batch, 0, epoch),
+                   steps, self.config.steps_per_loop,
+                   int(self.trainer.optimizer.iterations.numpy()))
     for out, _ in chunks.calls(self.trainer, it, steps,
                                self.config.steps_per_loop,
                                self.logger if logging else None):

@@ -72,10 +72,10 @@ def build(kind, strategy, batch, mixed=False, jit=False, seed=0):
 
 def throughput(ds, kind, batch, steps, repeats, mixed, jit):
   import tensorflow as tf  # pylint: disable=g-import-not-at-top
-  from tftrain import chunks  # pylint: disable=g-import-not-at-top
+  from tftrain import chunks, data  # pylint: disable=g-import-not-at-top
   trainer, logger = build(kind, tf.distribute.get_strategy(), batch, mixed, jit)
   batches = ds.repeat().batch(batch, drop_remainder=True).prefetch(4)
-  it = iter(batches)
+  it = data.Feed(tf.distribute.get_strategy(), batches, 50 + repeats * steps)
   chunks.run_steps(trainer, it, 50, logger)             # warm-up, tracing
   best = 0.0
   for _ in range(repeats):
@@ -89,13 +89,13 @@ def mirrored_matches(ds, kind, batch, steps):
   """Losses and eval metrics: default strategy vs two-device mirrored."""
   import numpy as np  # pylint: disable=g-import-not-at-top
   import tensorflow as tf  # pylint: disable=g-import-not-at-top
-  from tftrain import chunks, distribute  # pylint: disable=g-import-not-at-top
+  from tftrain import chunks, data, distribute  # pylint: disable=g-import-not-at-top
   out = {}
   for name in ('default', 'mirrored'):
     strategy = distribute.create_strategy(name)
     trainer, logger = build(kind, strategy, batch, seed=1)
     train = ds.batch(batch, drop_remainder=True).take(steps)
-    it = iter(strategy.experimental_distribute_dataset(train))
+    it = data.Feed(strategy, train)
     result = chunks.run_steps(trainer, it, steps, logger)
     metrics = trainer.evaluate(strategy.experimental_distribute_dataset(
         ds.batch(batch)))

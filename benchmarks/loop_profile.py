@@ -59,8 +59,9 @@ def tftrain_variant(cached, steps, jit_compile=False):
   trainer = _trainer(jit_compile)
 
   def run(epoch):
-    it = iter(trainer.strategy.experimental_distribute_dataset(
-        _batches(cached, epoch, steps)))
+    it = data.Feed(trainer.strategy, _batches(cached, epoch, steps), steps,
+                   FLAGS.steps_per_loop,
+                   int(trainer.optimizer.iterations.numpy()))
     done = 0
     while done < steps:
       n = min(FLAGS.steps_per_loop, steps - done)

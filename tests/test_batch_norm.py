@@ -10,6 +10,7 @@ import pytest
 import tensorflow as tf
 
 from tests.test_models import dense_layers
+from tftrain import data
 from tftrain import models
 from tftrain import trainer as trainer_lib
 
@@ -84,7 +85,7 @@ def test_evaluation_uses_moving_statistics(placement):
   x = rng.normal(2.0, 3.0, size=(160,) + SHAPE).astype(np.float32)
   y = rng.integers(0, 10, size=160).astype(np.int32)
   batches = tf.data.Dataset.from_tensor_slices((x, y)).batch(16)
-  trainer.train_steps(iter(strategy.experimental_distribute_dataset(batches)), 10)
+  trainer.train_steps(data.Feed(strategy, batches), 10)
 
   bn = model.get_layer('bn_000')
   # Training moved the moving statistics away from their initial 0 / 1.

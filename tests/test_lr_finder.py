@@ -53,8 +53,7 @@ def swept(tiny_mnist_data_dir, tmp_path_factory):
   exp = experiment.build_experiment(small_config(tiny_mnist_data_dir), workdir)
   # Train a little first: non-zero slots and a non-zero step counter.
   batches = data.train_batches(exp.datasets['train'], 20, 1, 0)
-  exp.trainer.train_steps(iter(exp.strategy.experimental_distribute_dataset(
-      batches)), 7)
+  exp.trainer.train_steps(data.Feed(exp.strategy, batches), 7)
   opt = exp.trainer.optimizer
   before = {
       'model': [v.numpy() for v in exp.trainer.model.variables],

@@ -7,6 +7,7 @@ import pytest
 import tensorflow as tf
 
 from tests.test_models import dense_layers
+from tftrain import data
 from tftrain import models
 from tftrain import trainer as trainer_lib
 
@@ -41,9 +42,12 @@ def tape_norms(model, images, labels):
                    for pair in grads])
 
 
-def distributed_iterator(trainer, images, labels):
-  ds = tf.data.Dataset.from_tensor_slices((images, labels)).batch(BATCH)
-  return iter(trainer.strategy.experimental_distribute_dataset(ds))
+def distributed_iterator(trainer, images, labels, steps_per_loop=100):
+  """A `data.Feed` of the arrays' batches, starting at the trainer's step."""
+  ds = tf.data.Dataset.from_tensor_slices((images, labels)).batch(
+      BATCH, drop_remainder=True)
+  return data.Feed(trainer.strategy, ds, None, steps_per_loop,
+                   int(trainer.optimizer.iterations.numpy()))
 
 
 
@@ -104,17 +108,18 @@ def test_observed_and_plain_steps_train_identically():
 
 
 def test_no_summary_op_inside_the_compiled_steps():
-  images, labels = make_data(3 * BATCH)
+  images, labels = make_data(4 * BATCH)
   trainer = make_trainer('relu')
   iterator = distributed_iterator(trainer, images, labels)
   trainer.train_steps(iterator, 1)
   trainer.observed_step(iterator)
   trainer.observed_step(iterator, histograms=True)
-  for fn in (trainer._train_loop, trainer._observed_fns[False],
-             trainer._observed_fns[True]):
-    graphs = [fn.get_concrete_function(iterator, tf.constant(1)).graph
-              if fn is trainer._train_loop
-              else fn.get_concrete_function(iterator).graph]
+  chunk, _, _ = iterator.segment(1)
+  loop = trainer._train_loops[iterator.chunk_steps]
+  for fn in (loop, trainer._observed_fns[False], trainer._observed_fns[True]):
+    args = ((chunk, tf.constant(0), tf.constant(1)) if fn is loop
+            else (chunk, tf.constant(0)))
+    graphs = [fn.get_concrete_function(*args).graph]
     ops = set()
     for graph in graphs:
       ops |= {op.type for op in graph.get_operations()}

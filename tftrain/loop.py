@@ -254,7 +254,9 @@ class _Run:
     step_in_epoch = int(state['step_in_epoch'].numpy())
     batches = data.train_batches(exp.datasets['train'], config.batch_size,
                                  config.seed, epoch).skip(step_in_epoch)
-    iterator = iter(exp.strategy.experimental_distribute_dataset(batches))
+    iterator = data.Feed(exp.strategy, batches,
+                         exp.steps_per_epoch - step_in_epoch,
+                         config.steps_per_loop, self.step)
     stats = {'sums': state['epoch_sums'].numpy().copy(), 'start': time.time(),
              'train_seconds': 0.0, 'examples': 0.0}
     self.progress.start_epoch(epoch, step_in_epoch)

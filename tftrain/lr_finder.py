@@ -401,7 +401,8 @@ def _sweep_losses(exp, schedule, num_steps: int, beta: float, should_stop):
   offset = int(trainer.optimizer.iterations.numpy())
   batches = data.train_batches(exp.datasets['train'], config.batch_size,
                                config.seed, epoch=0)
-  iterator = iter(exp.strategy.experimental_distribute_dataset(batches))
+  iterator = data.Feed(exp.strategy, batches, num_steps, config.steps_per_loop,
+                       offset)
   # Calls of at most 25 steps and at most 2x LR growth: the stop check runs
   # between calls, and a non-finite loss loses the failing call's losses.
   chunk = max(1, min(config.steps_per_loop, 25,

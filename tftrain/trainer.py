@@ -1,20 +1,23 @@
 """Trainer: owns model, optimizer and the compiled train/eval steps.
 
 The step measures; the host writes. Two compiled functions train:
-  * `train_steps(iterator, n)`: an in-graph loop of n plain steps that only
+  * `train_steps(feed, n)`: an in-graph loop of n plain steps that only
     trains and returns loss sums and per-step losses, stopping at the first
     non-finite loss. No summary writer, no logging interval, no `tf.cond`.
     A non-finite gradient in any variable makes that variable non-finite, so
     the next step's loss is non-finite and the loop stops there (one step
     later; a global gradient norm on every step measured ~10% slower on the
     MLP at batch 32). Observed steps check the global gradient norm too.
-  * `observed_step(iterator)`: one training step that also measures, for each
+  * `observed_step(feed)`: one training step that also measures, for each
     layer with trainable weights, the gradient norm (all its trainable
     variables together, unscaled under mixed precision), the weight norm and
     the update-to-weight ratio ||dW|| / ||W||, and (when asked) returns the
     gradients and weights for histograms.
-The host loop (`chunks.run_steps`) decides which steps are observed and
-writes the summaries from what these return. Both are strategy-agnostic
+Both take their batches from a `data.Feed`: chunks of batches already on the
+device, indexed inside the loop (no input iterator call per step; with
+`jit_compile` and one replica XLA compiles the whole loop). The host loop
+(`chunks.run_steps`) decides which steps are observed and writes the
+summaries from what these return. Both are strategy-agnostic
 (`strategy.run`, loss scaled by the global batch) and XLA-safe.
 """
 
@@ -128,7 +131,7 @@ class Trainer:
     # (`_fused_measurements`) instead of a reduction per variable and layer.
     # Off: measured no cheaper (benchmarks.grad_logging, BUILD.md round 4).
     self.fused_norms = False
-    self._train_loop = None
+    self._train_loops = {}      # per chunk length (data.Feed)
     self._observed_fns = {}
     self._eval_fns = {}
 
@@ -219,21 +222,33 @@ class Trainer:
             'weight_norms': weight_norms,
             'update_ratios': update_norms / tf.maximum(weight_norms, 1e-30)}
 
-  def _make_train_loop(self):
+  def _batch_of(self, chunk, j):
+    """Batch `j` of a replica's part of a `data.Feed` chunk."""
+    if self.strategy.num_replicas_in_sync == 1:
+      return tf.nest.map_structure(lambda t: t[j], chunk)
+    return tf.nest.map_structure(lambda t: t[:, j], chunk)
+
+  def _make_train_loop(self, chunk_steps: int):
+    # One replica with --jit_compile: XLA compiles the whole loop (the
+    # batches are a tensor, not an iterator); several: the step (a while loop
+    # around strategy.run cannot be one XLA cluster).
+    whole = self.jit_compile and self.strategy.num_replicas_in_sync == 1
     step_fn = self._plain_replica_step
-    if self.jit_compile:
+    if self.jit_compile and not whole:
       step_fn = tf.function(step_fn, jit_compile=True)
     strategy = self.strategy
+
+    def replica_step(chunk, j):
+      return step_fn(self._batch_of(chunk, j))
 
     def reduce_sum(x):
       return strategy.reduce(tf.distribute.ReduceOp.SUM, x, axis=None)
 
-    @tf.function
-    def train_loop(iterator, num_steps):
+    def train_loop(chunk, start, num_steps):
       # A plain while loop whose condition holds the non-finite stop: no
       # `break` (autograph would guard the body with a cond on every step).
       def body(i, sums, losses, finite):
-        loss, stats = strategy.run(step_fn, args=(next(iterator),))
+        loss, stats = strategy.run(replica_step, args=(chunk, start + i))
         loss = reduce_sum(loss)
         return (i + 1, sums + reduce_sum(stats), losses.write(i, loss),
                 tf.math.is_finite(loss))
@@ -244,13 +259,13 @@ class Trainer:
 
       steps_run, sums, losses, finite = tf.while_loop(
           cond, body, (tf.constant(0), tf.zeros([3]),
-                       tf.TensorArray(tf.float32, size=num_steps),
+                       tf.TensorArray(tf.float32, size=chunk_steps),
                        tf.constant(True)))
-      losses = losses.stack()[:steps_run]
+      losses = losses.stack()      # static [chunk_steps]: the host slices
       return {'sums': sums, 'finite': finite,
               'bad_loss': losses[tf.maximum(steps_run - 1, 0)],
               'steps_run': steps_run, 'losses': losses}
-    return train_loop
+    return tf.function(train_loop, jit_compile=whole)
 
   def _make_observed_step(self, histograms: bool):
     step_fn = functools.partial(self._observed_replica_step,
@@ -259,9 +274,12 @@ class Trainer:
       step_fn = tf.function(step_fn, jit_compile=True)
     strategy = self.strategy
 
+    def replica_step(chunk, j):
+      return step_fn(self._batch_of(chunk, j))
+
     @tf.function
-    def observed_step(iterator):
-      out = strategy.run(step_fn, args=(next(iterator),))
+    def observed_step(chunk, j):
+      out = strategy.run(replica_step, args=(chunk, j))
       first = strategy.experimental_local_results
       result = {k: first(v)[0] for k, v in out.items()
                 if k not in ('loss', 'stats')}
@@ -276,8 +294,19 @@ class Trainer:
     raise errors.NonFiniteError(int(self.optimizer.iterations.numpy()),
                                 float(loss))
 
-  def train_steps(self, iterator, num_steps: int) -> Dict[str, np.ndarray]:
-    """Runs `num_steps` plain steps from `iterator` (a distributed iterator).
+  @staticmethod
+  def _segment(feed, num_steps: int):
+    try:
+      return feed.segment(num_steps)
+    except StopIteration:
+      raise tf.errors.OutOfRangeError(
+          None, None, f'the training feed ran out after {feed.consumed} '
+          'batches') from None
+
+  def train_steps(self, feed, num_steps: int) -> Dict[str, np.ndarray]:
+    """Runs `num_steps` plain steps from `feed` (a `data.Feed`): one
+    compiled call per chunk it touches (one, when the call ends on a
+    `steps_per_loop` multiple).
 
     Returns:
       dict with 'loss_sum', 'correct', 'count' (sums over the steps),
@@ -286,18 +315,31 @@ class Trainer:
     Raises:
       errors.NonFiniteError: at the first non-finite loss or gradient.
     """
-    if self._train_loop is None:
-      self._train_loop = self._make_train_loop()
-    out = self._train_loop(iterator, tf.constant(num_steps, tf.int32))
-    out = tf.nest.map_structure(lambda t: t.numpy(), out)
-    if not out['finite']:
-      self._raise_if_non_finite(out['bad_loss'])
-    loss_sum, correct, count = out['sums']
+    sums, losses, done = np.zeros([3]), [], 0
+    while done < num_steps:
+      chunk, start, n = self._segment(feed, num_steps - done)
+      loop = self._train_loops.get(feed.chunk_steps)
+      if loop is None:
+        loop = self._train_loops[feed.chunk_steps] = self._make_train_loop(
+            feed.chunk_steps)
+      out = loop(chunk, tf.constant(start, tf.int32),
+                 tf.constant(n, tf.int32))
+      out = tf.nest.map_structure(lambda t: t.numpy(), out)
+      steps_run = int(out['steps_run'])
+      feed.advance(steps_run)
+      sums += out['sums']
+      losses.append(out['losses'][:steps_run])
+      done += steps_run
+      if not out['finite']:
+        self._raise_if_non_finite(out['bad_loss'])
+    loss_sum, correct, count = sums
     return {'loss_sum': float(loss_sum), 'correct': float(correct),
-            'count': float(count), 'losses': out['losses'],
-            'steps_run': int(out['steps_run'])}
+            'count': float(count),
+            'losses': (np.concatenate(losses) if losses
+                       else np.zeros([0], np.float32)),
+            'steps_run': done}
 
-  def observed_step(self, iterator, histograms: bool = False,
+  def observed_step(self, feed, histograms: bool = False,
                     compiled_with_histograms: bool = False
                     ) -> Dict[str, np.ndarray]:
     """One training step that also measures each weighted layer.
@@ -320,7 +362,9 @@ class Trainer:
     variant = histograms or bool(compiled_with_histograms)
     if variant not in self._observed_fns:
       self._observed_fns[variant] = self._make_observed_step(variant)
-    raw = self._observed_fns[variant](iterator)
+    chunk, start, _ = self._segment(feed, 1)
+    raw = self._observed_fns[variant](chunk, tf.constant(start, tf.int32))
+    feed.advance(1)
     if not histograms:
       raw = {k: v for k, v in raw.items() if k not in ('grads', 'weights')}
     out = tf.nest.map_structure(lambda t: t.numpy(), raw)
@@ -341,9 +385,8 @@ class Trainer:
   def trace_count(self) -> int:
     """How many times the compiled train/observed steps were traced so far
     (a call that traced spent most of its time compiling)."""
-    fns = [self._train_loop, *self._observed_fns.values()]
-    return sum(f.experimental_get_tracing_count() for f in fns
-               if f is not None)
+    fns = [*self._train_loops.values(), *self._observed_fns.values()]
+    return sum(f.experimental_get_tracing_count() for f in fns)
 
   @property
   def learning_rate_schedule(self):
@@ -353,7 +396,7 @@ class Trainer:
   def set_learning_rate(self, schedule) -> None:
     """The one place the LR changes: swaps the schedule, drops compiled steps."""
     self._inner_optimizer.learning_rate = schedule
-    self._train_loop = None
+    self._train_loops = {}
     self._observed_fns = {}
 
   def learning_rate_at(self, step: int) -> float:
