@@ -164,6 +164,31 @@ def test_a_diverged_user_model_with_a_wild_init_gets_the_default_init():
                                      'lr_div100']
 
 
+def test_the_reports_warnings_fill_the_candidates_the_errors_leave():
+  relu = config_lib.Config(model='deep_mlp', depth=20, learning_rate=1.0)
+  info = repair.describe_model(relu)
+  errors = [finding('dead_units'), finding('chance_accuracy')]
+  report = errors + [finding('exploding_gradients', 'warning')]
+  alone = repair.candidates(errors, relu, info)
+  assert names(alone) == ['leaky_relu_he', 'lr_div10']
+  got = repair.with_context(alone, errors, report, relu, info)
+  # The errors' candidates first, then the warning's new ones, up to 4.
+  assert names(got)[:2] == ['leaky_relu_he', 'lr_div10']
+  assert names(got)[2:4] == ['lr_div100', 'batch_norm']
+  assert 'exploding_gradients' in got[2].kinds
+  # Errors that are only symptoms: the warnings' causes come first.
+  symptom = [finding('chance_accuracy')]
+  got = repair.with_context(
+      repair.candidates(symptom, relu, info), symptom,
+      symptom + [finding('lr_too_high', 'warning')], relu, info)
+  assert names(got)[:3] == ['lr_finder', 'lr_div10', 'lr_div100']
+  # Four from the errors already, or no other finding: unchanged.
+  full = repair.candidates([finding('lr_too_low')], relu, info)
+  assert repair.with_context(full, [finding('lr_too_low')], report, relu,
+                             info) == full
+  assert repair.with_context(alone, errors, errors, relu, info) == alone
+
+
 def test_no_op_remedies_are_left_out():
   # A ReLU/He model: he_init and relu_he change nothing.
   got = repair.candidates([finding('dead_units'),
@@ -346,7 +371,14 @@ def test_tiny_repair_end_to_end(tmp_path, monkeypatch):
   assert saved['status'] == rep['status'] == 'repaired'
   assert [f['kind'] for f in saved['findings']] == ['diverged']
   tried = [c['name'] for c in saved['candidates']]
-  assert tried == ['lr_div10', 'lr_finder_onecycle', 'lr_div100']
+  assert tried[:3] == ['lr_div10', 'lr_finder_onecycle', 'lr_div100']
+  # The rest come from the report's warnings (with_context).
+  with open(os.path.join(workdir, 'health.json')) as f:
+    warnings = {f['kind'] for f in json.load(f)['findings']
+                if f['severity'] == 'warning'}
+  for c in saved['candidates'][3:]:
+    assert set(c['kinds']) & warnings, (c, warnings)
+  assert len(tried) <= repair.MAX_CANDIDATES
   for name in tried:
     assert name in markdown
     assert os.path.exists(os.path.join(workdir, 'repair', 'trials', name,
@@ -367,7 +399,8 @@ def test_tiny_repair_end_to_end(tmp_path, monkeypatch):
   # Compute: every trial's steps and the final's, over the original budget
   # (3 epochs x 40 steps).
   comp = saved['compute']
-  assert comp['original_budget_steps'] == 120 and comp['trial_runs'] == 3
+  assert comp['original_budget_steps'] == 120
+  assert comp['trial_runs'] == len(tried)
   assert comp['final_steps'] == 120
   assert comp['trial_steps'] == sum(
       c['trial']['steps'] + c['trial']['lr_finder_steps']

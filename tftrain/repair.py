@@ -480,6 +480,29 @@ def candidates(findings: Sequence[Any], config: config_lib.Config,
   return out
 
 
+def with_context(cands: List[Candidate], findings: Sequence[Any],
+                 report: Sequence[Any], config: config_lib.Config,
+                 model_info: Dict[str, Any]) -> List[Candidate]:
+  """`cands` (from the findings acted on) filled up to `MAX_CANDIDATES` from
+  the report's other findings (its warnings, under `--repair=errors`):
+  a net at chance whose gradients explode, or whose units died at 100x the
+  learning rate, gets the remedies of that evidence too. When the acted-on
+  findings are only symptoms (`FALLBACK_KINDS`), the causes' remedies come
+  first."""
+  acted = {f['kind'] for f in findings}
+  context = [f for f in (_as_dict(f) for f in report)
+             if f['kind'] not in acted]
+  if len(cands) >= MAX_CANDIDATES or not context:
+    return cands
+  every = candidates(list(findings) + context, config, model_info)
+  if all(k in FALLBACK_KINDS for k in acted):
+    first, then = every, cands
+  else:
+    first, then = cands, every
+  names = {c.name for c in first}
+  return first + [c for c in then if c.name not in names]
+
+
 def all_candidates(config: config_lib.Config,
                    model_info: Dict[str, Any]) -> List[Candidate]:
   """Every remedy of every finding kind that applies to this model (the
@@ -1267,7 +1290,8 @@ def repair(config: config_lib.Config, workdir: str,
     findings = [f for f in _findings_of(workdir)
                 if f['severity'] in SEVERITIES[mode]]
   findings = [_as_dict(f) for f in findings]
-  cands = candidates(findings, config, s.info)
+  cands = with_context(candidates(findings, config, s.info), findings,
+                       _findings_of(workdir), config, s.info)
   tried, rest = cands[:MAX_CANDIDATES], cands[MAX_CANDIDATES:]
   searched = search(s, tried, os.path.join(workdir, REPAIR_DIR))
   rep = _report(mode, workdir, findings, s.info, tried, rest, searched)
