@@ -1,19 +1,24 @@
-"""GPU check: precision/XLA throughput and MirroredStrategy equality.
+"""GPU check: precision/XLA throughput against `fit`, and MirroredStrategy.
 
 On one GPU (well under 8 minutes on an H200):
   1. throughput of the tftrain loop (defaults: logging on) for the MLP 300-100
-     at batch 256 and the 100 x Dense(100) model at batch 128, in float32,
-     `mixed_float16` and float32 + XLA (`jit_compile`), best of N;
-  2. MirroredStrategy over the GPU split into two logical GPUs against the
-     single device: the same model, data and global batch must give the same
-     losses and final metrics (up to float summation order).
-Data are generated arrays (MNIST-shaped, labels learnable from the pixels),
-so the check needs no dataset on the GPU machine.
+     at batch 256, the 100 x Dense(100) model at batch 128 and the CNN
+     (CIFAR-10-shaped) at batch 256, in float32, `mixed_float16` and
+     float32 + XLA (`jit_compile`), beside Keras `fit` at its best
+     (`steps_per_execution=50` + `jit_compile`, float32), best of N;
+  2. MirroredStrategy over every visible device (the GPU split into two
+     logical GPUs): its MLP throughput, and against the single device the
+     same model, data and global batch must give the same losses and final
+     metrics (up to float summation order).
+Data are generated arrays (MNIST- or CIFAR-shaped, labels learnable from the
+pixels), so the check needs no dataset on the GPU machine.
 
   python -m benchmarks.gpu_check            # on a GPU machine
   python -m benchmarks.gpu_check --tiny     # CPU, seconds (used by the tests)
 
-Exits 1 if no GPU is found (unless --tiny) or if the mirrored run differs.
+On a fresh GPU machine: `pip install -e '.[gpu]'` (TensorFlow's CUDA wheels)
+first. Exits 1 if no GPU is found (unless --tiny) or if the mirrored run
+differs.
 """
 
 import sys
@@ -40,28 +45,35 @@ def split_devices(tiny: bool) -> str:
   return 'CPU'
 
 
-def make_data(n, seed=0):
+def make_data(n, seed=0, shape=(28, 28, 1)):
   import numpy as np  # pylint: disable=g-import-not-at-top
   import tensorflow as tf  # pylint: disable=g-import-not-at-top
   rng = np.random.default_rng(seed)
   labels = rng.integers(0, 10, n).astype(np.int32)
-  images = rng.uniform(0, 0.5, (n, 28, 28, 1)).astype(np.float32)
+  images = rng.uniform(0, 0.5, (n,) + tuple(shape)).astype(np.float32)
   images[np.arange(n), labels, :4, 0] += 0.5       # a learnable pattern
   return tf.data.Dataset.from_tensor_slices((images, labels)).cache()
 
 
-def build(kind, strategy, batch, mixed=False, jit=False, seed=0):
+def model_and_optimizer(kind, seed=0, tiny=False):
   import tensorflow as tf  # pylint: disable=g-import-not-at-top
-  from tftrain import models, summaries, trainer as trainer_lib  # pylint: disable=g-import-not-at-top
+  from tftrain import models  # pylint: disable=g-import-not-at-top
+  if kind == 'mlp':
+    return models.mlp(seed=seed), tf.keras.optimizers.SGD(0.1)
+  if kind == 'cnn':
+    return (models.cnn(filters=(4, 8) if tiny else (16, 32, 64), seed=seed),
+            tf.keras.optimizers.Nadam(5e-4))
+  return (models.deep_mlp(depth=kind, width=100, seed=seed),
+          tf.keras.optimizers.Nadam(1e-4))
+
+
+def build(kind, strategy, batch, mixed=False, jit=False, seed=0, tiny=False):
+  import tensorflow as tf  # pylint: disable=g-import-not-at-top
+  from tftrain import summaries, trainer as trainer_lib  # pylint: disable=g-import-not-at-top
   tf.keras.mixed_precision.set_global_policy(
       'mixed_float16' if mixed else 'float32')
   with strategy.scope():
-    if kind == 'mlp':
-      model = models.mlp(seed=seed)
-      opt = tf.keras.optimizers.SGD(0.1)
-    else:
-      model = models.deep_mlp(depth=kind, width=100, seed=seed)
-      opt = tf.keras.optimizers.Nadam(1e-4)
+    model, opt = model_and_optimizer(kind, seed, tiny)
     if mixed:
       opt = tf.keras.mixed_precision.LossScaleOptimizer(opt)
     trainer = trainer_lib.Trainer(model, opt, strategy, batch, jit_compile=jit)
@@ -70,17 +82,36 @@ def build(kind, strategy, batch, mixed=False, jit=False, seed=0):
   return trainer, logger
 
 
-def throughput(ds, kind, batch, steps, repeats, mixed, jit):
+def throughput(ds, kind, batch, steps, repeats, mixed, jit, strategy=None,
+               tiny=False):
   import tensorflow as tf  # pylint: disable=g-import-not-at-top
   from tftrain import chunks, data  # pylint: disable=g-import-not-at-top
-  trainer, logger = build(kind, tf.distribute.get_strategy(), batch, mixed, jit)
+  strategy = strategy or tf.distribute.get_strategy()
+  trainer, logger = build(kind, strategy, batch, mixed, jit, tiny=tiny)
   batches = ds.repeat().batch(batch, drop_remainder=True).prefetch(4)
-  it = data.Feed(tf.distribute.get_strategy(), batches, 50 + repeats * steps)
+  it = data.Feed(strategy, batches, 50 + repeats * steps)
   chunks.run_steps(trainer, it, 50, logger)             # warm-up, tracing
   best = 0.0
   for _ in range(repeats):
     start = time.perf_counter()
     chunks.run_steps(trainer, it, steps, logger)
+    best = max(best, steps * batch / (time.perf_counter() - start))
+  return best
+
+
+def fit_best(ds, kind, batch, steps, repeats, tiny=False):
+  """Keras `fit` at its best (steps_per_execution=50 + jit_compile)."""
+  import tensorflow as tf  # pylint: disable=g-import-not-at-top
+  model, opt = model_and_optimizer(kind, tiny=tiny)
+  model.compile(optimizer=opt, loss=tf.keras.losses.SparseCategoricalCrossentropy(
+      from_logits=True), metrics=['accuracy'], steps_per_execution=50,
+                jit_compile=True)
+  batches = ds.repeat().batch(batch, drop_remainder=True).prefetch(4)
+  model.fit(batches, steps_per_epoch=50, epochs=1, verbose=0)   # warm-up
+  best = 0.0
+  for _ in range(repeats):
+    start = time.perf_counter()
+    model.fit(batches, steps_per_epoch=steps, epochs=1, verbose=0)
     best = max(best, steps * batch / (time.perf_counter() - start))
   return best
 
@@ -116,18 +147,30 @@ def main(argv):
     return 1
   tiny = FLAGS.tiny
   ds = make_data(1280 if tiny else 60000)
-  cases = [('mlp', 64 if tiny else 256, 20 if tiny else 400),
-           (3 if tiny else 100, 32 if tiny else 128, 20 if tiny else 200)]
+  cifar = make_data(640 if tiny else 20000, shape=(32, 32, 3))
+  cases = [('mlp', ds, 64 if tiny else 256, 20 if tiny else 400),
+           (3 if tiny else 100, ds, 32 if tiny else 128, 20 if tiny else 200),
+           ('cnn', cifar, 32 if tiny else 256, 10 if tiny else 100)]
   print(f'gpu_check on {device}: {tf.config.list_logical_devices(device)}, '
         f'TF {tf.__version__}')
-  print('| model | batch | float32 ex/s | mixed_float16 ex/s | float32 + XLA ex/s |')
-  print('|---|---|---|---|---|')
-  for kind, batch, steps in cases:
-    speeds = [throughput(ds, kind, batch, steps, FLAGS.repeats, mixed, jit)
+  print('| model | batch | float32 ex/s | mixed_float16 ex/s | '
+        'float32 + XLA ex/s | fit best ex/s | best tftrain / fit best |')
+  print('|---|---|---|---|---|---|---|')
+  for kind, data_, batch, steps in cases:
+    speeds = [throughput(data_, kind, batch, steps, FLAGS.repeats, mixed, jit,
+                         tiny=tiny)
               for mixed, jit in ((False, False), (True, False), (False, True))]
-    name = 'MLP 300-100' if kind == 'mlp' else f'{kind} x Dense(100)'
+    fit = fit_best(data_, kind, batch, steps, FLAGS.repeats, tiny)
+    name = {'mlp': 'MLP 300-100', 'cnn': 'CNN'}.get(kind,
+                                                    f'{kind} x Dense(100)')
     print(f'| {name} | {batch} | ' + ' | '.join(f'{s:,.0f}' for s in speeds)
-          + ' |')
+          + f' | {fit:,.0f} | {max(speeds) / fit:.2f} |')
+  mirrored = tf.distribute.MirroredStrategy(
+      [d.name for d in tf.config.list_logical_devices(device)])
+  speed = throughput(ds, 'mlp', 64 if tiny else 256, 20 if tiny else 400,
+                     FLAGS.repeats, False, False, strategy=mirrored)
+  print(f'MLP 300-100 float32, MirroredStrategy over '
+        f'{mirrored.num_replicas_in_sync} {device}s: {speed:,.0f} ex/s')
   same, replicas, max_diff, m1, m2 = mirrored_matches(
       ds, 'mlp', 64, 20 if tiny else 200)
   print(f'mirrored over {replicas} logical {device}s vs one device: '
