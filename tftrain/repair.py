@@ -305,7 +305,7 @@ KIND_REMEDIES: Dict[str, Tuple[str, ...]] = {
     # default_init: He for ReLU hidden layers, Glorot for the output (what
     # a healthy model starts from; He on the output too trained 1.2 points
     # below the twins); dropped as a no-op where the model has it already.
-    'dead_units': ('default_init', 'leaky_relu_he', 'lr_div10'),
+    'dead_units': ('default_init', 'leaky_relu_he', 'lr_div10', 'lr_div100'),
     'lr_too_high': ('lr_finder', 'lr_div10', 'lr_div100'),
     'oscillating_loss': ('lr_div10', 'lr_finder', 'lr_div100'),
     'lr_too_low': ('lr_x10', 'lr_x100', 'lr_finder', 'adam'),
