@@ -223,10 +223,11 @@ class Trainer:
             'update_ratios': update_norms / tf.maximum(weight_norms, 1e-30)}
 
   def _batch_of(self, chunk, j):
-    """Batch `j` of a replica's part of a `data.Feed` chunk."""
-    if self.strategy.num_replicas_in_sync == 1:
-      return tf.nest.map_structure(lambda t: t[j], chunk)
-    return tf.nest.map_structure(lambda t: t[:, j], chunk)
+    """Batch `j` of a replica's part of a `data.Feed` chunk. A gather, not
+    `t[j]`: XLA takes a strided slice's begin as a compile-time constant, so
+    the whole-loop XLA cluster recompiled for every new start index."""
+    axis = 0 if self.strategy.num_replicas_in_sync == 1 else 1
+    return tf.nest.map_structure(lambda t: tf.gather(t, j, axis=axis), chunk)
 
   def _make_train_loop(self, chunk_steps: int):
     # One replica with --jit_compile: XLA compiles the whole loop (the
