@@ -1,6 +1,6 @@
 """Diagnosis benchmark: broken training runs, their healthy twins, and scores.
 
-  python -m benchmarks.diagnosis            # the whole suite (~30 min, 2 cores)
+  python -m benchmarks.diagnosis            # the whole suite (24 min on a 2-core Intel Xeon)
   python -m benchmarks.diagnosis --quick    # a few cases (the slow test)
   python -m benchmarks.diagnosis --only=mlp/softmax_output,mlp/unscaled
   python -m benchmarks.diagnosis --repair   # also repair each broken case
