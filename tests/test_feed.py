@@ -63,13 +63,16 @@ def test_feed_uses_only_the_steps_asked_for():
 
 def test_chunk_length_divides_steps_per_loop_and_fits_the_byte_cap(
     monkeypatch):
-  batches = numbered_batches(4, batch=8, shape=(1000,))   # ~32 KB a batch
+  batches = numbered_batches(20, batch=8, shape=(1000,))  # ~32 KB a batch
   monkeypatch.setattr(data, 'CHUNK_BYTES', 200_000)
   assert data.Feed(tf.distribute.get_strategy(), batches, None,
                    steps_per_loop=12).chunk_steps == 6     # not 7: divides 12
   unknown = batches.unbatch().batch(8)                      # batch dim None
   assert data.Feed(tf.distribute.get_strategy(), unknown, 4,
                    steps_per_loop=12).chunk_steps == 1
+  # A stream shorter than a chunk: the largest divisor that fits it.
+  assert data.Feed(tf.distribute.get_strategy(), batches, 5,
+                   steps_per_loop=12).chunk_steps == 4
 
 
 def test_one_compiled_call_per_call_on_the_grid():

@@ -360,17 +360,19 @@ def train_batches(cached: tf.data.Dataset, batch_size: int, seed: int,
 CHUNK_BYTES = 64 << 20
 
 
-def _chunk_steps(spec, steps_per_loop: int) -> int:
+def _chunk_steps(spec, steps_per_loop: int, steps: int) -> int:
   """Batches per chunk: the largest divisor of `steps_per_loop` whose chunk
-  fits in CHUNK_BYTES (so chunks end where the compiled calls end); 1 when a
-  batch's shape is not static (its chunks cannot be padded)."""
+  fits in CHUNK_BYTES and is no longer than the stream's `steps` (so chunks
+  end where the compiled calls end, and a short run is not padded with up
+  to `steps_per_loop` zero batches); 1 when a batch's shape is not static
+  (its chunks cannot be padded)."""
   specs = tf.nest.flatten(spec)
   if not all(s.shape.is_fully_defined() for s in specs):
     return 1
   batch_bytes = sum(s.shape.num_elements() * s.dtype.size for s in specs)
   fits = max(1, CHUNK_BYTES // max(batch_bytes, 1))
   return max(d for d in range(1, steps_per_loop + 1)
-             if steps_per_loop % d == 0 and d <= fits)
+             if steps_per_loop % d == 0 and d <= fits and d <= max(steps, 1))
 
 
 class Feed:
@@ -413,7 +415,8 @@ class Feed:
     elif known >= 0:
       steps = min(steps, known)
     self.steps = int(steps)
-    self.chunk_steps = k = _chunk_steps(batches.element_spec, steps_per_loop)
+    self.chunk_steps = k = _chunk_steps(batches.element_spec, steps_per_loop,
+                                        self.steps)
     self.axis = 0 if strategy.num_replicas_in_sync == 1 else 1
     self._front = int(start_step) % k
     back = (-(self._front + self.steps)) % k
