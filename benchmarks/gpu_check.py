@@ -84,13 +84,15 @@ def build(kind, strategy, batch, mixed=False, jit=False, seed=0, tiny=False):
 
 def throughput(ds, kind, batch, steps, repeats, mixed, jit, strategy=None,
                tiny=False):
+  """Best examples/s over `repeats` timed runs of `steps` after a warm-up."""
   import tensorflow as tf  # pylint: disable=g-import-not-at-top
   from tftrain import chunks, data  # pylint: disable=g-import-not-at-top
   strategy = strategy or tf.distribute.get_strategy()
   trainer, logger = build(kind, strategy, batch, mixed, jit, tiny=tiny)
   batches = ds.repeat().batch(batch, drop_remainder=True).prefetch(4)
-  it = data.Feed(strategy, batches, 50 + repeats * steps)
-  chunks.run_steps(trainer, it, 50, logger)             # warm-up, tracing
+  warm = 3 if tiny else 50    # tiny: float16 matmuls on CPU run ~100 ex/s
+  it = data.Feed(strategy, batches, warm + repeats * steps)
+  chunks.run_steps(trainer, it, warm, logger)           # warm-up, tracing
   best = 0.0
   for _ in range(repeats):
     start = time.perf_counter()
@@ -104,10 +106,11 @@ def fit_best(ds, kind, batch, steps, repeats, tiny=False):
   import tensorflow as tf  # pylint: disable=g-import-not-at-top
   model, opt = model_and_optimizer(kind, tiny=tiny)
   model.compile(optimizer=opt, loss=tf.keras.losses.SparseCategoricalCrossentropy(
-      from_logits=True), metrics=['accuracy'], steps_per_execution=50,
+      from_logits=True), metrics=['accuracy'],
+                steps_per_execution=min(50, steps),
                 jit_compile=True)
   batches = ds.repeat().batch(batch, drop_remainder=True).prefetch(4)
-  model.fit(batches, steps_per_epoch=50, epochs=1, verbose=0)   # warm-up
+  model.fit(batches, steps_per_epoch=steps, epochs=1, verbose=0)   # warm-up
   best = 0.0
   for _ in range(repeats):
     start = time.perf_counter()
@@ -148,9 +151,9 @@ def main(argv):
   tiny = FLAGS.tiny
   ds = make_data(1280 if tiny else 60000)
   cifar = make_data(640 if tiny else 20000, shape=(32, 32, 3))
-  cases = [('mlp', ds, 64 if tiny else 256, 20 if tiny else 400),
-           (3 if tiny else 100, ds, 32 if tiny else 128, 20 if tiny else 200),
-           ('cnn', cifar, 32 if tiny else 256, 10 if tiny else 100)]
+  cases = [('mlp', ds, 64 if tiny else 256, 5 if tiny else 400),
+           (3 if tiny else 100, ds, 32 if tiny else 128, 5 if tiny else 200),
+           ('cnn', cifar, 32 if tiny else 256, 5 if tiny else 100)]
   print(f'gpu_check on {device}: {tf.config.list_logical_devices(device)}, '
         f'TF {tf.__version__}')
   print('| model | batch | float32 ex/s | mixed_float16 ex/s | '
