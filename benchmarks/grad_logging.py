@@ -15,7 +15,7 @@ Models: `launch.deep`'s 100 x Dense(100) SELU (Nadam) and the MLP 300-100
 
   python -m benchmarks.grad_logging [--repeats=7 --steps=1000]
 
-Targets: defaults cost <= 3% on the 100-layer model and <= 2% on the MLP
+Targets: defaults cost <= 3% on the 100-layer model and <= 1% on the MLP
 (best of N against best of N; medians shown too).
 """
 
@@ -36,7 +36,7 @@ flags.DEFINE_integer('repeats', 7, 'Repetitions per variant.')
 flags.DEFINE_list('models', ['deep', 'mlp'], 'Models: deep, mlp.')
 flags.DEFINE_bool('every_step', True, 'Also time logging at every step.')
 
-TARGETS = {'deep': 0.03, 'mlp': 0.02}
+TARGETS = {'deep': 0.03, 'mlp': 0.01}   # issue 25
 
 
 # The launchers' defaults: launch.deep logs histograms and probes every 500

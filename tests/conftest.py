@@ -328,15 +328,63 @@ def free_ports(n):
   return ports
 
 
+MODULE_SECONDS = os.path.join(os.path.dirname(os.path.abspath(__file__)),
+                              'module_seconds.json')
+
+
+def pytest_addoption(parser):
+  parser.addoption(
+      '--write-module-seconds', action='store_true',
+      help=f'write each test module\'s measured seconds to {MODULE_SECONDS} '
+           '(the order the modules are handed to the xdist workers)')
+
+
+def _module_seconds() -> Dict[str, float]:
+  try:
+    with open(MODULE_SECONDS) as f:
+      return json.load(f)
+  except (OSError, ValueError):
+    return {}
+
+
 def pytest_collection_modifyitems(items):
-  """The modules with the most `slow` tests first (xdist's loadscope hands
-  modules out in this order: the longest ones start first, so neither
-  worker ends alone on a long module); the order inside a module is kept."""
-  slow = {}
+  """The longest modules first (xdist's loadscope hands whole modules out in
+  this order, so neither worker ends alone on a long one: longest processing
+  time first). A module's length is its seconds in `module_seconds.json`
+  (measured with `--write-module-seconds`); a module not in it counts 5 s
+  per `slow` test. The order inside a module is kept."""
+  seconds = _module_seconds()
+  cost = {}
   for item in items:
-    slow.setdefault(item.module.__name__, 0)
-    if item.get_closest_marker('slow') is not None:
-      slow[item.module.__name__] += 1
-  order = {name: i for i, name in enumerate(slow)}
-  items.sort(key=lambda item: (-slow[item.module.__name__],
-                               order[item.module.__name__]))
+    name = item.nodeid.split('::')[0]
+    if name in seconds:
+      cost[name] = seconds[name]
+    elif item.get_closest_marker('slow') is not None:
+      cost[name] = cost.get(name, 0.0) + 5.0
+    else:
+      cost.setdefault(name, 0.0)
+  order = {name: i for i, name in enumerate(cost)}
+  items.sort(key=lambda item: (-cost[item.nodeid.split('::')[0]],
+                               order[item.nodeid.split('::')[0]]))
+
+
+_MEASURED: Dict[str, float] = {}
+
+
+def pytest_runtest_logreport(report):
+  # Setup + call + teardown of every test, by module (on the xdist controller
+  # too: it receives every worker's reports).
+  if os.environ.get('PYTEST_XDIST_WORKER') is None:
+    name = report.nodeid.split('::')[0]
+    _MEASURED[name] = _MEASURED.get(name, 0.0) + report.duration
+
+
+def pytest_sessionfinish(session, exitstatus):
+  del exitstatus
+  if (session.config.getoption('--write-module-seconds') and _MEASURED
+      and os.environ.get('PYTEST_XDIST_WORKER') is None):
+    seconds = _module_seconds()   # the modules not run keep their seconds
+    seconds.update({k: round(v, 1) for k, v in _MEASURED.items()})
+    with open(MODULE_SECONDS, 'w') as f:
+      json.dump(dict(sorted(seconds.items())), f, indent=1)
+      f.write('\n')

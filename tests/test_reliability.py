@@ -584,6 +584,8 @@ def test_signal_during_the_lr_finder_stops_cleanly_and_the_rerun_works(
   assert glob.glob(os.path.join(workdir, 'lr_finder*')) == []
   assert not os.path.exists(os.path.join(workdir, '.lock'))
   assert read_json(os.path.join(workdir, 'metrics.json'))['status'] == 'interrupted'
+  if sig == signal.SIGINT:
+    return   # the same state on disk as SIGTERM's, whose rerun follows
 
   proc = conftest.run_python(args[1:], timeout=600)
   assert proc.returncode == 0, proc.stderr[-3000:]
