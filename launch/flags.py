@@ -279,7 +279,29 @@ def run(main, module_name=None):
   logging.get_absl_handler().addFilter(
       lambda r: r.levelno >= logging.converter.STANDARD_WARNING or
       any(part in r.pathname for part in ('/tftrain/', '/launch/')))
-  app.run(main, flags_parser=_parse_flags)
+  try:
+    app.run(main, flags_parser=_parse_flags)
+  except SystemExit as e:   # `run` is a launcher process's whole life
+    _exit_now(e.code)
+
+
+def _exit_now(code) -> None:
+  """Ends a `python -m launch.x` process once its work is written.
+
+  Everything a run writes is closed or flushed before `main` returns
+  (checkpoints, summaries, metrics, reports); Python's teardown of TensorFlow
+  after it took 2.3 s of a 50-step `launch.deep` run here. Output streams and
+  logs are flushed first.
+  """
+  if code is None:
+    code = 0
+  elif not isinstance(code, int):   # sys.exit('message')
+    print(code, file=sys.stderr)
+    code = 1
+  logging.flush()
+  sys.stdout.flush()
+  sys.stderr.flush()
+  os._exit(code)  # pylint: disable=protected-access
 
 
 def bare_flags(argv):

@@ -18,10 +18,10 @@ EXPECTED = {   # name: (class, {attribute: value})
     'nesterov': (tf.keras.optimizers.SGD, {'momentum': 0.8, 'nesterov': True}),
     'adagrad': (tf.keras.optimizers.Adagrad, {}),
     'rmsprop': (tf.keras.optimizers.RMSprop, {'rho': 0.9}),
-    'adam': (tf.keras.optimizers.Adam, {'beta_1': 0.85, 'beta_2': 0.995}),
-    'adamw': (tf.keras.optimizers.AdamW, {'beta_1': 0.85, 'beta_2': 0.995,
-                                          'weight_decay': 0.01}),
-    'nadam': (tf.keras.optimizers.Nadam, {'beta_1': 0.85, 'beta_2': 0.995}),
+    'adam': (optimizers.Adam, {'beta_1': 0.85, 'beta_2': 0.995}),
+    'adamw': (optimizers.AdamW, {'beta_1': 0.85, 'beta_2': 0.995,
+                                 'weight_decay': 0.01}),
+    'nadam': (optimizers.Nadam, {'beta_1': 0.85, 'beta_2': 0.995}),
 }
 
 
@@ -52,6 +52,60 @@ def test_builds_with_config_values_and_a_step_moves_weights(name):
     assert after[2] == pytest.approx(3.0)
   if name == 'sgd':
     np.testing.assert_allclose(after, [0.95, -1.9, 3.0], rtol=1e-6)
+
+
+KERAS_TWIN = {optimizers.Adam: tf.keras.optimizers.Adam,
+              optimizers.AdamW: tf.keras.optimizers.AdamW,
+              optimizers.Nadam: tf.keras.optimizers.Nadam}
+
+
+def _train(cls, compile_fn, **kwargs):
+  """Weights after 4 steps of `cls` on 3 variables (two dtypes' worth of
+  shapes), each step's update compiled by `compile_fn`."""
+  variables = [tf.Variable(np.random.RandomState(i).randn(*shape)
+                           .astype(np.float32))
+               for i, shape in enumerate([(5, 3), (3,), (2, 2, 2)])]
+  opt = cls(**{'learning_rate': 0.01, **kwargs})
+  opt.build(variables)
+
+  def step(k):
+    opt.apply_gradients(zip([tf.sin(v * (k + 1.0)) for v in variables],
+                            variables))
+  step = compile_fn(step)
+  for k in range(4):
+    step(tf.constant(float(k)))
+  return [v.numpy() for v in variables], opt
+
+
+@pytest.mark.parametrize('compile_fn', ['eager', 'function', 'xla'])
+@pytest.mark.parametrize('cls,kwargs', [
+    (optimizers.Adam, {}), (optimizers.Adam, {'amsgrad': True}),
+    (optimizers.AdamW, {'weight_decay': 0.01}), (optimizers.Nadam, {})])
+def test_step_scalars_once_give_keras_updates_to_the_bit(cls, kwargs,
+                                                         compile_fn):
+  compile_fn = {'eager': lambda f: f, 'function': tf.function,
+                'xla': lambda f: tf.function(f, jit_compile=True)}[compile_fn]
+  ours, _ = _train(cls, compile_fn, **kwargs)
+  keras, _ = _train(KERAS_TWIN[cls], compile_fn, **kwargs)
+  initial = _train(cls, compile_fn, learning_rate=0.0, **kwargs)[0]
+  for a, b, start in zip(ours, keras, initial):
+    np.testing.assert_array_equal(a, b)
+    assert np.abs(a - start).min() > 1e-4     # every weight moved
+
+
+@pytest.mark.parametrize('cls', [optimizers.Adam, optimizers.Nadam])
+def test_step_scalars_once_cut_the_graph(cls):
+  """The per-step scalars are computed once, not once per variable: the
+  update of 20 variables has far fewer ops than Keras's."""
+  def ops_of(opt_cls):
+    variables = [tf.Variable(tf.ones([4])) for _ in range(20)]
+    opt = opt_cls(learning_rate=0.01)
+    opt.build(variables)
+    fn = tf.function(lambda: opt.apply_gradients(
+        zip([tf.ones([4])] * 20, variables)))
+    return len(fn.get_concrete_function().graph.get_operations())
+  ours, keras = ops_of(cls), ops_of(KERAS_TWIN[cls])
+  assert ours < 0.7 * keras, (ours, keras)   # measured: Adam 0.60, Nadam 0.4
 
 
 def test_accepts_a_schedule():

@@ -27,20 +27,26 @@ EXPORT_DIR = 'export'
 
 
 class _Serving(tf.Module):
-  """Raw uint8 images in; logits and probabilities out."""
+  """Raw uint8 images in; logits and probabilities out.
+
+  It tracks the model's variables, not the model: SavedModel would walk a
+  Keras model's ~40k trackable children and trace its call twice more for
+  Keras's own signatures (a 100-layer MLP: 7.5 s of an 8 s export here),
+  none of which the serving signature needs.
+  """
 
   def __init__(self, model, image_shape, mean, std):
     super().__init__()
-    self.model = model
-    self.mean = tf.constant(mean if mean else 0.0, tf.float32)
-    self.std = tf.constant(std if std else 1.0, tf.float32)
-    self.serve = tf.function(self._serve, input_signature=[
-        tf.TensorSpec([None, *image_shape], tf.uint8, name='images')])
+    self.model_variables = list(model.variables)
+    mean = tf.constant(mean if mean else 0.0, tf.float32)
+    std = tf.constant(std if std else 1.0, tf.float32)
 
-  def _serve(self, images):
-    x = (tf.cast(images, tf.float32) / 255.0 - self.mean) / self.std
-    logits = tf.cast(self.model(x, training=False), tf.float32)
-    return {'logits': logits, 'probabilities': tf.nn.softmax(logits)}
+    def serve(images):
+      x = (tf.cast(images, tf.float32) / 255.0 - mean) / std
+      logits = tf.cast(model(x, training=False), tf.float32)
+      return {'logits': logits, 'probabilities': tf.nn.softmax(logits)}
+    self.serve = tf.function(serve, input_signature=[
+        tf.TensorSpec([None, *image_shape], tf.uint8, name='images')])
 
 
 def export(model: tf.keras.Model, data_info, workdir: str,

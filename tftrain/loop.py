@@ -161,7 +161,7 @@ def run(exp: experiment.Experiment,
       if (not phases.result['resumed'] and exp.config.trace_graph and
           exp.is_chief):
         summaries.trace_model_graph(exp.writers[summaries.TRAIN],
-                                    exp.trainer.model, exp.datasets['train'])
+                                    exp.trainer.model, exp.uncached('train'))
       status = phases.train()
     return phases.finish(status)
 

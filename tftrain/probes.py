@@ -297,8 +297,8 @@ def activation_probe(exp, every_steps: int,
 
 def probe_batch(exp, size: int = PROBE_SIZE):
   """The first `size` validation examples (train without a validation split)."""
-  source = exp.datasets.get('validation', exp.datasets['train'])
-  return next(iter(source.batch(size).take(1)))
+  split = 'validation' if 'validation' in exp.datasets else 'train'
+  return next(iter(exp.uncached(split).batch(size).take(1)))
 
 
 def read_activation_records(workdir: str):

@@ -347,7 +347,7 @@ def write_layout(writer) -> None:
 
 def trace_model_graph(writer, model, dataset):
   """Writes the forward graph once so TensorBoard's Graphs tab shows the model
-  (traced on two examples of `dataset`, a complete cache)."""
+  (traced on two examples of `dataset`)."""
   example_batch = next(iter(dataset.batch(2)))[0]
   @tf.function
   def forward(x):
