@@ -39,3 +39,44 @@ def test_fill_counts_every_example_of_a_cache():
   cached = tf.data.Dataset.from_tensor_slices(
       (tf.zeros([9001, 2]), tf.zeros([9001], tf.int32))).cache()
   assert experiment._fill(cached) == 9001   # pylint: disable=protected-access
+
+
+def test_cached_splits_fill_in_the_background_and_lookups_wait():
+  """`CachedSplits`: `in` and `uncached` answer at once while the fill is
+  held; a lookup waits for its split's fill, then reads the whole cache."""
+  import threading  # pylint: disable=g-import-not-at-top
+  import numpy as np  # pylint: disable=g-import-not-at-top
+  import tensorflow as tf  # pylint: disable=g-import-not-at-top
+  release, reads = threading.Event(), []
+
+  def gen():
+    assert release.wait(30)
+    for i in range(300):
+      reads.append(i)
+      yield np.float32(i), np.int32(i % 10)
+  spec = (tf.TensorSpec([], tf.float32), tf.TensorSpec([], tf.int32))
+  source = tf.data.Dataset.from_generator(gen, output_signature=spec)
+  splits = experiment.CachedSplits({'train': source})
+  assert 'train' in splits and 'test' not in splits and len(splits) == 1
+  assert splits.uncached['train'] is source
+  assert not splits._done['train'].is_set()  # pylint: disable=protected-access
+  release.set()
+  assert splits.size('train') == 300
+  assert len(reads) == 300
+  got = [float(x) for x, _ in splits['train']]    # from the cache
+  assert got == [float(i) for i in range(300)] and len(reads) == 300
+
+
+def test_cached_splits_raise_a_fill_error_at_the_lookup():
+  import tensorflow as tf  # pylint: disable=g-import-not-at-top
+  def check(i):
+    tf.debugging.assert_less(i, tf.constant(5, tf.int64),
+                             message='label out of range')
+    return tf.cast(i, tf.float32), tf.cast(i, tf.int32)
+  bad = tf.data.Dataset.range(10).map(check)
+  good = tf.data.Dataset.range(4).map(
+      lambda i: (tf.cast(i, tf.float32), tf.cast(i, tf.int32)))
+  splits = experiment.CachedSplits({'train': bad, 'test': good})
+  with pytest.raises(tf.errors.InvalidArgumentError, match='label out of range'):
+    splits['train']  # pylint: disable=pointless-statement
+  assert splits.size('test') == 4
