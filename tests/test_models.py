@@ -123,3 +123,21 @@ def test_weighted_layers_nested_frozen_and_weightless():
   layers = models.weighted_layers(model)
   assert [l.name for l in layers] == ['stem', 'block/a', 'block/b', 'head']
   assert all(len(l.indices) == 2 and l.kernel is not None for l in layers)
+
+
+def test_has_convolutions_finds_nested_and_user_conv_layers():
+  assert models.has_convolutions(models.cnn((8, 8, 3), filters=(4,), seed=0))
+  assert not models.has_convolutions(models.mlp(seed=0))
+  assert not models.has_convolutions(models.deep_mlp((4, 4, 1), depth=2,
+                                                     width=3))
+  inner = tf.keras.Sequential([tf.keras.layers.DepthwiseConv2D(3)],
+                              name='block')
+  inputs = tf.keras.Input((6, 6, 2))
+  model = tf.keras.Model(inputs, tf.keras.layers.Flatten()(inner(inputs)))
+  assert models.has_convolutions(model)
+
+  class MyConv(tf.keras.layers.Layer):     # a user's own conv layer
+    def call(self, x):
+      return x
+  assert models.has_convolutions(tf.keras.Sequential(
+      [tf.keras.Input((3,)), MyConv()]))

@@ -145,3 +145,20 @@ def test_fused_norms_equal_the_per_layer_reductions(jit_compile):
               'global_grad_norm'):
     np.testing.assert_allclose(fused[key], reference[key], rtol=1e-5,
                                err_msg=key)
+
+
+def test_whole_loop_xla_only_without_convolutions_on_the_cpu():
+  """XLA:CPU emits backprop convolutions inside a while loop as naive loops
+  (~35x slower), so a conv model compiles the step, not the whole loop."""
+  strategy = tf.distribute.get_strategy()
+  assert make_trainer(jit_compile=True).whole_loop_xla
+  assert not make_trainer(jit_compile=False).whole_loop_xla
+  cnn = trainer_lib.Trainer(models.cnn((8, 8, 3), filters=(4,), seed=0),
+                            tf.keras.optimizers.SGD(0.1), strategy, BATCH,
+                            jit_compile=True)
+  assert cnn.whole_loop_xla == bool(tf.config.list_logical_devices('GPU'))
+  images = np.random.default_rng(0).normal(size=(2 * BATCH, 8, 8, 3)).astype(
+      np.float32)
+  labels = np.arange(2 * BATCH, dtype=np.int32) % 10
+  out = cnn.train_steps(distributed_iterator(cnn, images, labels), 2)
+  assert out['steps_run'] == 2 and np.all(np.isfinite(out['losses']))

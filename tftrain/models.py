@@ -190,6 +190,16 @@ class WeightedLayer(NamedTuple):
 _KERNEL_NAMES = ('kernel', 'depthwise_kernel', 'embeddings')
 
 
+def has_convolutions(model: tf.keras.Model) -> bool:
+  """Whether any layer of `model` (nested ones too) is a convolution: a class
+  in its MRO named like Keras' conv bases (Conv, ConvTranspose, Depthwise,
+  Separable, ConvLSTM) or a user's own `...Conv...` layer."""
+  for layer in model._flatten_layers(include_self=False, recursive=True):  # pylint: disable=protected-access
+    if any('Conv' in cls.__name__ for cls in type(layer).__mro__):
+      return True
+  return False
+
+
 def weighted_layers(model: tf.keras.Model) -> List[WeightedLayer]:
   """Every layer with trainable weights, in the model's variable (depth) order.
 
