@@ -139,9 +139,13 @@ class TftrainRunner:
                hooks=()):
     self.cached, self.batch, self.config = cached, batch, config
     model = build_model(kind)
+    # As a launcher plans it (`--jit_compile=auto` decides on the length):
+    # `config.epochs` epochs of the train split.
+    num_train = int(cached.cardinality())
+    planned = config.epochs * (num_train if num_train > 0 else 55000) // batch
     self.trainer = trainer_lib.Trainer(
         model, build_optimizer(kind), tf.distribute.get_strategy(), batch,
-        jit_compile=config.jit_compile)
+        jit_compile=config.jit_compile, planned_steps=planned)
     writer = (summaries.create_writers(logdir)[summaries.TRAIN]
               if logdir else None)
     self.logger = summaries.StepLogger(

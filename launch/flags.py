@@ -84,8 +84,12 @@ def define_flags(flag_values=FLAGS, **defaults):
     if kind == 'list':
       flags.DEFINE_list(field.name, [str(v) for v in default], help_text, **fv)
     elif kind == 'tristate':
+      # An enum that also takes the boolean spellings: `--name` is true,
+      # `--noname` false, `--name=auto|true|false`.
       value = {v: k for k, v in _TRISTATE.items()}[default]
-      flags.DEFINE_enum(field.name, value, list(_TRISTATE), help_text, **fv)
+      flags.DEFINE_flag(flags.Flag(
+          flags.EnumParser(list(_TRISTATE)), flags.ArgumentSerializer(),
+          field.name, value, help_text, boolean=True), **fv)
     elif kind == 'string':
       flags.DEFINE_string(field.name, None if default is None else str(default),
                           help_text, **fv)

@@ -162,3 +162,53 @@ def test_whole_loop_xla_only_without_convolutions_on_the_cpu():
   labels = np.arange(2 * BATCH, dtype=np.int32) % 10
   out = cnn.train_steps(distributed_iterator(cnn, images, labels), 2)
   assert out['steps_run'] == 2 and np.all(np.isfinite(out['losses']))
+
+
+def test_auto_xla_on_for_long_dense_runs_off_for_short_and_conv():
+  strategy = tf.distribute.get_strategy()
+  long_run = trainer_lib.AUTO_JIT_MIN_STEPS
+  dense = make_trainer(jit_compile=None, planned_steps=long_run)
+  assert dense.jit_auto and dense.jit_compile and dense.whole_loop_xla
+  short = make_trainer(jit_compile=None, planned_steps=long_run - 1)
+  assert short.jit_auto and not short.jit_compile
+  assert 'does not pay back' in short.jit_reason
+  cnn = trainer_lib.Trainer(models.cnn((8, 8, 3), filters=(4,), seed=0),
+                            tf.keras.optimizers.SGD(0.1), strategy, BATCH,
+                            jit_compile=None, planned_steps=10 * long_run)
+  assert not cnn.jit_compile and 'convolutions' in cnn.jit_reason
+  explicit = make_trainer(jit_compile=False, planned_steps=10 * long_run)
+  assert not explicit.jit_auto and not explicit.jit_compile
+
+
+def _numpy_identity_model():
+  """A model XLA cannot compile: a host-side numpy call in its forward pass."""
+  def host(x):
+    y = tf.numpy_function(lambda a: a, [x], tf.float32)
+    y.set_shape(x.shape)
+    return y
+  return tf.keras.Sequential([
+      tf.keras.Input((4, 4, 1)), tf.keras.layers.Lambda(host),
+      tf.keras.layers.Flatten(), tf.keras.layers.Dense(8, activation='relu'),
+      tf.keras.layers.Dense(10)])
+
+
+def test_auto_xla_falls_back_when_the_model_does_not_compile():
+  strategy = tf.distribute.get_strategy()
+  images, labels = make_data(4 * BATCH)
+  trainer = trainer_lib.Trainer(_numpy_identity_model(),
+                                tf.keras.optimizers.SGD(0.1), strategy, BATCH,
+                                jit_compile=None, planned_steps=10 ** 6)
+  assert trainer.jit_compile        # auto chose XLA for a long dense run
+  feed = distributed_iterator(trainer, images, labels)
+  out = trainer.train_steps(feed, 2)
+  assert out['steps_run'] == 2 and np.all(np.isfinite(out['losses']))
+  assert int(trainer.optimizer.iterations.numpy()) == 2
+  assert not trainer.jit_compile and 'could not compile' in trainer.jit_reason
+  observed = trainer.observed_step(feed)
+  assert observed['observation']['grad_norms'].shape == (2,)
+  # Asked for explicitly, XLA's error is the user's to see.
+  forced = trainer_lib.Trainer(_numpy_identity_model(),
+                               tf.keras.optimizers.SGD(0.1), strategy, BATCH,
+                               jit_compile=True)
+  with pytest.raises(tf.errors.InvalidArgumentError):
+    forced.train_steps(distributed_iterator(forced, images, labels), 2)

@@ -17,6 +17,7 @@ import random
 import threading
 from typing import Any, Callable, Dict, List, Mapping, Optional, Sequence
 
+from absl import logging
 import numpy as np
 import tensorflow as tf
 
@@ -223,8 +224,14 @@ def _build_trainer(config: config_lib.Config, strategy, model, info,
     optimizer = optimizers.build_optimizer(
         config.optimizer, schedules.build_schedule(config, lr, steps_per_epoch),
         config)
-    return trainer_lib.Trainer(model, optimizer, strategy, config.batch_size,
-                               jit_compile=config.jit_compile)
+    trainer = trainer_lib.Trainer(
+        model, optimizer, strategy, config.batch_size,
+        jit_compile=config.jit_compile,
+        planned_steps=steps_per_epoch * config.epochs)
+  if trainer.jit_auto:
+    logging.info('XLA (--jit_compile=auto): %s (%s)',
+                 'on' if trainer.jit_compile else 'off', trainer.jit_reason)
+  return trainer
 
 
 def build_experiment(config: config_lib.Config, workdir: str,

@@ -22,10 +22,13 @@ summaries from what these return. Both are strategy-agnostic
 """
 
 import functools
-from typing import Dict, List
+from typing import Dict, List, Optional, Tuple
 
+from absl import logging
 import numpy as np
 import tensorflow as tf
+
+from tensorflow.python.framework import config as config_lib  # pylint: disable=g-direct-tensorflow-import
 
 from tftrain import errors
 from tftrain import models
@@ -89,6 +92,40 @@ def _fused_measurements(grads, before, after, groups):
                                                               1e-30)}
 
 
+# `jit_compile=None` (auto) turns XLA on for runs at least this long: its
+# compile (~5-8 s more for a 50-step 100-layer run, BUILD.md) is paid back
+# after ~1,500 steps of that model (10.8 -> 6.3 ms a step at batch 32).
+AUTO_JIT_MIN_STEPS = 2000
+
+
+def auto_jit_compile(model, strategy, planned_steps: Optional[int]
+                     ) -> Tuple[bool, str]:
+  """(XLA on?, why) for `jit_compile=None`: on only where it was measured
+  faster than without (benchmarks.throughput, BUILD.md): one replica on the
+  CPU, float32, no convolutions (XLA:CPU's convolutions ran at 0.68-0.72x of
+  oneDNN's on the CNN, `fit`'s too), at least AUTO_JIT_MIN_STEPS steps."""
+  if tf.config.list_logical_devices('GPU'):
+    return False, 'not measured on a GPU yet'
+  if strategy.num_replicas_in_sync != 1:
+    return False, 'not measured with several replicas'
+  if tf.keras.mixed_precision.global_policy().name != 'float32':
+    return False, 'not measured with mixed precision'
+  if config_lib.is_op_determinism_enabled():
+    return False, 'not measured with op determinism'
+  if models.has_convolutions(model):
+    return False, "XLA:CPU's convolutions are slower than oneDNN's"
+  if planned_steps is None or planned_steps < AUTO_JIT_MIN_STEPS:
+    return False, (f'a run of {planned_steps} steps does not pay back the '
+                   f'compile (< {AUTO_JIT_MIN_STEPS})')
+  return True, (f'one CPU replica, float32, no convolutions, '
+                f'{planned_steps} steps')
+
+
+def _is_xla_compile_error(error: Exception) -> bool:
+  text = str(error)
+  return 'XLA' in text or 'jit' in text.lower() or 'compil' in text.lower()
+
+
 class _LazyLayers:
   """Per-layer flat arrays built from per-variable arrays on first access."""
 
@@ -113,16 +150,26 @@ class Trainer:
     optimizer: Keras optimizer (LR may be a schedule); built under the scope.
     strategy: a tf.distribute strategy (the default strategy is fine).
     global_batch_size: examples per step over all replicas.
-    jit_compile: XLA-compile the step (plain and observed).
+    jit_compile: XLA-compile the steps (plain and observed); None: auto
+      (`auto_jit_compile`), and a model XLA cannot compile then trains
+      without it (one warning).
+    planned_steps: the run's length in steps, for auto.
   """
 
   def __init__(self, model, optimizer, strategy, global_batch_size: int,
-               jit_compile: bool = False):
+               jit_compile: Optional[bool] = False,
+               planned_steps: Optional[int] = None):
     self.model = model
     self.optimizer = optimizer
     self.strategy = strategy
     self.global_batch_size = global_batch_size
-    self.jit_compile = jit_compile
+    self.jit_auto = jit_compile is None
+    if self.jit_auto:
+      jit_compile, self.jit_reason = auto_jit_compile(model, strategy,
+                                                      planned_steps)
+    else:
+      self.jit_reason = 'asked for' if jit_compile else 'off'
+    self.jit_compile = bool(jit_compile)
     self.layers = models.weighted_layers(model)
     self.layer_names = [l.name for l in self.layers]
     with strategy.scope():
@@ -301,6 +348,26 @@ class Trainer:
       return result
     return observed_step
 
+  def _call_compiled(self, make_and_call):
+    """`make_and_call()` (builds the compiled function if needed, calls
+    it); with auto XLA, a function XLA cannot compile is rebuilt and run
+    without XLA (nothing ran: compiling fails before any step)."""
+    try:
+      out = make_and_call()
+    except (tf.errors.InvalidArgumentError, tf.errors.UnimplementedError,
+            tf.errors.InternalError) as e:
+      if not (self.jit_auto and self.jit_compile
+              and _is_xla_compile_error(e)):
+        raise
+      logging.warning('XLA could not compile this model (%s); training '
+                      'without XLA (--jit_compile=false skips the try).',
+                      str(e).strip().splitlines()[0][:300])
+      self.jit_compile = self.whole_loop_xla = False
+      self.jit_reason = 'auto: XLA could not compile the model'
+      self._train_loops, self._observed_fns = {}, {}
+      out = make_and_call()
+    return out
+
   def _raise_if_non_finite(self, loss):
     raise errors.NonFiniteError(int(self.optimizer.iterations.numpy()),
                                 float(loss))
@@ -329,12 +396,15 @@ class Trainer:
     sums, losses, done = np.zeros([3]), [], 0
     while done < num_steps:
       chunk, start, n = self._segment(feed, num_steps - done)
-      loop = self._train_loops.get(feed.chunk_steps)
-      if loop is None:
-        loop = self._train_loops[feed.chunk_steps] = self._make_train_loop(
-            feed.chunk_steps)
-      out = loop(chunk, tf.constant(start, tf.int32),
-                 tf.constant(n, tf.int32))
+
+      def call(chunk=chunk, start=start, n=n):
+        loop = self._train_loops.get(feed.chunk_steps)
+        if loop is None:
+          loop = self._train_loops[feed.chunk_steps] = self._make_train_loop(
+              feed.chunk_steps)
+        return loop(chunk, tf.constant(start, tf.int32),
+                    tf.constant(n, tf.int32))
+      out = self._call_compiled(call)
       out = tf.nest.map_structure(lambda t: t.numpy(), out)
       steps_run = int(out['steps_run'])
       feed.advance(steps_run)
@@ -371,10 +441,13 @@ class Trainer:
     """
     histograms = bool(histograms)
     variant = histograms or bool(compiled_with_histograms)
-    if variant not in self._observed_fns:
-      self._observed_fns[variant] = self._make_observed_step(variant)
     chunk, start, _ = self._segment(feed, 1)
-    raw = self._observed_fns[variant](chunk, tf.constant(start, tf.int32))
+
+    def call():
+      if variant not in self._observed_fns:
+        self._observed_fns[variant] = self._make_observed_step(variant)
+      return self._observed_fns[variant](chunk, tf.constant(start, tf.int32))
+    raw = self._call_compiled(call)
     feed.advance(1)
     if not histograms:
       raw = {k: v for k, v in raw.items() if k not in ('grads', 'weights')}
