@@ -29,6 +29,8 @@ FLAGS = flags.FLAGS
 common.add_common_flags(flags)
 flags.DEFINE_float('target_accuracy', 0.98, 'Test accuracy to reach.')
 flags.DEFINE_list('seeds', ['0', '1', '2'], 'Seeds of each recipe.')
+flags.DEFINE_enum('jit_compile', 'auto', ['auto', 'true', 'false'],
+                  'Both recipes\' --jit_compile (the default: auto).')
 flags.DEFINE_float('target_seconds', 10.0,
                    'Time the automatic recipe must reach the accuracy in.')
 
@@ -52,7 +54,9 @@ def time_to_accuracy(overrides, target, seed):
   config = config_lib.Config(
       dataset='mnist', data_dir=FLAGS.data_dir, raw_data_dir=FLAGS.raw_data_dir,
       patience=0, progress=False, eval_test_every_epoch=True, seed=seed,
-      trace_graph=False, **overrides)
+      trace_graph=False,
+      jit_compile={'auto': None, 'true': True, 'false': False}[
+          FLAGS.jit_compile], **overrides)
   exp = experiment.build_experiment(config, tempfile.mkdtemp(prefix='bench-tta-'))
   for d in exp.datasets.values():      # caches filled outside the clock
     for _ in d.batch(10000):
