@@ -148,7 +148,7 @@ class Config:
   jit_compile: Optional[bool] = _field(
       None, 'XLA-compile the training steps: true, false or auto (on where '
       'it was measured faster: one CPU replica, float32, no convolutions, a '
-      'run of at least 2000 steps; off elsewhere; a model XLA cannot compile '
+      'run of at least 5000 steps; off elsewhere; a model XLA cannot compile '
       'trains without it).')
   max_steps_per_epoch: Optional[int] = _field(
       None, 'Cap on steps per epoch (smoke tests).')

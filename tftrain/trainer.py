@@ -92,10 +92,14 @@ def _fused_measurements(grads, before, after, groups):
                                                               1e-30)}
 
 
-# `jit_compile=None` (auto) turns XLA on for runs at least this long: its
-# compile (~5-8 s more for a 50-step 100-layer run, BUILD.md) is paid back
-# after ~1,500 steps of that model (10.8 -> 6.3 ms a step at batch 32).
-AUTO_JIT_MIN_STEPS = 2000
+# `jit_compile=None` (auto) turns XLA on for runs at least this long (BUILD.md,
+# eighth session): its compile (~5-8 s more for a 50-step 100-layer run) is
+# paid back after ~1,500 steps of that model (10.8 -> 6.3 ms a step at batch
+# 32), but the MLP saves less per step and compiles twice with the LR finder:
+# its 4,295-step time-to-accuracy recipe reached 98% later with XLA (median
+# 10.4 s against 9.1 s), the 8,590-step 100-layer SELU run finished in 129 s
+# against 5 min without.
+AUTO_JIT_MIN_STEPS = 5000
 
 
 def auto_jit_compile(model, strategy, planned_steps: Optional[int]
