@@ -55,8 +55,8 @@ def time_to_accuracy(overrides, target, seed):
       dataset='mnist', data_dir=FLAGS.data_dir, raw_data_dir=FLAGS.raw_data_dir,
       patience=0, progress=False, eval_test_every_epoch=True, seed=seed,
       trace_graph=False,
-      jit_compile={'auto': None, 'true': True, 'false': False}[
-          FLAGS.jit_compile], **overrides)
+      jit_compile=config_lib.parse_field('jit_compile', FLAGS.jit_compile),
+      **overrides)
   exp = experiment.build_experiment(config, tempfile.mkdtemp(prefix='bench-tta-'))
   for d in exp.datasets.values():      # caches filled outside the clock
     for _ in d.batch(10000):

@@ -102,6 +102,13 @@ def _fused_measurements(grads, before, after, groups):
 AUTO_JIT_MIN_STEPS = 5000
 
 
+def _convolutions_on_cpu(model) -> bool:
+  """XLA:CPU's convolutions: slower than oneDNN's, and naive loops inside a
+  whole-loop cluster (BUILD.md, eighth session)."""
+  return (not tf.config.list_logical_devices('GPU')
+          and models.has_convolutions(model))
+
+
 def auto_jit_compile(model, strategy, planned_steps: Optional[int]
                      ) -> Tuple[bool, str]:
   """(XLA on?, why) for `jit_compile=None`: on only where it was measured
@@ -116,7 +123,7 @@ def auto_jit_compile(model, strategy, planned_steps: Optional[int]
     return False, 'not measured with mixed precision'
   if config_lib.is_op_determinism_enabled():
     return False, 'not measured with op determinism'
-  if models.has_convolutions(model):
+  if _convolutions_on_cpu(model):
     return False, "XLA:CPU's convolutions are slower than oneDNN's"
   if planned_steps is None or planned_steps < AUTO_JIT_MIN_STEPS:
     return False, (f'a run of {planned_steps} steps does not pay back the '
@@ -187,10 +194,9 @@ class Trainer:
     # convolutions on the CPU: XLA:CPU emits the backprop convolutions inside
     # a while loop as naive elemental loops (not Eigen), ~2 s per CNN step at
     # batch 64 against ~0.06 s with the step compiled alone (BUILD.md).
-    on_cpu = not tf.config.list_logical_devices('GPU')
     self.whole_loop_xla = bool(
         jit_compile and strategy.num_replicas_in_sync == 1
-        and not (on_cpu and models.has_convolutions(model)))
+        and not _convolutions_on_cpu(model))
     self._train_loops = {}      # per chunk length (data.Feed)
     self._observed_fns = {}
     self._eval_fns = {}
