@@ -40,6 +40,25 @@ def test_resume_restores_step_weights_and_optimizer_slots(tiny_cifar_data_dir, t
   assert result['resumed'] and [h['epoch'] for h in result['history']] == [1, 2]
 
 
+def test_resume_waits_for_idle_work_reading_the_fresh_weights(
+    tiny_cifar_data_dir, tmp_path):
+  workdir = str(tmp_path / 'run')
+  loop.run(experiment.build_experiment(
+      small_config(tiny_cifar_data_dir, epochs=1), workdir))
+  second = experiment.build_experiment(
+      small_config(tiny_cifar_data_dir, epochs=1), workdir)
+  kernel = second.trainer.model.trainable_variables[0]
+  fresh, seen = kernel.numpy(), []
+  # Never started (no wait before the restore): the restore runs it first.
+  second.trainer.idle.add(lambda: seen.append(kernel.numpy()),
+                          reads_variables=True)
+  ckpt, manager, _, state = checkpoints.make_checkpoint(second)
+  _, resumed, _ = checkpoints.resume(second, ckpt, manager, state)
+  assert resumed and len(seen) == 1
+  np.testing.assert_array_equal(seen[0], fresh)
+  assert not np.array_equal(kernel.numpy(), fresh)     # restored after it
+
+
 def test_resumed_run_equals_uninterrupted_run(tiny_cifar_data_dir, tmp_path):
   straight = loop.train_and_evaluate(small_config(tiny_cifar_data_dir, epochs=2),
                                      str(tmp_path / 'a'))

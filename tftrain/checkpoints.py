@@ -258,6 +258,8 @@ def resume(exp: experiment_lib.Experiment, ckpt, manager, state
     restore_from = tf.train.CheckpointManager(
         ckpt, os.path.join(source_dir, workdir_lib.CHECKPOINTS),
         max_to_keep=None)
+  if restore_from.latest_checkpoint is not None:
+    exp.trainer.idle.settle()   # idle work reading the initial weights first
   resumed = restore(ckpt, restore_from)
   history = []
   path = history_path(source_dir)

@@ -169,5 +169,9 @@ def calls(trainer: trainer_lib.Trainer, iterator, num_steps: int,
 def run_hooks(hooks: Sequence, exp, out: Dict[str, Any], epoch: int) -> None:
   """The 'train' event: `hook(exp, 'train', outputs)` with the call's outputs
   plus 'step' (the global step after it) and 'epoch'."""
+  for hook in hooks:    # deferred records first (DepthProbe.record_start)
+    flush = getattr(hook, 'flush_pending', None)
+    if flush is not None:
+      flush()
   for hook in hooks:
     hook(exp, 'train', dict(out, step=out['step'], epoch=epoch))

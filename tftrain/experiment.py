@@ -25,6 +25,7 @@ from tftrain import config as config_lib
 from tftrain import data
 from tftrain import distribute
 from tftrain import errors
+from tftrain import idle as idle_lib
 from tftrain import models
 from tftrain import optimizers
 from tftrain import probes
@@ -138,8 +139,11 @@ class CachedSplits(collections.abc.Mapping):
   split up (`splits[k]`, `.items()`, `.values()`, `.get`) waits for its fill,
   so nothing reads a partly filled cache; `k in splits` and `.uncached[k]`
   (the source, for a few examples) do not wait. A fill's error is raised at
-  the lookup. Splits fill in the order given (train first).
+  the lookup. Splits fill in the order given (train first). A lookup that
+  waits starts the `idle` work (the Trainer's, `idle.IdleWork`) first.
   """
+
+  idle: Optional[idle_lib.IdleWork] = None
 
   def __init__(self, splits: Mapping[str, tf.data.Dataset]):
     self.uncached = dict(splits)
@@ -170,6 +174,8 @@ class CachedSplits(collections.abc.Mapping):
 
   def __getitem__(self, split: str) -> tf.data.Dataset:
     cached = self._cached[split]
+    if not self._done[split].is_set() and self.idle:
+      self.idle.start()
     self._done[split].wait()
     if split in self._errors:
       raise self._errors[split]
@@ -266,6 +272,7 @@ def build_experiment(config: config_lib.Config, workdir: str,
   writers = summaries.create_writers(workdir, is_chief, temp_dir)
   tf.keras.utils.set_random_seed(config.seed)
   trainer = _build_trainer(config, strategy, model, info, steps_per_epoch)
+  cached.idle = trainer.idle      # a wait for the data runs the idle work
   run_dir = workdir if is_chief else temp_dir
   logger = summaries.StepLogger(
       writers[summaries.TRAIN], trainer.layer_names,

@@ -190,10 +190,18 @@ class _Run:
     self.first_loop = True
     self.guard: Optional[signals.SignalGuard] = None
     self.live: Optional[checkup.LiveCheck] = None
-    self.eval_ds = experiment.eval_datasets(exp)
+    self._eval_ds = None      # built at the first evaluation
     self.profile = (chunks.ProfileWindow(self.config.profile_steps,
                                          exp.workdir)
                     if self.config.profile_steps and exp.is_chief else None)
+
+  @property
+  def eval_ds(self) -> Dict[str, Any]:
+    """The distributed evaluation batches, built when first needed: their
+    lookup waits for the validation and test caches, which fill meanwhile."""
+    if self._eval_ds is None:
+      self._eval_ds = experiment.eval_datasets(self.exp)
+    return self._eval_ds
 
   @property
   def step(self) -> int:

@@ -164,7 +164,8 @@ class DepthProbe:
     self.activations = []      # [(step, {layer: {stat: float}})]
     self._probe_fn = None
     self._last_step = None
-    self.seconds = 0.0         # host time spent probing (overhead budget)
+    self._pending = None       # record_start's (exp, step, weights, trace)
+    self.seconds = 0.0   # time the probe held the run up (not its idle work)
 
   def _build(self, trainer):
     model = trainer.model
@@ -222,21 +223,53 @@ class DepthProbe:
       return norms, stats
     return probe
 
+  def record_start(self, exp) -> None:
+    """`record(exp, step)` of the model as it is now (training's start),
+    measured while the run first waits and written at the next hook call
+    (or `flush_pending()`): the same record, with the probe's trace and first
+    call (~5 s for 100 layers) off the way to the first step. The measurement
+    is `Trainer.idle` work that reads the variables: it runs in a thread
+    while the run waits for its data or its first step's compile, and is
+    done before anything trains or restores a checkpoint."""
+    trainer = exp.trainer
+    if self._probe_fn is None:
+      self._probe_fn = self._build(trainer)
+    measured = []
+    job = trainer.idle.add(lambda: measured.append(self._measure()),
+                           reads_variables=True)
+    self._pending = (exp, int(trainer.optimizer.iterations.numpy()), job,
+                     measured)
+
+  def flush_pending(self) -> None:
+    """Writes the `record_start` record now, if one is pending."""
+    if self._pending is None:
+      return
+    exp, step, job, measured = self._pending
+    self._pending = None
+    start = time.perf_counter()
+    try:
+      job.wait()
+      self._write(exp, step, True, *measured[0])
+    finally:
+      self.seconds += time.perf_counter() - start
+
   def record(self, exp, step: int, image: bool = True) -> None:
     """Probes now and writes the summaries at `step` (the image if `image`)."""
     start = time.perf_counter()
     try:
-      self._record(exp, step, image)
+      if self._probe_fn is None:
+        self._probe_fn = self._build(exp.trainer)
+      self._write(exp, step, image, *self._measure())
     finally:
       self.seconds += time.perf_counter() - start
 
-  def _record(self, exp, step: int, image: bool) -> None:
-    if self._probe_fn is None:
-      self._probe_fn = self._build(exp.trainer)
+  def _measure(self):
+    """(per-layer gradient norms, {layer: {stat: value}}) on the probe batch."""
     norms, stats = self._probe_fn(self.images, self.labels)
-    norms = norms.numpy()
-    stats = {layer: {k: float(v) for k, v in s.items()}
-             for layer, s in stats.items()}
+    return norms.numpy(), {layer: {k: float(v) for k, v in s.items()}
+                           for layer, s in stats.items()}
+
+  def _write(self, exp, step: int, image: bool, norms, stats) -> None:
     self.grad_norm_records.append((step, norms))
     self.activations.append((step, stats))
     self._last_step = step
@@ -262,6 +295,7 @@ class DepthProbe:
     writer.flush()
 
   def __call__(self, exp, event: str, outputs) -> None:
+    self.flush_pending()
     if event == 'train':
       step = int(outputs['step'])
       last = self._last_step if self._last_step is not None else 0

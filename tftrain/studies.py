@@ -90,7 +90,7 @@ def compare_activations(base: config_lib.Config, activations: Sequence[str],
     if probe is None:
       return []
     by_activation[exp.config.activation] = (probe, exp.trainer.layer_names)
-    probe.record(exp, int(exp.trainer.optimizer.iterations.numpy()))
+    probe.record_start(exp)     # taken at the first hook call
     return [probe]
 
   def write(config, rows, workdir):
@@ -98,6 +98,8 @@ def compare_activations(base: config_lib.Config, activations: Sequence[str],
              'table_csv': os.path.join(workdir, 'comparison.csv'),
              'grad_png': os.path.join(workdir, 'grad_norm_vs_depth.png'),
              'val_png': os.path.join(workdir, 'val_accuracy.png')}
+    for probe, _ in by_activation.values():   # a run that stopped first
+      probe.flush_pending()
     table[:] = [activation_row(config.replace(**r['overrides']), r,
                                by_activation.get(r['name'], (None,))[0])
                 for r in rows]

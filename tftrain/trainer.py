@@ -31,6 +31,7 @@ import tensorflow as tf
 from tensorflow.python.framework import config as config_lib  # pylint: disable=g-direct-tensorflow-import
 
 from tftrain import errors
+from tftrain import idle as idle_lib
 from tftrain import models
 
 
@@ -200,6 +201,8 @@ class Trainer:
     self._train_loops = {}      # per chunk length (data.Feed)
     self._observed_fns = {}
     self._eval_fns = {}
+    # Python work for the wait of a first call's graph optimization.
+    self.idle = idle_lib.IdleWork()
 
   @property
   def loss_scaled(self) -> bool:
@@ -358,6 +361,19 @@ class Trainer:
       return result
     return observed_step
 
+  def _call(self, fn, *args):
+    """`fn(*args)`; a first call of `fn` for these arguments is traced
+    first, then starts the `idle` work (`idle.IdleWork`) for its compile in
+    C++ outside the GIL; work that reads the variables is done before `fn`
+    trains."""
+    if self.idle:
+      traces = fn.experimental_get_tracing_count()
+      fn.get_concrete_function(*args)
+      if fn.experimental_get_tracing_count() != traces:
+        self.idle.start()
+      self.idle.settle()
+    return fn(*args)
+
   def _call_compiled(self, make_and_call):
     """`make_and_call()` (builds the compiled function if needed, calls
     it); with auto XLA, a function XLA cannot compile is rebuilt and run
@@ -412,8 +428,8 @@ class Trainer:
         if loop is None:
           loop = self._train_loops[feed.chunk_steps] = self._make_train_loop(
               feed.chunk_steps)
-        return loop(chunk, tf.constant(start, tf.int32),
-                    tf.constant(n, tf.int32))
+        return self._call(loop, chunk, tf.constant(start, tf.int32),
+                          tf.constant(n, tf.int32))
       out = self._call_compiled(call)
       out = tf.nest.map_structure(lambda t: t.numpy(), out)
       steps_run = int(out['steps_run'])
@@ -456,7 +472,8 @@ class Trainer:
     def call():
       if variant not in self._observed_fns:
         self._observed_fns[variant] = self._make_observed_step(variant)
-      return self._observed_fns[variant](chunk, tf.constant(start, tf.int32))
+      return self._call(self._observed_fns[variant], chunk,
+                        tf.constant(start, tf.int32))
     raw = self._call_compiled(call)
     feed.advance(1)
     if not histograms:
