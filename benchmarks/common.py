@@ -150,7 +150,8 @@ class TftrainRunner:
               if logdir else None)
     self.logger = summaries.StepLogger(
         writer, self.trainer.layer_names, config.log_every_steps,
-        config.histogram_every_steps, config.grad_norms)
+        config.histogram_every_steps, config.grad_norms,
+        asynchronous=True)          # as the launchers write
     self.hooks = list(hooks)
     # What the hooks see as `exp` (the probe needs trainer and writers).
     self.exp = types.SimpleNamespace(trainer=self.trainer, is_chief=True,
@@ -166,6 +167,7 @@ class TftrainRunner:
                                self.logger if logging else None):
       if logging:
         chunks.run_hooks(self.hooks, self.exp, out, epoch)
+    self.logger.flush()       # the repetition's writes count in its time
     return steps * self.batch
 
 

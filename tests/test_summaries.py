@@ -1,6 +1,8 @@
 """The StepLogger's per-layer summaries and histograms."""
 
 
+import threading
+
 import numpy as np
 import pytest
 import tensorflow as tf
@@ -12,14 +14,16 @@ from tests.test_trainer import BATCH, DEPTH, distributed_iterator, make_data, ma
 
 
 
-@pytest.mark.parametrize('jit_compile', [False, True])
-def test_step_summaries_tags_and_values(tmp_path, jit_compile):
+@pytest.mark.parametrize('jit_compile, asynchronous', [(False, False),
+                                                       (True, True)])
+def test_step_summaries_tags_and_values(tmp_path, jit_compile, asynchronous):
   writer = tf.summary.create_file_writer(str(tmp_path))
   images, labels = make_data(4 * BATCH)
   trainer = make_trainer('relu', jit_compile=jit_compile)
   logger = summaries.StepLogger(writer, trainer.layer_names, log_every_steps=2,
                                 histogram_every_steps=3,
-                                records_path=str(tmp_path / 'obs.jsonl'))
+                                records_path=str(tmp_path / 'obs.jsonl'),
+                                asynchronous=asynchronous)
   model_copy = tf.keras.models.clone_model(trainer.model)
   model_copy.set_weights(trainer.model.get_weights())
   out = chunks.run_steps(trainer, distributed_iterator(trainer, images, labels),
@@ -31,6 +35,7 @@ def test_step_summaries_tags_and_values(tmp_path, jit_compile):
   expected = tape_norms(model_copy, images[BATCH:2 * BATCH],
                         labels[BATCH:2 * BATCH])
   assert out['steps_run'] == 4 and len(out['losses']) == 4
+  logger.flush()        # asynchronous: the writes are done by now
   writer.flush()
   tags = testing.read_values(str(tmp_path))
   names = [f'dense_{i:03d}' for i in range(DEPTH)] + ['logits']
@@ -58,6 +63,26 @@ def tape_grads(model, images, labels):
     loss = tf.reduce_mean(tf.nn.sparse_softmax_cross_entropy_with_logits(
         labels, logits))
   return tape.gradient(loss, model.trainable_variables)
+
+
+def test_async_writes_keep_order_return_at_once_and_raise_at_flush():
+  writes = summaries.AsyncWrites()
+  release, done = threading.Event(), []
+  writes.submit(lambda: (release.wait(5), done.append(1)))
+  writes.submit(lambda: done.append(2))
+  assert done == []            # handed over: the caller goes on at once
+  release.set()
+  writes.flush()
+  assert done == [1, 2]
+
+  def fail():
+    raise OSError(28, 'No space left on device')
+  writes.submit(fail)
+  writes.submit(lambda: done.append(3))     # skipped after an error
+  with pytest.raises(OSError, match='No space'):
+    writes.flush()
+  assert done == [1, 2]
+  writes.flush()               # raised once
 
 
 def test_step_logger_schedule_of_observed_steps():

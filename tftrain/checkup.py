@@ -158,6 +158,9 @@ class LiveCheck:
   def check(self, exp, step: int) -> None:
     """Runs the health checks on what is recorded so far; logs new ones."""
     from tftrain import health  # pylint: disable=g-import-not-at-top
+    logger = getattr(exp, 'logger', None)
+    if logger is not None:
+      logger.flush()      # the observations written so far, on disk
     run = health_run_record(exp, {'history': self.history,
                                   'status': 'running'})
     for f in health.analyze(run):

@@ -279,7 +279,8 @@ def build_experiment(config: config_lib.Config, workdir: str,
       observation_interval(config.log_every_steps,
                            config.epochs * steps_per_epoch),
       config.histogram_every_steps, config.grad_norms,
-      records_path=os.path.join(run_dir, workdir_lib.OBSERVATIONS))
+      records_path=os.path.join(run_dir, workdir_lib.OBSERVATIONS),
+      asynchronous=True)     # flushed where the run reads or checkpoints
   return Experiment(config, strategy, trainer, cached, info, steps_per_epoch,
                     writers, is_chief, run_dir, logger, datasets is not None)
 

@@ -281,6 +281,7 @@ class _Run:
       self._diverged(e)
       raise
     if self._stopping() and step_in_epoch < exp.steps_per_epoch:
+      exp.logger.flush()
       checkpoints.save_position(state, self.manager, self.trainer.optimizer,
                                 step_in_epoch, stats['sums'], exp.workdir)
       self.result['interrupted_step'] = self.step
@@ -310,6 +311,7 @@ class _Run:
     """The partial result and health report of a run that diverged."""
     self.result.update(status='diverged', diverged_step=error.step,
                        diverged_loss=error.loss, history=self.history)
+    self.exp.logger.flush()
     checkup.write_health(self.exp, self.result, self.live)
     workdir_lib.write_metrics(self.exp.workdir, self.result)
 
@@ -333,6 +335,7 @@ class _Run:
     state['epoch'].assign(epoch + 1)
     state['step_in_epoch'].assign(0)
     state['epoch_sums'].assign(np.zeros(3))
+    exp.logger.flush()     # the epoch's logs complete with its checkpoint
     checkpoints.write_history(exp.workdir, self.history)
     checkpoints.save(self.manager, step, exp.workdir)
     for hook in self.hooks:
@@ -345,6 +348,7 @@ class _Run:
   def finish(self, status: str) -> Dict[str, Any]:
     """Best weights, final metrics, export, health report, metrics.json."""
     exp, result, trainer = self.exp, self.result, self.trainer
+    exp.logger.flush()
     result.update(status=status, history=self.history,
                   wall_seconds=time.time() - self.started,
                   epochs_run=len(self.history))

@@ -13,11 +13,14 @@ Tags (nested names become TensorBoard groups):
 epoch metrics, then one chart per per-layer quantity with every layer on it.
 """
 
+import functools
 import json
 import math
 import os
+import queue
+import threading
 import time
-from typing import Dict, List, Optional, Sequence
+from typing import Callable, Dict, List, Optional, Sequence
 
 import numpy as np
 from tensorboard.compat.proto import summary_pb2
@@ -151,6 +154,50 @@ class SummaryProto:
     self.proto = summary_pb2.Summary()
 
 
+class AsyncWrites:
+  """Writes done in order by one background thread (CLU's `AsyncWriter`
+  pattern): the step loop hands over the host-side work (histograms from
+  the fetched arrays, protos, event and record writes) and goes on training
+  while it is done; numpy and the writes run largely outside the GIL.
+
+  `flush()` returns once everything handed over is written, and raises the
+  first error a write met (also raised by the next `submit`).
+  """
+
+  def __init__(self):
+    self._queue: Optional[queue.Queue] = None
+    self._error: Optional[BaseException] = None
+
+  def submit(self, work: Callable[[], None]) -> None:
+    self._raise()
+    if self._queue is None:
+      self._queue = queue.Queue()
+      threading.Thread(target=self._serve, args=(self._queue,), daemon=True,
+                       name='tftrain-summaries').start()
+    self._queue.put(work)
+
+  def _serve(self, work_queue: queue.Queue) -> None:
+    while True:
+      work = work_queue.get()
+      try:
+        if self._error is None:
+          work()
+      except BaseException as e:  # pylint: disable=broad-except
+        self._error = e
+      finally:
+        work_queue.task_done()
+
+  def flush(self) -> None:
+    if self._queue is not None:
+      self._queue.join()
+    self._raise()
+
+  def _raise(self) -> None:
+    if self._error is not None:
+      error, self._error = self._error, None
+      raise error
+
+
 class StepLogger:
   """The host side of observability: which steps to observe, and the writes.
 
@@ -175,18 +222,22 @@ class StepLogger:
       only, observed steps only for histograms).
     records_path: JSON-lines file each observation is appended to (for the
       health report), or None.
+    asynchronous: do the writes in a background thread (`AsyncWrites`);
+      `flush()` before reading what was written (the run flushes at its
+      health checks, checkpoints and end).
   """
 
   def __init__(self, writer, layer_names: Sequence[str], log_every_steps: int,
                histogram_every_steps: int = 0, grad_norms: bool = True,
-               records_path: str = None):
+               records_path: str = None, asynchronous: bool = False):
     self.writer = writer
+    self._async = AsyncWrites() if asynchronous else None
     self.layer_names = list(layer_names)
     self.log_every_steps = log_every_steps
     self.histogram_every_steps = histogram_every_steps
     self.grad_norms = grad_norms
     self.records_path = records_path
-    self.seconds = 0.0      # host time spent writing
+    self.seconds = 0.0   # step-loop time spent writing (handing over if async)
 
   def wants_histograms(self, step: int) -> bool:
     return bool(self.histogram_every_steps
@@ -206,23 +257,41 @@ class StepLogger:
     start = time.perf_counter()
     losses = out.get('losses', ())
     obs = out.get('observation')
+    # An observed step writes its own loss and learning rate.
+    plain = losses[:-1] if obs is not None else losses
+    scalars = []     # (step, loss, learning rate): the schedule is read here
     if self.writer is not None:
-      # An observed step writes its own loss and learning rate.
-      plain = losses[:-1] if obs is not None else losses
       for i, loss in enumerate(plain):
         step = first_step + i
         if step % self.log_every_steps == 0:
-          proto = SummaryProto()
-          proto.scalar('loss', loss)
-          if learning_rate_fn is not None:
-            proto.scalar('learning_rate', learning_rate_fn(step - 1))
-          proto.write(self.writer, step)
-      if obs is not None:
-        step = first_step + len(losses) - 1
-        self._observation_proto(step, obs).write(self.writer, step)
-    if obs is not None and self.records_path:
-      self._append_record(first_step + len(losses) - 1, obs)
+          scalars.append((step, loss, None if learning_rate_fn is None
+                          else learning_rate_fn(step - 1)))
+    work = functools.partial(self._write_now, scalars, obs,
+                             first_step + len(losses) - 1)
+    if self._async is not None:
+      self._async.submit(work)
+    else:
+      work()
     self.seconds += time.perf_counter() - start
+
+  def flush(self) -> None:
+    """Returns once every write handed over is done (raises its error)."""
+    if self._async is not None:
+      self._async.flush()
+
+  def _write_now(self, scalars, obs: Optional[Dict], obs_step: int) -> None:
+    for step, loss, learning_rate in scalars:
+      proto = SummaryProto()
+      proto.scalar('loss', loss)
+      if learning_rate is not None:
+        proto.scalar('learning_rate', learning_rate)
+      proto.write(self.writer, step)
+    if obs is None:
+      return
+    if self.writer is not None:
+      self._observation_proto(obs_step, obs).write(self.writer, obs_step)
+    if self.records_path:
+      self._append_record(obs_step, obs)
 
   def _observation_proto(self, step: int, obs: Dict) -> SummaryProto:
     names = self.layer_names
