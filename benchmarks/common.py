@@ -158,17 +158,41 @@ class TftrainRunner:
                                      writers={summaries.TRAIN: writer})
 
   def run(self, epoch: int, steps: int, logging: bool = True) -> int:
+    """Trains `steps` steps; `last_cost` then holds what logging cost in
+    this repetition by its own timers (`logging_cost`)."""
     it = data.Feed(self.trainer.strategy,
                    data.train_batches(self.cached, self.batch, 0, epoch),
                    steps, self.config.steps_per_loop,
                    int(self.trainer.optimizer.iterations.numpy()))
-    for out, _ in chunks.calls(self.trainer, it, steps,
-                               self.config.steps_per_loop,
-                               self.logger if logging else None):
+    t = {'calls': 0.0, 'observed': 0.0, 'observed_steps': 0, 'host': 0.0}
+    written = self.logger.seconds
+    for out, seconds in chunks.calls(self.trainer, it, steps,
+                                     self.config.steps_per_loop,
+                                     self.logger if logging else None):
+      t['calls'] += seconds
+      t['observed'] += out['observed_seconds']
+      t['observed_steps'] += out['observed_steps']
       if logging:
-        chunks.run_hooks(self.hooks, self.exp, out, epoch)
-    self.logger.flush()       # the repetition's writes count in its time
+        with Timer() as hooks:
+          chunks.run_hooks(self.hooks, self.exp, out, epoch)
+        t['host'] += hooks.seconds
+    with Timer() as flush:
+      self.logger.flush()       # the repetition's writes count in its time
+    t['host'] += flush.seconds
+    self.last_cost = logging_cost(t, steps)
     return steps * self.batch
+
+
+def logging_cost(t: Dict, steps: int) -> float:
+  """Logging's cost within one repetition, from its own timers: the
+  observed steps' calls beyond what as many plain steps took in the same
+  repetition, plus the host's hooks and the wait for the writes, over the
+  plain steps' time. Speed flips between repetitions (this machine's) do not
+  enter it, unlike a ratio of two repetitions' speeds."""
+  plain_steps = steps - t['observed_steps']
+  per_step = (t['calls'] - t['observed']) / max(plain_steps, 1)
+  extra = t['observed'] - t['observed_steps'] * per_step + t['host']
+  return extra / max(steps * per_step, 1e-9)
 
 
 def fit_runner(cached, kind: str, batch: int, steps_per_execution=1,

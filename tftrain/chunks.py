@@ -31,13 +31,15 @@ def run_steps(trainer: trainer_lib.Trainer, iterator, num_steps: int,
 
   Returns:
     'loss_sum', 'correct', 'count' (sums), 'losses' (per step), 'steps_run',
-    'step' (the global step after them) and 'observation' (the last observed
-    step's measurements) if any.
+    'step' (the global step after them), 'observed_steps' and
+    'observed_seconds' (the observed steps' calls), and 'observation' (the
+    last observed step's measurements) if any.
 
   Raises:
     errors.NonFiniteError: at the first non-finite loss or gradient.
   """
-  total = {'loss_sum': 0.0, 'correct': 0.0, 'count': 0.0, 'steps_run': 0}
+  total = {'loss_sum': 0.0, 'correct': 0.0, 'count': 0.0, 'steps_run': 0,
+           'observed_steps': 0, 'observed_seconds': 0.0}
   losses = []
   step = int(trainer.optimizer.iterations.numpy())
   while total['steps_run'] < num_steps:
@@ -52,7 +54,11 @@ def run_steps(trainer: trainer_lib.Trainer, iterator, num_steps: int,
     else:
       parts = [lambda: trainer.train_steps(iterator, left)]
     for call in parts:
+      start = time.perf_counter()
       out = call()
+      if 'observation' in out:
+        total['observed_steps'] += out['steps_run']
+        total['observed_seconds'] += time.perf_counter() - start
       if logger is not None:
         logger.write(step + 1, out, trainer.learning_rate_at)
       for key in ('loss_sum', 'correct', 'count', 'steps_run'):
