@@ -165,7 +165,6 @@ class TftrainRunner:
                    steps, self.config.steps_per_loop,
                    int(self.trainer.optimizer.iterations.numpy()))
     t = {'calls': 0.0, 'observed': 0.0, 'observed_steps': 0, 'host': 0.0}
-    written = self.logger.seconds
     for out, seconds in chunks.calls(self.trainer, it, steps,
                                      self.config.steps_per_loop,
                                      self.logger if logging else None):

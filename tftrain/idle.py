@@ -21,9 +21,8 @@ from typing import Callable, List, Optional
 class Job:
   """One piece of work: run in a thread once started, else in `wait()`."""
 
-  def __init__(self, work: Callable[[], None], reads_variables: bool = False):
+  def __init__(self, work: Callable[[], None]):
     self._work = work
-    self.reads_variables = reads_variables
     self._thread: Optional[threading.Thread] = None
     self._error: Optional[BaseException] = None
     self._lock = threading.Lock()
@@ -77,7 +76,7 @@ class IdleWork:
 
   def add(self, work: Callable[[], None], reads_variables: bool = False
           ) -> Job:
-    job = Job(work, reads_variables)
+    job = Job(work)
     with self._lock:
       self._jobs.append(job)
       if reads_variables:

@@ -164,7 +164,7 @@ class DepthProbe:
     self.activations = []      # [(step, {layer: {stat: float}})]
     self._probe_fn = None
     self._last_step = None
-    self._pending = None       # record_start's (exp, step, weights, trace)
+    self._pending = None  # record_start's (exp, step, job, its measurement)
     self.seconds = 0.0   # time the probe held the run up (not its idle work)
 
   def _build(self, trainer):

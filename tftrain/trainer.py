@@ -201,7 +201,7 @@ class Trainer:
     self._train_loops = {}      # per chunk length (data.Feed)
     self._observed_fns = {}
     self._eval_fns = {}
-    # Python work for the wait of a first call's graph optimization.
+    # Python work for the run's waits: its data fill, a first call's compile.
     self.idle = idle_lib.IdleWork()
 
   @property
