@@ -57,9 +57,15 @@ def test_calls_say_which_ones_compiled():
   logger = summaries.StepLogger(None, trainer.layer_names, 6, 0, True)
   compiled = [out['compiled'] for out, _ in
               chunks.calls(trainer, iterator, 12, 3, logger)]
-  # Steps 1-3 trace the plain loop, 4-6 end on the first observed step
-  # (traced then); the rest reuse both.
-  assert compiled == [True, True, False, False]
+  # The stretch holds observed steps: its first call traces the observing
+  # loop, which the rest reuse (the one compiled loop of the run).
+  assert compiled == [True, False, False, False]
+  assert list(trainer._train_loops) == [(iterator.chunk_steps, False)]
+  # A stretch with no observed step compiles the plain loop.
+  fresh = make_trainer()
+  feed = distributed_iterator(fresh, images, labels)
+  list(chunks.calls(fresh, feed, 5, 3, logger))       # observes at step 6
+  assert list(fresh._train_loops) == [(feed.chunk_steps, None)]
 
 
 def test_a_run_with_histograms_compiles_one_observed_step():
@@ -71,7 +77,7 @@ def test_a_run_with_histograms_compiles_one_observed_step():
   for _ in range(3):          # observed at 2 (norms only) and 4 (histograms)
     out = chunks.run_steps(trainer, iterator, 2, logger)
     observations.append(out['observation'])
-  assert len(trainer._observed_fns) == 1       # pylint: disable=protected-access
+  assert list(trainer._train_loops) == [(iterator.chunk_steps, True)]
   assert 'grads' not in observations[0] and 'grads' not in observations[2]
   assert len(observations[1]['grads']) == len(trainer.layer_names)
   assert observations[0]['grad_norms'].shape == (len(trainer.layer_names),)

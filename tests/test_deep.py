@@ -101,14 +101,15 @@ def test_launcher_jit_compile_with_every_logging_option(tiny_mnist_data_dir,
       f'--data_dir={tiny_mnist_data_dir}', f'--workdir={workdir}',
       timeout=240)
   assert proc.returncode == 0, proc.stderr[-2000:]
-  # The first call trains only: 2 steps, up to the first observed step (3).
-  assert 'first training loop done: 2 steps' in proc.stderr
+  # The first hook call comes at the first multiple of --steps_per_loop (4);
+  # its steps include the first observed step (3), in the same compiled loop.
+  assert 'first training loop done: 4 steps' in proc.stderr
   tags = testing.read_values(os.path.join(workdir, 'sigmoid', 'train'))
   assert [s for s, _ in tags['grad_norm/dense_004']] == [3, 6, 9, 10, 12]
   assert [s for s, _ in tags['update_ratio/logits']] == [3, 6, 9, 10, 12]
   for kind in ('grad', 'weight', 'grad_log10'):
     assert [s for s, _ in tags[f'{kind}/dense_000']] == [10]
-  # Calls end at 2, 4, 8, 12: the probe runs after the one crossing step 10.
+  # Hooks run at 4, 8, 12: the probe runs after the one crossing step 10.
   assert [s for s, _ in tags['activation_saturated/act_004']] == [0, 12]
   # Sigmoid at depth 5: the first layer's gradient is the smallest.
   norms = [float(v) for _, v in tags['grad_norm/dense_000']]

@@ -107,7 +107,17 @@ def test_observed_and_plain_steps_train_identically():
     np.testing.assert_allclose(v.numpy(), w.numpy(), rtol=1e-6, atol=1e-7)
 
 
-def test_no_summary_op_inside_the_compiled_steps():
+def _ops_by_function(fn, *args):
+  """{function name: op types} of a tf.function's graph and the functions
+  it calls (while-loop bodies, cond branches, step functions)."""
+  graph = fn.get_concrete_function(*args).graph
+  ops = {'': {op.type for op in graph.get_operations()}}
+  for name, f in graph._functions.items():   # pylint: disable=protected-access
+    ops[name] = {node.op for node in f.definition.node_def}
+  return ops
+
+
+def test_no_summary_op_inside_the_compiled_steps_and_no_cond_per_step():
   images, labels = make_data(4 * BATCH)
   trainer = make_trainer('relu')
   iterator = distributed_iterator(trainer, images, labels)
@@ -115,17 +125,72 @@ def test_no_summary_op_inside_the_compiled_steps():
   trainer.observed_step(iterator)
   trainer.observed_step(iterator, histograms=True)
   chunk, _, _ = iterator.segment(1)
-  loop = trainer._train_loops[iterator.chunk_steps]
-  for fn in (loop, trainer._observed_fns[False], trainer._observed_fns[True]):
-    args = ((chunk, tf.constant(0), tf.constant(1)) if fn is loop
-            else (chunk, tf.constant(0)))
-    graphs = [fn.get_concrete_function(*args).graph]
-    ops = set()
-    for graph in graphs:
-      ops |= {op.type for op in graph.get_operations()}
-      for f in graph._functions.values():   # while-loop bodies, step fns
-        ops |= {node.op for node in f.definition.node_def}
-    assert ops and not [o for o in ops if 'Summary' in o or o == 'If'], ops
+  k = iterator.chunk_steps
+  assert set(trainer._train_loops) == {(k, None), (k, False), (k, True)}
+  args = (chunk, tf.constant(0), tf.constant(1), tf.constant(True))
+  for key, fn in trainer._train_loops.items():
+    ops = _ops_by_function(fn, *args)
+    every = set().union(*ops.values())
+    assert every and not [o for o in every if 'Summary' in o], every
+    bodies = [n for n in ops if 'body' in n.lower()]
+    assert bodies, list(ops)
+    for name in bodies:     # the while loop's body: no cond per step
+      assert not {'If', 'StatelessIf'} & ops[name], (key, name)
+    # The observing loops: one cond per call, after the while loop.
+    conds = {'If', 'StatelessIf'} & ops['']
+    assert bool(conds) == (key[1] is not None), (key, conds)
+
+
+def test_an_observing_call_trains_as_plain_steps_and_observes_its_last():
+  images, labels = make_data(4 * BATCH)
+  plain, folded = make_trainer('relu'), make_trainer('relu')
+  a = plain.train_steps(distributed_iterator(plain, images, labels), 4)
+  feed = distributed_iterator(folded, images, labels)
+  b = folded.train_steps(feed, 3, observing=False)   # observing loop, plain
+  assert 'observation' not in b and b['steps_run'] == 3
+  c = folded.train_steps(feed, 1, observe_last=True, observing=False)
+  assert len(folded._train_loops) == 1      # one compiled loop for both
+  np.testing.assert_allclose(a['losses'],
+                             np.concatenate([b['losses'], c['losses']]),
+                             rtol=1e-6)
+  assert c['observation']['loss'] == pytest.approx(float(a['losses'][3]),
+                                                   rel=1e-6)
+  assert c['observation']['grad_norms'].shape == (DEPTH + 1,)
+  for v, w in zip(plain.model.variables, folded.model.variables):
+    np.testing.assert_allclose(v.numpy(), w.numpy(), rtol=1e-6, atol=1e-7)
+  # One call over several steps: the observation is its last step's.
+  again = make_trainer('relu')
+  d = again.train_steps(distributed_iterator(again, images, labels), 4,
+                        observe_last=True, histograms=True, observing=True)
+  np.testing.assert_allclose(d['losses'], a['losses'], rtol=1e-6)
+  assert d['count'] == 4 * BATCH and d['steps_run'] == 4
+  np.testing.assert_allclose(d['observation']['grad_norms'],
+                             c['observation']['grad_norms'], rtol=1e-5)
+  weights = [v.numpy() for v in again.model.trainable_variables]
+  np.testing.assert_array_equal(d['observation']['weights'][0],
+                                weights[again.layers[0].indices[0]].ravel()
+                                if len(again.layers[0].indices) == 1 else
+                                np.concatenate([weights[i].ravel() for i in
+                                                again.layers[0].indices]))
+  with pytest.raises(ValueError, match='observing'):
+    again.train_steps(distributed_iterator(again, images, labels), 1,
+                      observe_last=True)
+
+
+def test_a_non_finite_loss_before_the_observed_step_stops_the_call_there():
+  from tftrain import errors  # pylint: disable=g-import-not-at-top
+  images, labels = make_data(6 * BATCH)
+  # SGD at 1e30: the first update overflows, the second step's loss is NaN.
+  model = models.deep_mlp((4, 4, 1), depth=DEPTH, width=WIDTH,
+                          activation='relu', seed=3)
+  trainer = trainer_lib.Trainer(model, tf.keras.optimizers.SGD(1e30),
+                                tf.distribute.get_strategy(), BATCH)
+  feed = distributed_iterator(trainer, images, labels)
+  with pytest.raises(errors.NonFiniteError) as raised:
+    trainer.train_steps(feed, 6, observe_last=True, observing=False)
+  # Steps 1 and 2 ran (2 is the bad one); the observed step 6 did not.
+  assert int(trainer.optimizer.iterations.numpy()) == 2
+  assert raised.value.step == 2 and feed.consumed == 2
 
 
 @pytest.mark.parametrize('jit_compile', [False, True])

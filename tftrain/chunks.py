@@ -1,8 +1,8 @@
 """The host-side step loop: training steps as compiled calls, hooks between them.
 
-`run_steps` is the one "N steps in chunks" loop: plain in-graph loops
-(`Trainer.train_steps`) up to each step the `StepLogger` observes, that step as
-a `Trainer.observed_step`, and the logger writing what each call measured.
+`run_steps` is the one "N steps in chunks" loop: in-graph loops
+(`Trainer.train_steps`), each ending on a step the `StepLogger` observes (in
+the same call), and the logger writing what each call measured.
 `calls` cuts a stretch of steps into such calls, ending on multiples of
 `--steps_per_loop` (where the hooks run), and yields each one's output;
 `run_hooks` hands it to the hooks. The training loop (`loop._Run.train_epoch`)
@@ -22,18 +22,22 @@ from tftrain import trainer as trainer_lib
 
 
 def run_steps(trainer: trainer_lib.Trainer, iterator, num_steps: int,
-              logger: Optional[summaries.StepLogger] = None
-              ) -> Dict[str, Any]:
+              logger: Optional[summaries.StepLogger] = None,
+              stretch_steps: Optional[int] = None) -> Dict[str, Any]:
   """Runs `num_steps` training steps: the one "N steps in chunks" loop.
 
-  Plain in-graph loops run up to each step `logger` observes; that step is a
-  `Trainer.observed_step`; the logger writes what each call measured.
+  Each step `logger` observes ends a compiled call (`Trainer.train_steps`
+  with `observe_last`); the logger writes what each call measured. When
+  the stretch these steps begin (`stretch_steps`, default `num_steps`) holds
+  an observed step, all its calls run the observing loop: a run compiles
+  one loop.
 
   Returns:
     'loss_sum', 'correct', 'count' (sums), 'losses' (per step), 'steps_run',
     'step' (the global step after them), 'observed_steps' and
-    'observed_seconds' (the observed steps' calls), and 'observation' (the
-    last observed step's measurements) if any.
+    'observed_seconds' (the calls ending on an observed step: their steps
+    and seconds), and 'observation' (the last observed step's measurements)
+    if any.
 
   Raises:
     errors.NonFiniteError: at the first non-finite loss or gradient.
@@ -42,31 +46,29 @@ def run_steps(trainer: trainer_lib.Trainer, iterator, num_steps: int,
            'observed_steps': 0, 'observed_seconds': 0.0}
   losses = []
   step = int(trainer.optimizer.iterations.numpy())
+  k = logger.steps_to_observation(step) if logger is not None else None
+  # One compiled variant for the run: histograms or not.
+  observing = (logger.histogram_every_steps > 0 if k is not None and k <= (
+      stretch_steps or num_steps) else None)
   while total['steps_run'] < num_steps:
     left = num_steps - total['steps_run']
     k = logger.steps_to_observation(step) if logger is not None else None
+    start = time.perf_counter()
     if k is not None and k <= left:
-      parts = [lambda k=k: trainer.train_steps(iterator, k - 1)] if k > 1 else []
-      histograms = logger.wants_histograms(step + k)
-      ever = logger.histogram_every_steps > 0   # one compiled variant
-      parts.append(lambda h=histograms: trainer.observed_step(
-          iterator, h, compiled_with_histograms=ever))
+      out = trainer.train_steps(iterator, k, observe_last=True,
+                                histograms=logger.wants_histograms(step + k),
+                                observing=observing)
+      total['observed_steps'] += out['steps_run']
+      total['observed_seconds'] += time.perf_counter() - start
+      total['observation'] = out['observation']
     else:
-      parts = [lambda: trainer.train_steps(iterator, left)]
-    for call in parts:
-      start = time.perf_counter()
-      out = call()
-      if 'observation' in out:
-        total['observed_steps'] += out['steps_run']
-        total['observed_seconds'] += time.perf_counter() - start
-      if logger is not None:
-        logger.write(step + 1, out, trainer.learning_rate_at)
-      for key in ('loss_sum', 'correct', 'count', 'steps_run'):
-        total[key] += out[key]
-      losses.append(out['losses'])
-      if 'observation' in out:
-        total['observation'] = out['observation']
-      step += out['steps_run']
+      out = trainer.train_steps(iterator, left, observing=observing)
+    if logger is not None:
+      logger.write(step + 1, out, trainer.learning_rate_at)
+    for key in ('loss_sum', 'correct', 'count', 'steps_run'):
+      total[key] += out[key]
+    losses.append(out['losses'])
+    step += out['steps_run']
   total['losses'] = np.concatenate(losses) if losses else np.zeros([0])
   total['step'] = step
   return total
@@ -122,19 +124,13 @@ class ProfileWindow:
 
 
 def call_length(global_step: int, steps_left: int, steps_per_loop: int,
-                logger: Optional[summaries.StepLogger] = None,
-                first: bool = False, breaks: Sequence[int] = ()) -> int:
+                breaks: Sequence[int] = ()) -> int:
   """Steps of the next compiled call.
 
   Calls end on multiples of `steps_per_loop` (global steps), where the hooks
-  run, and at each global step of `breaks`; a `first` call trains only
-  (compiling the observed step too would delay the first numbers by a second
-  trace).
+  run, and at each global step of `breaks`.
   """
   n = min(steps_per_loop - global_step % steps_per_loop, steps_left)
-  if first and logger is not None:
-    k = logger.steps_to_observation(global_step)
-    n = min(n, k - 1) if k and k > 1 else n
   for b in breaks:
     if global_step < b < global_step + n:
       n = b - global_step
@@ -143,7 +139,7 @@ def call_length(global_step: int, steps_left: int, steps_per_loop: int,
 
 def calls(trainer: trainer_lib.Trainer, iterator, num_steps: int,
           steps_per_loop: int, logger: Optional[summaries.StepLogger] = None,
-          first: bool = False, profile: Optional[ProfileWindow] = None
+          profile: Optional[ProfileWindow] = None
           ) -> Iterator[Tuple[Dict[str, Any], float]]:
   """Trains `num_steps` steps in calls of `call_length` steps (traced by
   `profile` where its window says).
@@ -156,13 +152,13 @@ def calls(trainer: trainer_lib.Trainer, iterator, num_steps: int,
   done = 0
   global_step = int(trainer.optimizer.iterations.numpy())
   while done < num_steps:
-    n = call_length(global_step, num_steps - done, steps_per_loop, logger,
-                    first and not done, profile.breaks if profile else ())
+    n = call_length(global_step, num_steps - done, steps_per_loop,
+                    profile.breaks if profile else ())
     if profile is not None:
       profile.before_call(global_step + 1)
     traces = trainer.trace_count
     start = time.perf_counter()
-    out = run_steps(trainer, iterator, n, logger)
+    out = run_steps(trainer, iterator, n, logger, num_steps - done)
     seconds = time.perf_counter() - start
     out['compiled'] = trainer.trace_count != traces
     if profile is not None:

@@ -271,8 +271,7 @@ class _Run:
     try:
       for out, seconds in chunks.calls(
           self.trainer, iterator, exp.steps_per_epoch - step_in_epoch,
-          config.steps_per_loop, exp.logger, first=self.first_loop,
-          profile=self.profile):
+          config.steps_per_loop, exp.logger, profile=self.profile):
         step_in_epoch += out['steps_run']
         self._after_call(epoch, step_in_epoch, out, seconds, stats)
         if self._stopping():

@@ -1,23 +1,23 @@
 """Trainer: owns model, optimizer and the compiled train/eval steps.
 
-The step measures; the host writes. Two compiled functions train:
-  * `train_steps(feed, n)`: an in-graph loop of n plain steps that only
-    trains and returns loss sums and per-step losses, stopping at the first
-    non-finite loss. No summary writer, no logging interval, no `tf.cond`.
-    A non-finite gradient in any variable makes that variable non-finite, so
-    the next step's loss is non-finite and the loop stops there (one step
-    later; a global gradient norm on every step measured ~10% slower on the
-    MLP at batch 32). Observed steps check the global gradient norm too.
-  * `observed_step(feed)`: one training step that also measures, for each
-    layer with trainable weights, the gradient norm (all its trainable
-    variables together, unscaled under mixed precision), the weight norm and
-    the update-to-weight ratio ||dW|| / ||W||, and (when asked) returns the
-    gradients and weights for histograms.
-Both take their batches from a `data.Feed`: chunks of batches already on the
+The step measures; the host writes. One compiled call trains n steps,
+`train_steps(feed, n)`: an in-graph loop of plain steps that only train and
+return loss sums and per-step losses, stopping at the first non-finite loss.
+No summary writer, no logging interval, no `tf.cond` per step. A non-finite
+gradient in any variable makes that variable non-finite, so the next step's
+loss is non-finite and the loop stops there (one step later; a global
+gradient norm on every step measured ~10% slower on the MLP at batch 32).
+With `observe_last`, the call's last step is an observed step (one `tf.cond`
+per call): one training step that also measures, for each layer with
+trainable weights, the gradient norm (all its trainable variables together,
+unscaled under mixed precision, checked finite too), the weight norm and the
+update-to-weight ratio ||dW|| / ||W||, and (when asked) returns the
+gradients for histograms; the host reads the weights after the call.
+It takes its batches from a `data.Feed`: chunks of batches already on the
 device, indexed inside the loop (no input iterator call per step; with
 `jit_compile` and one replica XLA compiles the whole loop). The host loop
 (`chunks.run_steps`) decides which steps are observed and writes the
-summaries from what these return. Both are strategy-agnostic
+summaries from what it returns. It is strategy-agnostic
 (`strategy.run`, loss scaled by the global batch) and XLA-safe.
 """
 
@@ -198,8 +198,8 @@ class Trainer:
     self.whole_loop_xla = bool(
         jit_compile and strategy.num_replicas_in_sync == 1
         and not _convolutions_on_cpu(model))
-    self._train_loops = {}      # per chunk length (data.Feed)
-    self._observed_fns = {}
+    # Per (chunk length (data.Feed), observing variant).
+    self._train_loops = {}
     self._eval_fns = {}
     # Python work for the run's waits: its data fill, a first call's compile.
     self.idle = idle_lib.IdleWork()
@@ -272,7 +272,19 @@ class Trainer:
     out.update(measured)
     if histograms:    # as they are: the host flattens them if it writes
       out['grads'] = true_grads
-      out['weights'] = [tf.identity(v) for v in variables]
+    return out
+
+  def _no_observation(self, histograms: bool):
+    """Zeros shaped as `_observed` returns: the loop's result on a call
+    whose last step is not observed."""
+    layers = tf.zeros([len(self.layers)])
+    out = {'loss': tf.constant(0.0), 'sums': tf.zeros([3]),
+           'learning_rate': tf.constant(0.0),
+           'global_grad_norm': tf.constant(0.0), 'grad_norms': layers,
+           'weight_norms': layers, 'update_ratios': layers}
+    if histograms:
+      out['grads'] = [tf.zeros(v.shape) for v in
+                      self.model.trainable_variables]
     return out
 
   @staticmethod
@@ -298,24 +310,47 @@ class Trainer:
     axis = 0 if self.strategy.num_replicas_in_sync == 1 else 1
     return tf.nest.map_structure(lambda t: tf.gather(t, j, axis=axis), chunk)
 
-  def _make_train_loop(self, chunk_steps: int):
+  def _make_train_loop(self, chunk_steps: int,
+                       observing: Optional[bool] = None):
+    """The compiled call: `num_steps` plain steps of a chunk in a while
+    loop; an `observing` loop (False: norms only, True: also the gradients
+    for histograms) makes the last of them an observed step when the call
+    asks (`observe_last`), in the same call: no second call's fixed cost
+    (~7 ms on the 100-layer model), and under XLA one cluster."""
     # `whole_loop_xla`: XLA compiles the whole loop (the batches are a
     # tensor, not an iterator); otherwise, with --jit_compile, the step (a
     # while loop around strategy.run with several replicas cannot be one XLA
     # cluster).
     whole = self.whole_loop_xla
     step_fn = self._plain_replica_step
+    observed_fn = functools.partial(self._observed_replica_step,
+                                    histograms=bool(observing))
     if self.jit_compile and not whole:
       step_fn = tf.function(step_fn, jit_compile=True)
+      observed_fn = tf.function(observed_fn, jit_compile=True)
     strategy = self.strategy
 
     def replica_step(chunk, j):
       return step_fn(self._batch_of(chunk, j))
 
+    def replica_observed(chunk, j):
+      return observed_fn(self._batch_of(chunk, j))
+
     def reduce_sum(x):
       return strategy.reduce(tf.distribute.ReduceOp.SUM, x, axis=None)
 
-    def train_loop(chunk, start, num_steps):
+    def observe(chunk, j):
+      out = strategy.run(replica_observed, args=(chunk, j))
+      first = strategy.experimental_local_results
+      result = {k: first(v)[0] for k, v in out.items()
+                if k not in ('loss', 'stats')}
+      result['loss'] = reduce_sum(out['loss'])
+      result['sums'] = reduce_sum(out['stats'])
+      return result
+
+    def train_loop(chunk, start, num_steps, observe_last):
+      plain_steps = num_steps - tf.cast(observe_last, tf.int32)
+
       # A plain while loop whose condition holds the non-finite stop: no
       # `break` (autograph would guard the body with a cond on every step).
       def body(i, sums, losses, finite):
@@ -326,40 +361,24 @@ class Trainer:
 
       def cond(i, sums, losses, finite):
         del sums, losses
-        return tf.logical_and(i < num_steps, finite)
+        return tf.logical_and(i < plain_steps, finite)
 
       steps_run, sums, losses, finite = tf.while_loop(
           cond, body, (tf.constant(0), tf.zeros([3]),
                        tf.TensorArray(tf.float32, size=chunk_steps),
                        tf.constant(True)))
       losses = losses.stack()      # static [chunk_steps]: the host slices
-      return {'sums': sums, 'finite': finite,
-              'bad_loss': losses[tf.maximum(steps_run - 1, 0)],
-              'steps_run': steps_run, 'losses': losses}
+      out = {'sums': sums, 'finite': finite,
+             'bad_loss': losses[tf.maximum(steps_run - 1, 0)],
+             'steps_run': steps_run, 'losses': losses}
+      if observing is not None:    # one cond per call, none per step
+        observed = tf.logical_and(observe_last, finite)
+        out['observed'] = observed
+        out['observation'] = tf.cond(
+            observed, lambda: observe(chunk, start + steps_run),
+            lambda: self._no_observation(observing))
+      return out
     return tf.function(train_loop, jit_compile=whole)
-
-  def _make_observed_step(self, histograms: bool):
-    step_fn = functools.partial(self._observed_replica_step,
-                                histograms=histograms)
-    if self.jit_compile:
-      step_fn = tf.function(step_fn, jit_compile=True)
-    strategy = self.strategy
-
-    def replica_step(chunk, j):
-      return step_fn(self._batch_of(chunk, j))
-
-    @tf.function
-    def observed_step(chunk, j):
-      out = strategy.run(replica_step, args=(chunk, j))
-      first = strategy.experimental_local_results
-      result = {k: first(v)[0] for k, v in out.items()
-                if k not in ('loss', 'stats')}
-      result['loss'] = strategy.reduce(tf.distribute.ReduceOp.SUM,
-                                       out['loss'], axis=None)
-      result['sums'] = strategy.reduce(tf.distribute.ReduceOp.SUM,
-                                       out['stats'], axis=None)
-      return result
-    return observed_step
 
   def _call(self, fn, *args):
     """`fn(*args)`; a first call of `fn` for these arguments is traced
@@ -390,7 +409,7 @@ class Trainer:
                       str(e).strip().splitlines()[0][:300])
       self.jit_compile = self.whole_loop_xla = False
       self.jit_reason = 'auto: XLA could not compile the model'
-      self._train_loops, self._observed_fns = {}, {}
+      self._train_loops = {}
       out = make_and_call()
     return out
 
@@ -407,97 +426,123 @@ class Trainer:
           None, None, f'the training feed ran out after {feed.consumed} '
           'batches') from None
 
-  def train_steps(self, feed, num_steps: int) -> Dict[str, np.ndarray]:
-    """Runs `num_steps` plain steps from `feed` (a `data.Feed`): one
-    compiled call per chunk it touches (one, when the call ends on a
-    `steps_per_loop` multiple).
+  def _loop(self, chunk_steps: int, observing: Optional[bool]):
+    """The compiled loop for `observing` (None: plain, unless an observing
+    loop for this chunk length exists: a run compiles one loop)."""
+    if observing is None:
+      for key in ((chunk_steps, None), (chunk_steps, False),
+                  (chunk_steps, True)):
+        if key in self._train_loops:
+          return self._train_loops[key]
+    key = (chunk_steps, observing)
+    if key not in self._train_loops:
+      self._train_loops[key] = self._make_train_loop(chunk_steps, observing)
+    return self._train_loops[key]
+
+  def train_steps(self, feed, num_steps: int, observe_last: bool = False,
+                  histograms: bool = False,
+                  observing: Optional[bool] = None) -> Dict[str, np.ndarray]:
+    """Runs `num_steps` steps from `feed` (a `data.Feed`): one compiled call
+    per chunk it touches (one, when the call ends on a `steps_per_loop`
+    multiple). With `observe_last`, the last step is an observed step in
+    the same call.
+
+    Args:
+      observing: the compiled loop: None plain (or an observing loop
+        already compiled), False an observing loop for norms, True one that
+        also returns the gradients for histograms. `observe_last` needs one;
+        `histograms` (return the gradients and weights) needs True.
 
     Returns:
       dict with 'loss_sum', 'correct', 'count' (sums over the steps),
-      'losses' (per step) and 'steps_run'.
+      'losses' (per step) and 'steps_run'; with `observe_last`,
+      'observation': 'loss', 'learning_rate', 'global_grad_norm', per layer
+      'grad_norms', 'weight_norms', 'update_ratios' (numpy, in
+      `layer_names` order) and, with `histograms`, 'grads' and 'weights'
+      (flat per layer).
 
     Raises:
       errors.NonFiniteError: at the first non-finite loss or gradient.
     """
-    sums, losses, done = np.zeros([3]), [], 0
+    if observe_last and observing is None:
+      raise ValueError('observe_last needs an observing loop')
+    if histograms and not observing:
+      raise ValueError('histograms need observing=True')
+    sums, losses, done, observation = np.zeros([3]), [], 0, None
     while done < num_steps:
       chunk, start, n = self._segment(feed, num_steps - done)
+      last = bool(observe_last and done + n == num_steps)
 
-      def call(chunk=chunk, start=start, n=n):
-        loop = self._train_loops.get(feed.chunk_steps)
-        if loop is None:
-          loop = self._train_loops[feed.chunk_steps] = self._make_train_loop(
-              feed.chunk_steps)
+      def call(chunk=chunk, start=start, n=n, last=last):
+        loop = self._loop(feed.chunk_steps, observing)
         return self._call(loop, chunk, tf.constant(start, tf.int32),
-                          tf.constant(n, tf.int32))
-      out = self._call_compiled(call)
-      out = tf.nest.map_structure(lambda t: t.numpy(), out)
+                          tf.constant(n, tf.int32), tf.constant(last))
+      raw = self._call_compiled(call)
+      raw_observation = raw.pop('observation', None)
+      out = tf.nest.map_structure(lambda t: t.numpy(), raw)
       steps_run = int(out['steps_run'])
-      feed.advance(steps_run)
-      sums += out['sums']
       losses.append(out['losses'][:steps_run])
-      done += steps_run
       if not out['finite']:
+        feed.advance(steps_run)
         self._raise_if_non_finite(out['bad_loss'])
+      sums += out['sums']
+      if last:
+        steps_run += 1
+        observation = self._observation(raw_observation, histograms)
+        losses.append(np.asarray([observation['loss']], np.float32))
+        sums += observation.pop('sums')
+      feed.advance(steps_run)
+      done += steps_run
+      if observation is not None and not (
+          np.isfinite(observation['loss']) and (
+              self.loss_scaled
+              or np.isfinite(observation['global_grad_norm']))):
+        self._raise_if_non_finite(observation['loss'])
     loss_sum, correct, count = sums
-    return {'loss_sum': float(loss_sum), 'correct': float(correct),
-            'count': float(count),
-            'losses': (np.concatenate(losses) if losses
-                       else np.zeros([0], np.float32)),
-            'steps_run': done}
+    result = {'loss_sum': float(loss_sum), 'correct': float(correct),
+              'count': float(count),
+              'losses': (np.concatenate(losses) if losses
+                         else np.zeros([0], np.float32)),
+              'steps_run': done}
+    if observation is not None:
+      result['observation'] = observation
+    return result
+
+  def _observation(self, raw, histograms: bool) -> Dict:
+    """The host's copy of an observed step's measurements."""
+    if not histograms:
+      raw = {k: v for k, v in raw.items() if k != 'grads'}
+    out = tf.nest.map_structure(lambda t: t.numpy(), raw)
+    if histograms:     # per trainable variable -> flat per layer
+      indices = [l.indices for l in self.layers]
+      # The observed step was the call's last: the weights are its result.
+      weights = [v.numpy() for v in self.model.trainable_variables]
+      out['grads'] = _LazyLayers(out['grads'], indices)
+      out['weights'] = _LazyLayers(weights, indices)
+    return out
 
   def observed_step(self, feed, histograms: bool = False,
                     compiled_with_histograms: bool = False
                     ) -> Dict[str, np.ndarray]:
-    """One training step that also measures each weighted layer.
+    """One training step that also measures each weighted layer: the
+    `train_steps` dict of one observed step.
 
-    Returns:
-      the `train_steps` dict for one step, plus 'observation': 'loss',
-      'learning_rate', 'global_grad_norm', per layer 'grad_norms',
-      'weight_norms', 'update_ratios' (numpy, in `layer_names` order) and,
-      with `histograms`, 'grads' and 'weights' (flat per layer).
-
-    Each variant compiles once (a 100-layer model: ~9 s each). A run that
-    will want histograms at some steps passes `compiled_with_histograms`:
-    all its observed steps then run the variant that returns them, so only
-    one compiles, and the arrays are left out where not asked for.
-
-    Raises:
-      errors.NonFiniteError: if the loss or any gradient is non-finite.
+    Each observing loop compiles once (a 100-layer model: ~9 s each). A run
+    that will want histograms at some steps passes
+    `compiled_with_histograms`: all its observed steps then run the loop
+    that returns them, so only one compiles, and the arrays are left out
+    where not asked for.
     """
-    histograms = bool(histograms)
-    variant = histograms or bool(compiled_with_histograms)
-    chunk, start, _ = self._segment(feed, 1)
-
-    def call():
-      if variant not in self._observed_fns:
-        self._observed_fns[variant] = self._make_observed_step(variant)
-      return self._call(self._observed_fns[variant], chunk,
-                        tf.constant(start, tf.int32))
-    raw = self._call_compiled(call)
-    feed.advance(1)
-    if not histograms:
-      raw = {k: v for k, v in raw.items() if k not in ('grads', 'weights')}
-    out = tf.nest.map_structure(lambda t: t.numpy(), raw)
-    if 'grads' in out:     # per trainable variable -> flat per layer
-      for key in ('grads', 'weights'):
-        values = out[key]
-        out[key] = _LazyLayers(values, [l.indices for l in self.layers])
-    sums = out.pop('sums')
-    if not (np.isfinite(out['loss']) and (
-        self.loss_scaled or np.isfinite(out['global_grad_norm']))):
-      self._raise_if_non_finite(out['loss'])
-    return {'loss_sum': float(sums[0]), 'correct': float(sums[1]),
-            'count': float(sums[2]),
-            'losses': np.asarray([out['loss']], np.float32), 'steps_run': 1,
-            'observation': out}
+    return self.train_steps(
+        feed, 1, observe_last=True, histograms=bool(histograms),
+        observing=bool(histograms or compiled_with_histograms))
 
   @property
   def trace_count(self) -> int:
     """How many times the compiled train/observed steps were traced so far
     (a call that traced spent most of its time compiling)."""
-    fns = [*self._train_loops.values(), *self._observed_fns.values()]
-    return sum(f.experimental_get_tracing_count() for f in fns)
+    return sum(f.experimental_get_tracing_count()
+               for f in self._train_loops.values())
 
   @property
   def learning_rate_schedule(self):
@@ -508,7 +553,6 @@ class Trainer:
     """The one place the LR changes: swaps the schedule, drops compiled steps."""
     self._inner_optimizer.learning_rate = schedule
     self._train_loops = {}
-    self._observed_fns = {}
 
   def learning_rate_at(self, step: int) -> float:
     """The LR the optimizer uses at (0-based) optimizer iteration `step`."""
